@@ -1,0 +1,83 @@
+"""Typed runtime configuration: the only module that reads the environment."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from shared.errors import ConfigurationError
+
+DEFAULT_PROJECT = "aia-local"
+
+
+class Settings(BaseModel):
+    """Validated settings; build with `load_settings` or `get_settings`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    project: str = Field(default=DEFAULT_PROJECT, min_length=1)
+    firestore_database: str = Field(default="(default)", min_length=1)
+    tasks_topic: str = Field(default="aia-tasks", min_length=3)
+    dead_letter_topic: str = Field(default="aia-tasks-dead-letter", min_length=3)
+    version: str = "dev"
+    diagnostic_tasks: bool = True
+    public_base_url: str = ""
+    metrics_shards: int = Field(default=16, ge=1, le=1000)
+    health_timeout_s: float = Field(default=1.5, gt=0, le=10)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    keyring: SecretStr | None = None
+    keyring_file: Path | None = None
+    redispatch_after_s: float = Field(default=60.0, gt=0)
+
+    def keyring_text(self) -> str:
+        """Raw key ring JSON from the secret variable or the secret file."""
+        if self.keyring is not None:
+            return self.keyring.get_secret_value()
+        if self.keyring_file is not None:
+            try:
+                return self.keyring_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read AIA_KEYRING_FILE: {exc.strerror}") from exc
+        raise ConfigurationError("no key ring configured: set AIA_KEYRING or AIA_KEYRING_FILE")
+
+
+# Every variable the product reads, mapped to its setting. The Terraform
+# consistency test compares this table with what each function is given.
+ENVIRONMENT: dict[str, str] = {
+    "GOOGLE_CLOUD_PROJECT": "project",
+    "AIA_FIRESTORE_DATABASE": "firestore_database",
+    "AIA_TASKS_TOPIC": "tasks_topic",
+    "AIA_DEAD_LETTER_TOPIC": "dead_letter_topic",
+    "AIA_VERSION": "version",
+    "AIA_DIAGNOSTIC_TASKS": "diagnostic_tasks",
+    "AIA_PUBLIC_BASE_URL": "public_base_url",
+    "AIA_METRICS_SHARDS": "metrics_shards",
+    "AIA_HEALTH_TIMEOUT_S": "health_timeout_s",
+    "AIA_LOG_LEVEL": "log_level",
+    "AIA_KEYRING": "keyring",
+    "AIA_KEYRING_FILE": "keyring_file",
+    "AIA_REDISPATCH_AFTER_S": "redispatch_after_s",
+}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Validate settings from an environment mapping; errors name the variable."""
+    values = {field: environ[var] for var, field in ENVIRONMENT.items() if environ.get(var)}
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        env_of = {field: var for var, field in ENVIRONMENT.items()}
+        problems = "; ".join(
+            f"{env_of.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from exc
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Settings of this instance, read once on first use."""
+    return load_settings(os.environ)

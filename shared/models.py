@@ -1,0 +1,125 @@
+"""Data models, named by direction of travel: request in, stored, view out, message on the bus."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
+TERMINAL = frozenset({"succeeded", "failed"})
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self.value in TERMINAL
+
+
+class TaskRequest(BaseModel):
+    """What a client submits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100)
+    payload: dict[str, Any]
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+
+
+class TaskError(BaseModel):
+    """Why an attempt failed: a stable code and a human message."""
+
+    code: str
+    message: str
+
+
+class Task(BaseModel):
+    """A task as the service knows it (plaintext; storage encrypts data fields)."""
+
+    task_id: str
+    tenant_id: str
+    type: str
+    status: TaskStatus
+    payload: dict[str, Any]
+    attempts: int = 0
+    max_attempts: int
+    timeout_s: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
+    error: TaskError | None = None
+    lease_id: str | None = None
+    lease_until: datetime | None = None
+    dispatch_pending: bool = False
+
+
+class TaskView(BaseModel):
+    """What a client reads back."""
+
+    task_id: str
+    type: str
+    status: TaskStatus
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any = None
+    error: TaskError | None = None
+
+    @classmethod
+    def of(cls, task: Task) -> TaskView:
+        return cls(
+            task_id=task.task_id,
+            type=task.type,
+            status=task.status,
+            attempts=task.attempts,
+            max_attempts=task.max_attempts,
+            created_at=task.created_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+            result=task.result if task.status is TaskStatus.SUCCEEDED else None,
+            error=task.error if task.status is TaskStatus.FAILED else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        body = self.model_dump(mode="json")
+        if self.status is not TaskStatus.SUCCEEDED:
+            body.pop("result")
+        if self.status is not TaskStatus.FAILED:
+            body.pop("error")
+        return body
+
+
+class TaskMessage(BaseModel):
+    """What travels on the tasks topic: ids only, never task data."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str = Field(min_length=1, max_length=64)
+    tenant_id: str = Field(min_length=1, max_length=64)
+
+
+class TaskPage(BaseModel):
+    tasks: list[TaskView]
+    next_page_token: str | None = None
+
+
+class ApiKeyRecord(BaseModel):
+    """A stored API key: its hash and tenant, never the key itself."""
+
+    key_id: str
+    tenant_id: str
+    secret_hash: str
+    created_at: datetime
+    revoked_at: datetime | None = None

@@ -1,0 +1,77 @@
+"""Firestore collection names and every query shape the code runs.
+
+Repositories build queries only from these specs, so the Terraform test can
+check that each one has its composite index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+TASKS = "tasks"
+IDEMPOTENCY_KEYS = "idempotency_keys"
+API_KEYS = "api_keys"
+METRIC_SHARDS = "metric_shards"
+
+# Field holding each document's expiry; Terraform sets a TTL policy on it.
+EXPIRES_AT = "expires_at"
+TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS)
+
+Direction = Literal["ASCENDING", "DESCENDING"]
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """Equality filters, then range/order fields, on one collection."""
+
+    collection: str
+    equals: tuple[str, ...]
+    order: tuple[tuple[str, Direction], ...] = ()
+    range_field: str | None = None
+
+    def needs_composite_index(self) -> bool:
+        # Equality-only queries are served by merging single-field indexes.
+        fields = set(self.equals) | {name for name, _ in self.order}
+        return bool(self.order) and len(fields) > 1
+
+
+_NEWEST_FIRST: tuple[tuple[str, Direction], ...] = (
+    ("created_at", "DESCENDING"),
+    ("__name__", "DESCENDING"),
+)
+
+LIST_TASKS = QuerySpec(TASKS, ("tenant_id",), _NEWEST_FIRST)
+LIST_TASKS_BY_STATUS = QuerySpec(TASKS, ("tenant_id", "status"), _NEWEST_FIRST)
+LIST_TASKS_BY_TYPE = QuerySpec(TASKS, ("tenant_id", "type"), _NEWEST_FIRST)
+LIST_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("tenant_id", "status", "type"), _NEWEST_FIRST)
+COUNT_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("status", "type"))
+# Tasks waiting longer than they should: publish failed, message lost, or worker died.
+STALE_QUEUED = QuerySpec(
+    TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
+)
+EXPIRED_LEASES = QuerySpec(
+    TASKS, ("status",), (("lease_until", "ASCENDING"),), range_field="lease_until"
+)
+KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
+
+ALL_QUERIES: tuple[QuerySpec, ...] = (
+    LIST_TASKS,
+    LIST_TASKS_BY_STATUS,
+    LIST_TASKS_BY_TYPE,
+    LIST_TASKS_BY_STATUS_TYPE,
+    COUNT_TASKS_BY_STATUS_TYPE,
+    STALE_QUEUED,
+    EXPIRED_LEASES,
+    KEYS_TO_REWRAP,
+)
+
+
+def list_tasks_spec(*, status: bool, type_: bool) -> QuerySpec:
+    if status and type_:
+        return LIST_TASKS_BY_STATUS_TYPE
+    if status:
+        return LIST_TASKS_BY_STATUS
+    if type_:
+        return LIST_TASKS_BY_TYPE
+    return LIST_TASKS
