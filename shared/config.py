@@ -32,6 +32,7 @@ class Settings(BaseModel):
     keyring: SecretStr | None = None
     keyring_file: Path | None = None
     redispatch_after_s: float = Field(default=60.0, gt=0)
+    task_retention_days: int = Field(default=30, ge=1, le=3650)
 
     def keyring_text(self) -> str:
         """Raw key ring JSON from the secret variable or the secret file."""
@@ -61,6 +62,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_KEYRING": "keyring",
     "AIA_KEYRING_FILE": "keyring_file",
     "AIA_REDISPATCH_AFTER_S": "redispatch_after_s",
+    "AIA_TASK_RETENTION_DAYS": "task_retention_days",
 }
 
 

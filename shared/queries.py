@@ -50,6 +50,7 @@ COUNT_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("status", "type"))
 STALE_QUEUED = QuerySpec(
     TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
 )
+DISPATCH_PENDING = QuerySpec(TASKS, ("status", "dispatch_pending"))
 EXPIRED_LEASES = QuerySpec(
     TASKS, ("status",), (("lease_until", "ASCENDING"),), range_field="lease_until"
 )
@@ -62,6 +63,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS_BY_STATUS_TYPE,
     COUNT_TASKS_BY_STATUS_TYPE,
     STALE_QUEUED,
+    DISPATCH_PENDING,
     EXPIRED_LEASES,
     KEYS_TO_REWRAP,
 )
