@@ -48,7 +48,7 @@ class Task(BaseModel):
     tenant_id: str
     type: str
     status: TaskStatus
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None = None  # None when not decrypted for this read
     attempts: int = 0
     max_attempts: int
     timeout_s: int

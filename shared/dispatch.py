@@ -1,0 +1,44 @@
+"""Publishing task ids to Pub/Sub: the tasks topic and the dead-letter topic."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Protocol
+
+from shared.errors import Unavailable
+from shared.models import TaskMessage
+
+log = logging.getLogger("aia.dispatch")
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class TaskPublisher(Protocol):
+    def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str: ...
+    def dead_letter(self, data: bytes, attributes: dict[str, str]) -> str: ...
+
+
+class PubSubTaskPublisher:
+    """Publishes and waits for the server's ack, so a returned id means it is stored."""
+
+    def __init__(self, client: Any, tasks_topic: str, dead_letter_topic: str) -> None:
+        self._client = client
+        self._tasks_topic = tasks_topic
+        self._dead_letter_topic = dead_letter_topic
+
+    def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str:
+        data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
+        attrs = {"tenant_id": message.tenant_id, **(attributes or {})}
+        return self._send(self._tasks_topic, data, attrs)
+
+    def dead_letter(self, data: bytes, attributes: dict[str, str]) -> str:
+        return self._send(self._dead_letter_topic, data, attributes)
+
+    def _send(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
+        try:
+            future = self._client.publish(topic, data, **attributes)
+            message_id: str = future.result(timeout=PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            raise Unavailable(f"publishing to {topic.rsplit('/', 1)[-1]} failed") from exc
+        return message_id

@@ -1,0 +1,101 @@
+"""Task <-> Firestore document mapping; client data fields are sealed, never stored plain.
+
+Plaintext stays only where queries need it (tenant, type, status, timestamps,
+attempts); payload, result and error travel through the task's data key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.models import Task, TaskError, TaskStatus
+from shared.queries import EXPIRES_AT
+
+if TYPE_CHECKING:
+    from shared.crypto import TaskKey, TaskOpener, TaskSealer
+
+DATA_FIELDS = ("payload", "result", "error")
+_PLAIN_FIELDS = (
+    "tenant_id",
+    "type",
+    "status",
+    "attempts",
+    "max_attempts",
+    "timeout_s",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
+    "lease_id",
+    "lease_until",
+    "dispatch_pending",
+)
+
+
+class TaskDocuments:
+    """Encodes tasks for storage and decodes them, opening only the fields asked for."""
+
+    def __init__(
+        self, sealer: TaskSealer, opener: TaskOpener | None, *, retention: timedelta
+    ) -> None:
+        self._sealer = sealer
+        self._opener = opener
+        self._retention = retention
+
+    @property
+    def sealer(self) -> TaskSealer:
+        return self._sealer
+
+    def encode_new(self, task: Task) -> dict[str, Any]:
+        key = self._sealer.new_task_key(task.tenant_id, task.task_id)
+        doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
+        doc["status"] = task.status.value
+        doc["data_key"] = key.wrapped
+        doc["payload"] = key.seal("payload", task.payload)
+        doc["result"] = None
+        doc["error"] = None
+        doc["error_code"] = None
+        doc[EXPIRES_AT] = task.created_at + self._retention
+        return doc
+
+    def key_of(self, task_id: str, doc: dict[str, Any]) -> TaskKey:
+        if self._opener is None:
+            from shared.errors import ConfigurationError
+
+            raise ConfigurationError(
+                "this function holds no private keys and cannot read task data"
+            )
+        return self._opener.open_task_key(doc["tenant_id"], task_id, bytes(doc["data_key"]))
+
+    def decode(
+        self, task_id: str, doc: dict[str, Any], *, open_fields: Collection[str] = ()
+    ) -> Task:
+        """A Task from its document; data fields not in `open_fields` stay unread."""
+        values: dict[str, Any] = {name: doc.get(name) for name in _PLAIN_FIELDS}
+        values["task_id"] = task_id
+        values["status"] = TaskStatus(doc["status"])
+        wanted = [f for f in open_fields if doc.get(f) is not None]
+        if wanted:
+            key = self.key_of(task_id, doc)
+            for name in wanted:
+                values[name] = key.open(name, bytes(doc[name]))
+        if isinstance(values.get("error"), dict):
+            values["error"] = TaskError.model_validate(values["error"])
+        values["dispatch_pending"] = bool(values.get("dispatch_pending"))
+        return Task.model_validate(values)
+
+    @staticmethod
+    def seal_error(key: TaskKey, error: TaskError) -> dict[str, Any]:
+        """Update fields recording `error`: the message sealed, the code plain for operators."""
+        return {"error": key.seal("error", error.model_dump()), "error_code": error.code}
+
+    @staticmethod
+    def seal_result(key: TaskKey, result: Any) -> dict[str, Any]:
+        return {"result": key.seal("result", result)}
+
+    @staticmethod
+    def expired(doc: dict[str, Any], now: datetime) -> bool:
+        expires = doc.get(EXPIRES_AT)
+        return expires is not None and expires <= now

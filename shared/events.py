@@ -1,0 +1,92 @@
+"""Pub/Sub edge: decode a push CloudEvent, and map outcomes to ack or nack. One place.
+
+Returning from the function acknowledges the message (2xx); raising makes
+functions-framework answer 5xx, so Pub/Sub redelivers with backoff.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared import logs
+from shared.config import get_settings
+from shared.errors import AIAError
+from shared.models import TaskMessage
+
+log = logging.getLogger("aia.events")
+
+
+class Redeliver(Exception):
+    """Raised to nack: Pub/Sub delivers the message again later."""
+
+
+def should_ack(error: BaseException | None) -> bool:
+    """Ack successes and errors that a redelivery cannot fix; nack the rest."""
+    if error is None:
+        return True
+    if isinstance(error, AIAError):
+        return not error.retryable
+    return False
+
+
+def decode_task_message(event_data: Any) -> TaskMessage:
+    """The TaskMessage inside a messagePublished CloudEvent's data."""
+    try:
+        message = event_data["message"]
+        raw = base64.b64decode(message["data"], validate=True)
+        return TaskMessage.model_validate(json.loads(raw))
+    except (KeyError, TypeError, ValueError, binascii.Error, ValidationError) as exc:
+        raise MalformedMessage(f"not a task message: {exc}") from exc
+
+
+def _raw_data(message: dict[str, Any]) -> bytes:
+    data = str(message.get("data", ""))
+    try:
+        return base64.b64decode(data, validate=True)
+    except (ValueError, binascii.Error):
+        return data.encode()
+
+
+class MalformedMessage(AIAError):
+    code = "malformed-message"
+    title = "Malformed task message"
+    retryable = False
+
+
+def handle(
+    event_data: Any,
+    process: Callable[[TaskMessage], Any],
+    dead_letter: Callable[[bytes, dict[str, str]], Any],
+) -> None:
+    """Run `process` for one delivery; return to ack, raise Redeliver to nack.
+
+    A delivery acked because of an error is dead-lettered first, so nothing
+    disappears silently.
+    """
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.project)
+    message = event_data.get("message", {}) if isinstance(event_data, dict) else {}
+    attributes = message.get("attributes") or {}
+    logs.bind(logs.trace_id_from_headers(attributes), message_id=message.get("messageId"))
+    error: BaseException | None = None
+    try:
+        outcome = process(decode_task_message(event_data))
+        log.info("delivery handled", extra={"outcome": str(getattr(outcome, "outcome", outcome))})
+    except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
+        error = exc
+    if error is None:
+        return
+    if should_ack(error):
+        code = getattr(error, "code", "error")
+        log.error("delivery dropped to dead letter: %s", error, extra={"code": code})
+        dead_letter(_raw_data(message), {**attributes, "reason": str(code)})
+        return
+    log.warning("delivery will be retried: %s", error)
+    raise Redeliver(str(error)) from error

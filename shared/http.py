@@ -1,0 +1,120 @@
+"""HTTP edge: errors to RFC 7807 problem+json, JSON bodies, bearer tokens. One place."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import flask
+
+from shared import logs
+from shared.config import get_settings
+from shared.errors import (
+    AIAError,
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+
+log = logging.getLogger("aia.http")
+
+MAX_BODY_BYTES = 1024 * 1024
+PROBLEM_JSON = "application/problem+json"
+
+Handler = Callable[[flask.Request], flask.Response]
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> flask.Response:
+    return flask.Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status,
+        mimetype="application/json",
+        headers=headers,
+    )
+
+
+def problem_response(error: AIAError, instance: str | None = None) -> flask.Response:
+    body = error.problem()
+    if instance:
+        body["instance"] = instance
+    headers: dict[str, str] = {}
+    if isinstance(error, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="aia"' + (
+            ', error="invalid_token"' if error.extra.get("token_given") else ""
+        )
+        body.pop("token_given", None)
+    if isinstance(error, MethodNotAllowed):
+        headers["Allow"] = ", ".join(error.allowed)
+    return flask.Response(
+        json.dumps(body, separators=(",", ":")),
+        status=error.status,
+        mimetype=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Wrap an HTTP entry point: logging context, and every error as problem+json."""
+
+    @functools.wraps(handler)
+    def wrapper(request: flask.Request) -> flask.Response:
+        settings = get_settings()
+        logs.configure(settings.log_level, settings.project)
+        logs.bind(logs.trace_id_from_headers(request.headers), path=request.path)
+        try:
+            return handler(request)
+        except AIAError as exc:
+            level = logging.ERROR if exc.status >= 500 else logging.INFO
+            log.log(level, "request failed: %s", exc.detail, extra={"problem": exc.code})
+            return problem_response(exc, request.path)
+        except Exception:
+            log.exception("unhandled error")
+            return problem_response(AIAError("an unexpected error occurred"), request.path)
+
+    return wrapper
+
+
+def require_path(request: flask.Request, *paths: str) -> None:
+    if request.path.rstrip("/") not in {p.rstrip("/") for p in paths}:
+        raise NotFound(f"no route for {request.path}")
+
+
+def require_method(request: flask.Request, *allowed: str) -> None:
+    if request.method not in allowed:
+        raise MethodNotAllowed(f"{request.method} is not allowed here", allowed=allowed)
+
+
+def read_json_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """Parse a JSON body of at most `max_bytes`, reading no more than that."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise PayloadTooLarge(f"body is {request.content_length} bytes; the limit is {max_bytes}")
+    mimetype = request.mimetype or "application/json"
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise UnsupportedMediaType(f"expected application/json, got {mimetype}")
+    raw = request.stream.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise PayloadTooLarge(f"body exceeds the limit of {max_bytes} bytes")
+    if not raw:
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+
+
+def bearer_token(request: flask.Request) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <key>'")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization must use the Bearer scheme", token_given=True)
+    return token.strip()

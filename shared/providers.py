@@ -1,0 +1,126 @@
+"""Composition root: each use case built once per instance from settings and lazy clients.
+
+Tests build use cases directly with fakes, or call `reset()` after changing
+the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from shared.clients import firestore_client, publisher, reset_clients, topic_path
+from shared.config import get_settings
+
+if TYPE_CHECKING:
+    from shared.apikeys import ApiKeys
+    from shared.crypto import KeyRing
+    from shared.dispatch import PubSubTaskPublisher
+    from shared.redispatch import Redispatcher
+    from shared.repository import FirestoreTaskRepository
+    from shared.status import StatusService
+    from shared.submission import SubmitService
+    from shared.worker import Worker
+
+
+@functools.cache
+def keyring() -> KeyRing:
+    from shared.crypto import KeyRing
+
+    return KeyRing.from_json(get_settings().keyring_text())
+
+
+@functools.cache
+def task_repository() -> FirestoreTaskRepository:
+    from shared.crypto import TaskOpener, TaskSealer
+    from shared.documents import TaskDocuments
+    from shared.repository import FirestoreTaskRepository
+
+    settings = get_settings()
+    ring = keyring()
+    # A public-only ring (submit_task's) can seal but never open.
+    opener = TaskOpener(ring) if ring.can_decrypt() else None
+    documents = TaskDocuments(
+        TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
+    )
+    return FirestoreTaskRepository(
+        firestore_client(), documents, metric_shards=settings.metrics_shards
+    )
+
+
+@functools.cache
+def task_publisher() -> PubSubTaskPublisher:
+    from shared.dispatch import PubSubTaskPublisher
+
+    settings = get_settings()
+    return PubSubTaskPublisher(
+        publisher(), topic_path(settings.tasks_topic), topic_path(settings.dead_letter_topic)
+    )
+
+
+@functools.cache
+def api_keys() -> ApiKeys:
+    from shared.apikeys import ApiKeys, FirestoreApiKeyStore
+
+    return ApiKeys(FirestoreApiKeyStore(firestore_client()))
+
+
+@functools.cache
+def submit_service() -> SubmitService:
+    from shared.crypto import TaskSealer
+    from shared.registry import builtin_registry
+    from shared.submission import SubmitService
+
+    return SubmitService(
+        task_repository(),
+        task_publisher(),
+        builtin_registry(),
+        TaskSealer(keyring()),
+        get_settings(),
+    )
+
+
+@functools.cache
+def status_service() -> StatusService:
+    from shared.status import StatusService
+
+    return StatusService(task_repository())
+
+
+@functools.cache
+def worker() -> Worker:
+    from shared.registry import builtin_registry
+    from shared.worker import Worker
+
+    return Worker(task_repository(), builtin_registry(), task_publisher())
+
+
+@functools.cache
+def redispatcher() -> Redispatcher:
+    from shared.redispatch import Redispatcher
+    from shared.repository import FirestoreTaskRepository
+
+    settings = get_settings()
+    # Built without key material: the sweep moves ids, never task data.
+    repository = FirestoreTaskRepository(
+        firestore_client(), None, metric_shards=settings.metrics_shards
+    )
+    after = timedelta(seconds=settings.redispatch_after_s)
+    return Redispatcher(repository, task_publisher(), after=after)
+
+
+def reset() -> None:
+    """Forget every cached provider, client and setting."""
+    for provider in (
+        keyring,
+        task_repository,
+        task_publisher,
+        api_keys,
+        submit_service,
+        status_service,
+        worker,
+        redispatcher,
+    ):
+        provider.cache_clear()
+    reset_clients()

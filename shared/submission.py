@@ -1,0 +1,112 @@
+"""Submitting a task: validate, store encrypted, publish its id."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from shared.config import Settings
+from shared.crypto import TaskSealer
+from shared.dispatch import TaskPublisher
+from shared.errors import Unavailable, ValidationFailed
+from shared.models import Task, TaskMessage, TaskRequest, TaskStatus
+from shared.registry import TaskRegistry
+from shared.repository import IdempotencyClaim, TaskRepository
+
+log = logging.getLogger("aia.submit")
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+@dataclass(frozen=True)
+class Submitted:
+    task_id: str
+    replayed: bool
+    dispatched: bool
+
+
+def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> TaskRequest:
+    """Validate the envelope, then the payload against its type's model."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("request body must be a JSON object", field="body")
+    try:
+        request = TaskRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
+    task_type = registry.get(request.type, include_diagnostic=diagnostic)
+    registry.parse_payload(task_type, request.payload)
+    return request
+
+
+def validate_idempotency_key(key: str) -> str:
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationFailed(
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters",
+            field="Idempotency-Key",
+        )
+    return key
+
+
+class SubmitService:
+    def __init__(
+        self,
+        repository: TaskRepository,
+        publisher: TaskPublisher,
+        registry: TaskRegistry,
+        sealer: TaskSealer,
+        settings: Settings,
+    ) -> None:
+        self._repository = repository
+        self._publisher = publisher
+        self._registry = registry
+        self._sealer = sealer
+        self._settings = settings
+
+    def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
+        request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
+        claim = None
+        if idempotency_key is not None:
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            claim = IdempotencyClaim(
+                tenant_id=tenant_id,
+                key=validate_idempotency_key(idempotency_key),
+                body_digest=self._sealer.digest(canonical),
+            )
+        now = datetime.now(UTC)
+        task = Task(
+            task_id=uuid.uuid4().hex,
+            tenant_id=tenant_id,
+            type=request.type,
+            status=TaskStatus.QUEUED,
+            payload=request.payload,
+            max_attempts=request.max_attempts,
+            timeout_s=request.timeout_s,
+            created_at=now,
+            updated_at=now,
+        )
+        created = self._repository.create(task, claim)
+        if created.replayed:
+            return Submitted(created.task_id, replayed=True, dispatched=True)
+        try:
+            self._publisher.publish(
+                TaskMessage(task_id=task.task_id, tenant_id=tenant_id),
+                attributes={"type": task.type},
+            )
+        except Unavailable:
+            # The task is stored: flag it so the redispatcher publishes it soon.
+            log.warning("publish failed; task left for redispatch", extra={"task_id": task.task_id})
+            try:
+                self._repository.mark_dispatch_pending(task.task_id)
+            except Exception:
+                # The age-based sweep still finds it; the client's answer stays honest.
+                log.exception("could not flag task for redispatch", extra={"task_id": task.task_id})
+            return Submitted(task.task_id, replayed=False, dispatched=False)
+        return Submitted(task.task_id, replayed=False, dispatched=True)
