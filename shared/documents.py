@@ -69,6 +69,14 @@ class TaskDocuments:
             )
         return self._opener.open_task_key(doc["tenant_id"], task_id, bytes(doc["data_key"]))
 
+    def rewrap(self, task_id: str, doc: dict[str, Any]) -> bytes | None:
+        """The data key re-wrapped under the current key, or None if it already is."""
+        if self._opener is None:
+            from shared.errors import ConfigurationError
+
+            raise ConfigurationError("re-wrapping needs the private key ring")
+        return self._opener.rewrap(doc["tenant_id"], task_id, bytes(doc["data_key"]))
+
     def decode(
         self, task_id: str, doc: dict[str, Any], *, open_fields: Collection[str] = ()
     ) -> Task:

@@ -15,8 +15,8 @@ from shared.config import get_settings
 
 if TYPE_CHECKING:
     from shared.apikeys import ApiKeys
-    from shared.crypto import KeyRing
     from shared.dispatch import PubSubTaskPublisher
+    from shared.keyring import KeyRing
     from shared.redispatch import Redispatcher
     from shared.repository import FirestoreTaskRepository
     from shared.status import StatusService
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 @functools.cache
 def keyring() -> KeyRing:
-    from shared.crypto import KeyRing
+    from shared.keyring import KeyRing
 
     return KeyRing.from_json(get_settings().keyring_text())
 

@@ -331,6 +331,26 @@ class FirestoreTaskRepository:
         owned: bool = run(self._db.transaction())
         return owned
 
+    # -- key rotation ------------------------------------------------------
+
+    def rewrap_batch(self, start_after: str | None, limit: int) -> tuple[int, int, str | None]:
+        """Re-wrap one page of data keys in task-id order: (scanned, rewrapped, last id)."""
+        query = self._query(queries.KEYS_TO_REWRAP, {})
+        if start_after:
+            query = query.start_after({"__name__": self._tasks.document(start_after)})
+        snaps = list(query.limit(limit).stream())
+        batch = self._db.batch()
+        rewrapped = 0
+        for snap in snaps:
+            wrapped = self._docs.rewrap(snap.id, snap.to_dict())
+            if wrapped is not None:
+                # Only the wrapped key changes: the data key, and so every sealed field, stays.
+                batch.update(snap.reference, {"data_key": wrapped})
+                rewrapped += 1
+        if rewrapped:
+            batch.commit()
+        return len(snaps), rewrapped, snaps[-1].id if snaps else None
+
     # -- redispatch --------------------------------------------------------
 
     def stuck(self, now: datetime, queued_before: datetime, limit: int) -> list[StuckTask]:
