@@ -1,0 +1,308 @@
+"""Task metrics: sharded Firestore counters written by the task path, read by `metrics`.
+
+Each (metric, task type, shard) has one document in `METRIC_SHARDS`; writers
+pick a shard at random and apply `Increment` transforms inside the caller's
+batch or transaction, so concurrent instances never read-modify-write and no
+document takes more than about `1/shards` of the write rate. Task counts by
+status come from Firestore count aggregations, never from reading tasks.
+
+Importing this module imports neither a Google client nor prometheus_client:
+the submit path and the worker only pay for what they use.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from shared.errors import Unavailable
+from shared.models import TaskStatus
+from shared.queries import COUNT_TASKS_BY_STATUS_TYPE, METRIC_SHARDS
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+SUBMITTED = "submitted"
+DURATION = "duration"
+
+# Seconds. Covers echo (ms) to sleep's 30 s cap and long handlers; anything
+# beyond the last bound still counts in +Inf, `_count` and `_sum`.
+BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+
+STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
+
+# Bucket fields are keyed by their bound in whole milliseconds: a plain
+# identifier needs no field-path quoting, and a stored bound that is later
+# dropped from BUCKETS can still be folded into the next larger one.
+_BUCKET_FIELD = re.compile(r"^le_(\d+)ms$")
+
+_COLLECT_TIMEOUT_S = 10.0
+# Count queries are small, independent RPCs; a shared pool lets one scrape run
+# them side by side without starting threads per request.
+_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="metrics")
+
+
+def shard_doc_id(metric: str, task_type: str, shard: int) -> str:
+    """Document id of one shard; the type is percent-encoded so ids never hold '/'."""
+    return f"{metric}:{quote(task_type, safe='')}:{shard}"
+
+
+def _bucket_field(bound: float) -> str:
+    return f"le_{round(bound * 1000)}ms"
+
+
+def _shard_ref(db: Any, metric: str, task_type: str, shards: int) -> Any:
+    if shards < 1:
+        raise ValueError("shards must be at least 1")
+    shard = random.randrange(shards)  # noqa: S311 - spreads load, not a secret
+    return db.collection(METRIC_SHARDS).document(shard_doc_id(metric, task_type, shard))
+
+
+def record_submitted(writer: Any, db: Any, task_type: str, *, shards: int) -> None:
+    """Count one submitted task of `task_type` inside the caller's batch or transaction."""
+    from google.cloud.firestore import Increment
+
+    ref = _shard_ref(db, SUBMITTED, task_type, shards)
+    data = {"metric": SUBMITTED, "type": task_type, "value": Increment(1)}
+    writer.set(ref, data, merge=True)
+
+
+def record_duration(writer: Any, db: Any, task_type: str, seconds: float, *, shards: int) -> None:
+    """Observe one task run time inside the caller's batch or transaction."""
+    from google.cloud.firestore import Increment
+
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be finite, got {seconds!r}")
+    # Durations measured across instances' wall clocks can come out slightly negative.
+    seconds = max(0.0, seconds)
+    data: dict[str, Any] = {
+        "metric": DURATION,
+        "type": task_type,
+        "count": Increment(1),
+        "sum": Increment(float(seconds)),
+    }
+    # Only the one bucket the value falls in is stored; `collect` makes them
+    # cumulative. Values above the last bound live in `count` alone (+Inf).
+    index = bisect.bisect_left(BUCKETS, seconds)
+    if index < len(BUCKETS):
+        data["buckets"] = {_bucket_field(BUCKETS[index]): Increment(1)}
+    writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
+
+
+@dataclass(frozen=True)
+class DurationHistogram:
+    """Observations per bucket of `BUCKETS` (not cumulative), plus count and sum."""
+
+    counts: tuple[int, ...]
+    count: int
+    total: float
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations <= bound) including +Inf, as Prometheus wants."""
+        running = 0
+        out: list[tuple[float, int]] = []
+        for bound, n in zip(BUCKETS, self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        out.append((math.inf, self.count))
+        return out
+
+
+EMPTY_HISTOGRAM = DurationHistogram(counts=(0,) * len(BUCKETS), count=0, total=0.0)
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Every figure one scrape reports."""
+
+    types: tuple[str, ...]
+    tasks: Mapping[tuple[str, str], int]  # (status, type) -> tasks now in that status
+    submitted: Mapping[str, int]
+    durations: Mapping[str, DurationHistogram]
+
+
+def _as_int(value: Any) -> int:
+    # The emulator answers 0.0 for an empty count, and increments may be doubles.
+    return int(value) if isinstance(value, int | float) and math.isfinite(value) else 0
+
+
+def fold_shards(
+    docs: Iterable[Mapping[str, Any]],
+) -> tuple[dict[str, int], dict[str, DurationHistogram]]:
+    """Sum shard documents into submitted counts and histograms per type."""
+    submitted: dict[str, int] = {}
+    counts: dict[str, list[int]] = {}
+    totals: dict[str, tuple[int, float]] = {}
+    for doc in docs:
+        metric, task_type = doc.get("metric"), doc.get("type")
+        if not isinstance(task_type, str):
+            continue
+        if metric == SUBMITTED:
+            submitted[task_type] = submitted.get(task_type, 0) + _as_int(doc.get("value"))
+        elif metric == DURATION:
+            per_bucket = counts.setdefault(task_type, [0] * len(BUCKETS))
+            buckets = doc.get("buckets")
+            for field, value in (buckets if isinstance(buckets, dict) else {}).items():
+                match = _BUCKET_FIELD.match(field)
+                if match is None:
+                    continue
+                index = bisect.bisect_left(BUCKETS, int(match.group(1)) / 1000)
+                if index < len(BUCKETS):
+                    per_bucket[index] += _as_int(value)
+            count, total = totals.get(task_type, (0, 0.0))
+            raw_sum = doc.get("sum")
+            add = float(raw_sum) if isinstance(raw_sum, int | float) else 0.0
+            totals[task_type] = (count + _as_int(doc.get("count")), total + add)
+    durations = {
+        t: DurationHistogram(counts=tuple(c), count=totals[t][0], total=totals[t][1])
+        for t, c in counts.items()
+    }
+    return submitted, durations
+
+
+def _count(db: Any, status: str, task_type: str, timeout_s: float) -> int:
+    from google.cloud.firestore import FieldFilter
+
+    query = db.collection(COUNT_TASKS_BY_STATUS_TYPE.collection)
+    for field, value in zip(COUNT_TASKS_BY_STATUS_TYPE.equals, (status, task_type), strict=True):
+        query = query.where(filter=FieldFilter(field, "==", value))
+    result = query.count(alias="n").get(timeout=timeout_s)
+    return _as_int(result[0][0].value) if result and result[0] else 0
+
+
+def _shard_docs(db: Any, timeout_s: float) -> list[dict[str, Any]]:
+    return [snap.to_dict() or {} for snap in db.collection(METRIC_SHARDS).stream(timeout=timeout_s)]
+
+
+def collect(
+    db: Any, task_types: list[str], *, timeout_s: float = _COLLECT_TIMEOUT_S
+) -> MetricsSnapshot:
+    """Read every shard (one stream) and count tasks per (status, type), concurrently."""
+    from google.api_core.exceptions import GoogleAPICallError, RetryError
+
+    pairs = [(s, t) for s in STATUSES for t in task_types]
+    shard_future = _POOL.submit(_shard_docs, db, timeout_s)
+    count_futures: dict[tuple[str, str], Future[int]] = {
+        pair: _POOL.submit(_count, db, pair[0], pair[1], timeout_s) for pair in pairs
+    }
+    try:
+        # Each RPC carries its own deadline; the extra second only covers queueing.
+        docs = shard_future.result(timeout=timeout_s + 1)
+        tasks = {pair: f.result(timeout=timeout_s + 1) for pair, f in count_futures.items()}
+    except (GoogleAPICallError, RetryError, FutureTimeout) as exc:
+        raise Unavailable(f"Firestore did not answer the metrics queries: {exc}") from exc
+    finally:
+        for future in count_futures.values():
+            future.cancel()
+    submitted, durations = fold_shards(docs)
+    # Types seen in shards but no longer registered keep their history visible.
+    types = tuple(sorted(set(task_types) | set(submitted) | set(durations)))
+    return MetricsSnapshot(
+        types=types,
+        tasks=tasks,
+        submitted={t: submitted.get(t, 0) for t in types},
+        durations={t: durations.get(t, EMPTY_HISTOGRAM) for t in types},
+    )
+
+
+def collect_current() -> MetricsSnapshot:
+    """Snapshot of this deployment: its Firestore and the task types it accepts."""
+    from shared.clients import firestore_client
+    from shared.config import get_settings
+    from shared.registry import builtin_registry
+
+    names = builtin_registry().names(include_diagnostic=get_settings().diagnostic_tasks)
+    return collect(firestore_client(), names)
+
+
+def _le(bound: float) -> str:
+    # Prometheus' spelling of a bucket bound: "+Inf", else the shortest float repr.
+    return "+Inf" if math.isinf(bound) else repr(float(bound))
+
+
+def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
+
+    tasks = GaugeMetricFamily(
+        "aia_tasks", "Tasks currently in each status, by type.", labels=["status", "type"]
+    )
+    for (status, task_type), n in sorted(snapshot.tasks.items()):
+        tasks.add_metric([status, task_type], n)
+    yield tasks
+    submitted = CounterMetricFamily(
+        "aia_tasks_submitted", "Tasks accepted by submit, by type.", labels=["type"]
+    )
+    for task_type, n in sorted(snapshot.submitted.items()):
+        submitted.add_metric([task_type], n)
+    yield submitted
+    durations = HistogramMetricFamily(
+        "aia_task_duration_seconds",
+        "Run time of finished task attempts, by type.",
+        labels=["type"],
+    )
+    for task_type, hist in sorted(snapshot.durations.items()):
+        buckets = [(_le(bound), n) for bound, n in hist.cumulative()]
+        durations.add_metric([task_type], buckets, hist.total)
+    yield durations
+
+
+def render_prometheus(snapshot: MetricsSnapshot) -> bytes:
+    """Prometheus text exposition (`prometheus_client.CONTENT_TYPE_LATEST`)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    class SnapshotCollector(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return _families(snapshot)
+
+    # A fresh registry per scrape: no process-wide state, no default collectors.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector())
+    return bytes(generate_latest(registry))
+
+
+def render_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
+    """The same figures as `render_prometheus`, keyed by metric name."""
+    tasks: dict[str, dict[str, int]] = {s: {} for s in STATUSES}
+    for (status, task_type), n in sorted(snapshot.tasks.items()):
+        tasks.setdefault(status, {})[task_type] = n
+    return {
+        "aia_tasks": tasks,
+        "aia_tasks_submitted_total": dict(sorted(snapshot.submitted.items())),
+        "aia_task_duration_seconds": {
+            task_type: {
+                "count": hist.count,
+                "sum": hist.total,
+                "buckets": {_le(bound): n for bound, n in hist.cumulative()},
+            }
+            for task_type, hist in sorted(snapshot.durations.items())
+        },
+    }
