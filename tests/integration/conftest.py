@@ -1,0 +1,96 @@
+"""Use cases wired to the real emulators, with a fresh key ring and topics per test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.config import Settings
+from shared.crypto import TaskOpener, TaskSealer
+from shared.dispatch import PubSubTaskPublisher
+from shared.documents import TaskDocuments
+from shared.keyring import KeyRing, generate_keyring
+from shared.registry import TaskRegistry, builtin_registry
+from shared.repository import FirestoreTaskRepository
+from shared.status import StatusService
+from shared.submission import SubmitService
+from shared.worker import Worker
+
+PROJECT = "aia-test"
+TASKS_TOPIC = "aia-tasks"
+DEAD_LETTER_TOPIC = "aia-tasks-dead-letter"
+
+
+@dataclass
+class Pipeline:
+    db: Any
+    ring: KeyRing
+    repository: FirestoreTaskRepository
+    publisher: PubSubTaskPublisher
+    submit: SubmitService
+    status: StatusService
+    worker: Worker
+    subscriber: Any
+    tasks_sub: str
+    dead_letter_sub: str
+
+    def pull(self, subscription: str, *, max_messages: int = 50) -> list[dict[str, Any]]:
+        """Messages waiting on `subscription` (acked), as decoded JSON with attributes."""
+        response = self.subscriber.pull(
+            subscription=subscription, max_messages=max_messages, timeout=5
+        )
+        if response.received_messages:
+            self.subscriber.acknowledge(
+                subscription=subscription,
+                ack_ids=[m.ack_id for m in response.received_messages],
+            )
+        return [
+            {"data": json.loads(m.message.data), "attributes": dict(m.message.attributes)}
+            for m in response.received_messages
+        ]
+
+    def with_registry(self, registry: TaskRegistry) -> Worker:
+        return Worker(self.repository, registry, self.publisher)
+
+
+@pytest.fixture
+def pipeline(emulators_clean: dict[str, str]) -> Iterator[Pipeline]:
+    from google.cloud import firestore, pubsub_v1
+
+    db = firestore.Client(project=PROJECT)
+    publisher_client = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
+    )
+    subscriber = pubsub_v1.SubscriberClient()
+    topics = {}
+    subs = {}
+    for name in (TASKS_TOPIC, DEAD_LETTER_TOPIC):
+        topics[name] = publisher_client.create_topic(name=f"projects/{PROJECT}/topics/{name}").name
+        subs[name] = subscriber.create_subscription(
+            name=f"projects/{PROJECT}/subscriptions/{name}-observer", topic=topics[name]
+        ).name
+    ring = generate_keyring()
+    documents = TaskDocuments(TaskSealer(ring), TaskOpener(ring), retention=timedelta(days=30))
+    repository = FirestoreTaskRepository(db, documents, metric_shards=4)
+    publisher = PubSubTaskPublisher(
+        publisher_client, topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
+    )
+    settings = Settings(project=PROJECT)
+    yield Pipeline(
+        db=db,
+        ring=ring,
+        repository=repository,
+        publisher=publisher,
+        submit=SubmitService(repository, publisher, builtin_registry(), TaskSealer(ring), settings),
+        status=StatusService(repository),
+        worker=Worker(repository, builtin_registry(), publisher),
+        subscriber=subscriber,
+        tasks_sub=subs[TASKS_TOPIC],
+        dead_letter_sub=subs[DEAD_LETTER_TOPIC],
+    )
+    subscriber.close()
