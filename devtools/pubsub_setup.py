@@ -1,0 +1,145 @@
+"""Create the Pub/Sub topology AIA runs on: tasks topic, push subscription, dead letters.
+
+Used by the local stack and by tests; safe to run again on a topology that
+already exists (it updates the push subscription to the wanted settings).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from shared.config import Settings
+
+if TYPE_CHECKING:
+    from google.pubsub_v1 import PublisherClient, SubscriberClient
+
+WORKER_SUBSCRIPTION = "aia-tasks-worker"
+DEAD_LETTER_SUBSCRIPTION = "aia-tasks-dead-letter-sub"
+
+
+@dataclass(frozen=True)
+class PubSubTopology:
+    """Fully qualified names of what `setup_pubsub` created."""
+
+    project: str
+    tasks_topic: str
+    dead_letter_topic: str
+    worker_subscription: str
+    dead_letter_subscription: str
+    push_endpoint: str
+
+
+def worker_push_endpoint(worker_base_url: str, project: str, topic: str) -> str:
+    """Push URL for the worker.
+
+    The `projects/P/topics/T` path makes functions-framework name the topic as
+    the CloudEvent source, as Eventarc does in production.
+    """
+    return f"{worker_base_url.rstrip('/')}/projects/{project}/topics/{topic}"
+
+
+def _clients(emulator_host: str | None) -> tuple[PublisherClient, SubscriberClient]:
+    # The GAPIC clients (not the batching wrappers): only admin calls are made here.
+    from google.pubsub_v1 import PublisherClient, SubscriberClient
+
+    if emulator_host is None:
+        # The clients read PUBSUB_EMULATOR_HOST themselves, or use real credentials.
+        return PublisherClient(), SubscriberClient()
+
+    import grpc  # type: ignore[import-untyped]
+    from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
+    from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
+
+    # An explicit insecure channel, so callers need not mutate os.environ.
+    return (
+        PublisherClient(
+            transport=PublisherGrpcTransport(channel=grpc.insecure_channel(emulator_host))
+        ),
+        SubscriberClient(
+            transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(emulator_host))
+        ),
+    )
+
+
+def setup_pubsub(
+    project: str,
+    worker_base_url: str,
+    *,
+    emulator_host: str | None = None,
+    tasks_topic: str | None = None,
+    dead_letter_topic: str | None = None,
+    worker_subscription: str = WORKER_SUBSCRIPTION,
+    dead_letter_subscription: str = DEAD_LETTER_SUBSCRIPTION,
+    ack_deadline_s: int = 600,
+    min_backoff_s: int = 1,
+    max_backoff_s: int = 10,
+    max_delivery_attempts: int = 10,
+) -> PubSubTopology:
+    """Create (or update) topics and subscriptions; return their full names.
+
+    `worker_base_url` is where the `process_task` function listens, e.g.
+    `http://127.0.0.1:8093`. The dead-letter policy is only a backstop: the
+    worker dead-letters a task itself once its own attempt count is spent.
+    """
+    from google.api_core.exceptions import AlreadyExists
+    from google.protobuf import duration_pb2, field_mask_pb2
+    from google.pubsub_v1 import types
+
+    defaults = Settings()
+    tasks_topic = tasks_topic or defaults.tasks_topic
+    dead_letter_topic = dead_letter_topic or defaults.dead_letter_topic
+    publisher, subscriber = _clients(emulator_host)
+    tasks_path = publisher.topic_path(project, tasks_topic)
+    dead_path = publisher.topic_path(project, dead_letter_topic)
+    worker_path = subscriber.subscription_path(project, worker_subscription)
+    dead_sub_path = subscriber.subscription_path(project, dead_letter_subscription)
+    endpoint = worker_push_endpoint(worker_base_url, project, tasks_topic)
+
+    try:
+        for topic in (tasks_path, dead_path):
+            with contextlib.suppress(AlreadyExists):
+                publisher.create_topic(request={"name": topic})
+
+        worker = types.Subscription(
+            name=worker_path,
+            topic=tasks_path,
+            push_config=types.PushConfig(push_endpoint=endpoint),
+            ack_deadline_seconds=ack_deadline_s,
+            retry_policy=types.RetryPolicy(
+                minimum_backoff=duration_pb2.Duration(seconds=min_backoff_s),
+                maximum_backoff=duration_pb2.Duration(seconds=max_backoff_s),
+            ),
+            dead_letter_policy=types.DeadLetterPolicy(
+                dead_letter_topic=dead_path, max_delivery_attempts=max_delivery_attempts
+            ),
+        )
+        try:
+            subscriber.create_subscription(request=worker)
+        except AlreadyExists:
+            # A re-run (new worker port): bring the existing subscription up to date.
+            mask = field_mask_pb2.FieldMask(
+                paths=["push_config", "ack_deadline_seconds", "retry_policy", "dead_letter_policy"]
+            )
+            subscriber.update_subscription(request={"subscription": worker, "update_mask": mask})
+
+        dead_sub: dict[str, Any] = {
+            "name": dead_sub_path,
+            "topic": dead_path,
+            "ack_deadline_seconds": 60,
+        }
+        with contextlib.suppress(AlreadyExists):
+            subscriber.create_subscription(request=dead_sub)
+    finally:
+        publisher.transport.close()  # type: ignore[no-untyped-call]
+        subscriber.transport.close()  # type: ignore[no-untyped-call]
+
+    return PubSubTopology(
+        project=project,
+        tasks_topic=tasks_path,
+        dead_letter_topic=dead_path,
+        worker_subscription=worker_path,
+        dead_letter_subscription=dead_sub_path,
+        push_endpoint=endpoint,
+    )

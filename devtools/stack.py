@@ -1,0 +1,552 @@
+"""`make dev`: the whole of AIA on this machine, under one base URL.
+
+Starts the Firestore and Pub/Sub emulators, creates the topics and the push
+subscription to the worker, serves every function with functions-framework,
+puts them behind one gateway, creates a dev API key and writes `.aia/dev.env`.
+Ctrl-C (or SIGTERM) stops everything it started: each child runs in its own
+process group and is stopped with `os.killpg`.
+
+Tests run it as `python -m devtools.stack --port 0 --state-dir DIR` and read
+the single `AIA_READY <json>` line it prints once everything answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import errno
+import http.client
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
+from devtools.gateway import GatewayServer
+from devtools.pubsub_setup import setup_pubsub
+from shared.config import DEFAULT_PROJECT
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+READY_PREFIX = "AIA_READY "
+DEFAULT_PORT = 8080
+
+# (function, signature type) — entry point = folder name under functions/.
+FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("health", "http"),
+    ("metrics", "http"),
+    ("submit_task", "http"),
+    ("task_status", "http"),
+    ("redispatch", "http"),
+    ("process_task", "cloudevent"),
+)
+# Settings the stack decides; inherited values would point functions elsewhere.
+# AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.
+OWNED_ENV = (
+    "GOOGLE_CLOUD_PROJECT",
+    "FIRESTORE_EMULATOR_HOST",
+    "PUBSUB_EMULATOR_HOST",
+    "AIA_KEYRING",
+    "AIA_KEYRING_FILE",
+    "AIA_PUBLIC_BASE_URL",
+    "AIA_REDISPATCH_AFTER_S",
+    "AIA_BASE_URL",
+    "AIA_API_KEY",
+)
+
+log = logging.getLogger("aia.stack")
+
+
+class StackError(Exception):
+    """A start-up problem with a message meant for the user."""
+
+
+class Stopping(Exception):
+    """Raised inside start-up once a stop signal arrived."""
+
+
+@dataclass
+class Options:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    state_dir: Path = REPO_ROOT / ".aia"
+    project: str = DEFAULT_PROJECT
+    redispatch_every_s: float = 15.0
+    redispatch_after_s: float = 10.0
+    ready_timeout_s: float = 90.0
+    functions_dir: Path = REPO_ROOT / "functions"
+
+
+@dataclass
+class Stack:
+    """Everything one `make dev` started; `stop()` undoes it in reverse order."""
+
+    opts: Options
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    services: list[Service] = field(default_factory=list)
+    functions: dict[str, str] = field(default_factory=dict)  # name -> base URL
+    env: dict[str, str] = field(default_factory=dict)  # what dev.env exports
+    api_key: str | None = None
+    gateway: GatewayServer | None = None
+    _serving: bool = False
+    _dev_env_text: str | None = None
+
+    @property
+    def logs(self) -> Path:
+        return self.opts.state_dir / "logs"
+
+    @property
+    def keyring_path(self) -> Path:
+        return self.opts.state_dir / "keyring.json"
+
+    @property
+    def dev_env_path(self) -> Path:
+        return self.opts.state_dir / "dev.env"
+
+    # --- start ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        # Bind first: a taken port must fail before anything is started.
+        self.gateway = _bind_gateway(self.opts.host, self.opts.port)
+        base_url = self.gateway.base_url
+        _attach_log("aia.gateway", self.logs / "gateway.log")
+        _attach_log("aia.scheduler", self.logs / "scheduler.log")
+
+        cli_ok = _cli_available()
+        if cli_ok:
+            self._ensure_keyring()
+        else:
+            _warn(
+                "shared/cli.py is missing: no key ring and no dev API key can be made; "
+                "authenticated endpoints will fail until it exists"
+            )
+        self._check_stop()
+
+        fs, ps = self._start_emulators()
+        self.env = {
+            "GOOGLE_CLOUD_PROJECT": self.opts.project,
+            "FIRESTORE_EMULATOR_HOST": fs.extra["FIRESTORE_EMULATOR_HOST"],
+            "PUBSUB_EMULATOR_HOST": ps.extra["PUBSUB_EMULATOR_HOST"],
+            "AIA_BASE_URL": base_url,
+            "AIA_KEYRING_FILE": str(self.keyring_path),
+        }
+        self._check_stop()
+
+        key_proc = self._start_key_creation() if cli_ok else None
+        try:
+            self._start_functions(base_url)
+            worker = self.functions.get("process_task")
+            if worker is None:
+                _warn("functions/process_task is missing: nothing will consume the tasks topic")
+            setup_pubsub(
+                self.opts.project,
+                worker or "http://127.0.0.1:9",
+                emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
+            )
+            if key_proc is not None:
+                self.api_key = _finish_key_creation(key_proc, self.logs / "cli.log")
+                self.env["AIA_API_KEY"] = self.api_key
+        finally:
+            if key_proc is not None and key_proc.poll() is None:
+                _kill_proc_group(key_proc)
+
+        self.gateway.upstreams.update(
+            {name: url.removeprefix("http://") for name, url in self.functions.items()}
+        )
+        self.gateway.start()
+        self._serving = True
+        if "redispatch" in self.functions:
+            self._start_scheduler(self.functions["redispatch"])
+        self._write_dev_env()
+
+    def _check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise Stopping
+
+    def _ensure_keyring(self) -> None:
+        ring = self.keyring_path
+        if ring.exists():
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "keyring", "generate", "--out", str(ring)],
+            cwd=REPO_ROOT,
+            env=_child_env({}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0 or not self.keyring_path.exists():
+            raise StackError(
+                f"`python -m shared.cli keyring generate` failed ({result.returncode}):\n"
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def _start_emulators(self) -> tuple[Service, Service]:
+        # In parallel: each takes a second or more of JVM start-up.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+            futures = [
+                pool.submit(start_firestore, free_port(), log_dir=self.logs),
+                pool.submit(start_pubsub, free_port(), self.opts.project, log_dir=self.logs),
+            ]
+            errors: list[BaseException] = []
+            for future in futures:
+                try:
+                    self.services.append(future.result())
+                except (RuntimeError, OSError) as exc:  # start-up failure or timeout
+                    errors.append(exc)
+        if errors:
+            raise StackError(
+                f"an emulator did not start: {errors[0]!r} (see {self.logs}/*-emulator.log; "
+                "are Java 17 and the gcloud emulator components installed?)"
+            )
+        return self.services[0], self.services[1]
+
+    def _start_key_creation(self) -> subprocess.Popen[str]:
+        # Runs while the functions boot; it talks to Firestore only.
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "keys", "create", "--tenant", "dev"],
+            cwd=REPO_ROOT,
+            env=_child_env(self.env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
+
+    def _start_functions(self, base_url: str) -> None:
+        env = _child_env(
+            {
+                **self.env,
+                "AIA_PUBLIC_BASE_URL": base_url,
+                "AIA_REDISPATCH_AFTER_S": _num(self.opts.redispatch_after_s),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        started: list[tuple[str, Service]] = []
+        for name, signature in FUNCTIONS:
+            source = self.opts.functions_dir / name / "main.py"
+            if not source.exists():
+                _warn(f"functions/{name}/main.py is missing: {name} is not served")
+                continue
+            port = free_port()
+            argv = [
+                sys.executable,
+                "-m",
+                "functions_framework",
+                f"--target={name}",
+                f"--source={source}",
+                f"--signature-type={signature}",
+                "--host=127.0.0.1",
+                f"--port={port}",
+            ]
+            url = f"http://127.0.0.1:{port}"
+            svc = spawn(name, argv, url=url, log_dir=self.logs, env=env, cwd=REPO_ROOT)
+            self.services.append(svc)
+            started.append((name, svc))
+        deadline = time.monotonic() + self.opts.ready_timeout_s
+        for name, svc in started:
+            self._wait_answering(svc, deadline)
+            self.functions[name] = svc.url
+
+    def _wait_answering(self, svc: Service, deadline: float) -> None:
+        """Wait until `svc` answers HTTP at all (a 4xx for GET / still means it is up)."""
+        host, _, port = svc.url.removeprefix("http://").rpartition(":")
+        while True:
+            self._check_stop()
+            if svc.proc.poll() is not None:
+                raise StackError(
+                    f"{svc.name} exited with {svc.proc.returncode} while starting:\n"
+                    f"{_tail(svc.log_path)}"
+                )
+            conn = http.client.HTTPConnection(host, int(port), timeout=2)
+            try:
+                conn.request("GET", "/health?probe=live")
+                conn.getresponse().read()
+            except OSError:
+                pass
+            else:
+                return
+            finally:
+                conn.close()
+            if time.monotonic() > deadline:
+                raise StackError(f"{svc.name} did not answer on {svc.url}:\n{_tail(svc.log_path)}")
+            time.sleep(0.1)
+
+    def _start_scheduler(self, redispatch_url: str) -> None:
+        """Call `redispatch` periodically, as Cloud Scheduler does in production."""
+        sched = logging.getLogger("aia.scheduler")
+        host, _, port = redispatch_url.removeprefix("http://").rpartition(":")
+
+        def tick() -> None:
+            while not self.stop_event.wait(self.opts.redispatch_every_s):
+                conn = http.client.HTTPConnection(host, int(port), timeout=60)
+                try:
+                    conn.request(
+                        "POST", "/", body=b"{}", headers={"Content-Type": "application/json"}
+                    )
+                    resp = conn.getresponse()
+                    sched.info("POST redispatch -> %s %s", resp.status, resp.read()[:500])
+                except OSError as exc:
+                    sched.warning("POST redispatch failed: %r", exc)
+                finally:
+                    conn.close()
+
+        threading.Thread(target=tick, name="scheduler", daemon=True).start()
+
+    def _write_dev_env(self) -> None:
+        lines = [
+            f"# Written by devtools.stack at {datetime.now(UTC).isoformat(timespec='seconds')}"
+            f" (pid {os.getpid()}); valid while that stack runs.",
+            *(f"export {key}={shlex.quote(value)}" for key, value in self.env.items()),
+        ]
+        self._dev_env_text = "\n".join(lines) + "\n"
+        tmp = self.dev_env_path.with_suffix(".tmp")
+        tmp.write_text(self._dev_env_text, encoding="utf-8")
+        tmp.replace(self.dev_env_path)
+
+    # --- run and stop ---------------------------------------------------------
+
+    def dead_child(self) -> Service | None:
+        return next((svc for svc in self.services if svc.proc.poll() is not None), None)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        if self.gateway is not None:
+            if self._serving:
+                self.gateway.shutdown()
+            self.gateway.server_close()
+        for svc in reversed(self.services):
+            try:
+                svc.stop()
+            except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the others
+                _warn(f"could not stop {svc.name} (pgid {svc.proc.pid}): {exc!r}")
+        # Only remove dev.env if it is still ours: it points at what just stopped.
+        with contextlib.suppress(OSError):
+            if self.dev_env_path.read_text(encoding="utf-8") == self._dev_env_text:
+                self.dev_env_path.unlink()
+
+    def ready_info(self) -> dict[str, Any]:
+        assert self.gateway is not None
+        return {
+            "base_url": self.gateway.base_url,
+            "api_key": self.api_key,
+            "env": self.env,
+            "state_dir": str(self.opts.state_dir),
+            "dev_env": str(self.dev_env_path),
+            "logs": str(self.logs),
+            "functions": self.functions,
+            # Each child leads its own process group: pid == pgid.
+            "pgids": {svc.name: svc.proc.pid for svc in self.services},
+            "pid": os.getpid(),
+        }
+
+
+def _bind_gateway(host: str, port: int) -> GatewayServer:
+    try:
+        return GatewayServer(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StackError(
+                f"port {port} on {host} is already in use (another `make dev`?). "
+                "Stop whatever holds it, or pick another port: "
+                "python -m devtools.stack --port N"
+            ) from exc
+        raise
+
+
+def _cli_available() -> bool:
+    return (REPO_ROOT / "shared" / "cli.py").exists()
+
+
+def _finish_key_creation(proc: subprocess.Popen[str], log_path: Path) -> str:
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired as exc:
+        raise StackError("`shared.cli keys create --tenant dev` hung for 60 s") from exc
+    log_path.write_text(err, encoding="utf-8")
+    key = out.strip()
+    if proc.returncode != 0 or not key or "\n" in key:
+        raise StackError(
+            f"`shared.cli keys create --tenant dev` failed ({proc.returncode}):\n"
+            f"{err.strip() or out.strip()}"
+        )
+    return key
+
+
+def _kill_proc_group(proc: subprocess.Popen[Any]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=5)
+
+
+def _child_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in OWNED_ENV}
+    env.update(extra)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    return env
+
+
+def _attach_log(name: str, path: Path) -> None:
+    logger = logging.getLogger(name)
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def _tail(path: Path | None, lines: int = 25) -> str:
+    if path is None:
+        return "(no log)"
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"(cannot read {path})"
+    return "\n".join(f"    {line}" for line in text.splitlines()[-lines:])
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+def _warn(message: str) -> None:
+    print(f"aia: warning: {message}", file=sys.stderr, flush=True)
+
+
+def banner(stack: Stack) -> str:
+    """What a person sees once the stack is up."""
+    info = stack.ready_info()
+    url = info["base_url"]
+    lines = [
+        "",
+        f"AIA is running at {url}  (logs: {stack.logs}, Ctrl-C stops everything)",
+        f"  environment for other shells: source {stack.dev_env_path}",
+    ]
+    if stack.api_key:
+        body = '{"type": "echo", "payload": {"hello": "world"}}'
+        lines += [
+            f"  dev API key (tenant dev): {stack.api_key}",
+            "",
+            "  Try it:",
+            f"    KEY={shlex.quote(stack.api_key)}",
+            f'    ID=$(curl -s -X POST {url}/tasks -H "Authorization: Bearer $KEY" '
+            f"-H 'Content-Type: application/json' -d '{body}' "
+            '| sed -E \'s/.*"task_id": *"([^"]+)".*/\\1/\')',
+            f'    sleep 1; curl -s {url}/tasks/$ID -H "Authorization: Bearer $KEY"',
+            "",
+            "  More keys: aia keys create --tenant NAME   (aia keys revoke KEY_ID)",
+        ]
+    else:
+        lines.append("  no dev API key (see the warnings above)")
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def _signals_set(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, handler) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, prev in previous.items():
+            signal.signal(sig, prev)
+
+
+def run(opts: Options) -> int:
+    """Start, report readiness, wait for a signal or a dead child, stop. Returns the exit code."""
+    stack = Stack(opts)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Only set a flag: start-up and the wait loop check it at safe points,
+        # so no child can be spawned and then forgotten.
+        if stack.stop_event.is_set():
+            print("aia: already stopping…", file=sys.stderr, flush=True)
+        stack.stop_event.set()
+
+    with _signals_set(on_signal):
+        code = 0
+        try:
+            stack.start()
+            print(banner(stack), flush=True)
+            print(READY_PREFIX + json.dumps(stack.ready_info(), sort_keys=True), flush=True)
+            while not stack.stop_event.wait(0.5):
+                dead = stack.dead_child()
+                if dead is not None:
+                    _warn(
+                        f"{dead.name} exited with {dead.proc.returncode}; stopping the stack. "
+                        f"Last lines of {dead.log_path}:\n{_tail(dead.log_path)}"
+                    )
+                    code = 1
+                    break
+        except Stopping:
+            pass
+        except StackError as exc:
+            print(f"aia: {exc}", file=sys.stderr, flush=True)
+            code = 2
+        finally:
+            print("aia: stopping…", file=sys.stderr, flush=True)
+            stack.stop()
+            print("aia: stopped", file=sys.stderr, flush=True)
+    return code
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="gateway address")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="gateway port; 0 picks a free one"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=REPO_ROOT / ".aia",
+        help="key ring, dev.env and logs (default: .aia/)",
+    )
+    parser.add_argument("--project", default=DEFAULT_PROJECT, help="emulated project id")
+    parser.add_argument(
+        "--redispatch-every", type=float, default=15.0, help="seconds between redispatch calls"
+    )
+    parser.add_argument(
+        "--redispatch-after",
+        type=float,
+        default=10.0,
+        help="AIA_REDISPATCH_AFTER_S given to the functions",
+    )
+    parser.add_argument(
+        "--functions-dir",
+        type=Path,
+        default=REPO_ROOT / "functions",
+        help="where the function folders are (tests of the stack itself use another)",
+    )
+    args = parser.parse_args(argv)
+    return Options(
+        host=args.host,
+        port=args.port,
+        state_dir=args.state_dir.resolve(),
+        project=args.project,
+        redispatch_every_s=args.redispatch_every,
+        redispatch_after_s=args.redispatch_after,
+        functions_dir=args.functions_dir.resolve(),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
