@@ -1,0 +1,290 @@
+"""submit_task, task_status, process_task and redispatch through create_app."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from shared import providers
+from shared.keyring import KeyRing
+
+from .conftest import PROJECT, function_client
+
+pytestmark = pytest.mark.integration
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert body["status"] == status
+    assert body["title"]
+    assert body["detail"]
+    assert body["type"].startswith("https://")
+    if field is not None:
+        assert body["field"] == field
+    return body
+
+
+def push_body(data: dict[str, Any] | bytes) -> dict[str, Any]:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return {
+        "subscription": f"projects/{PROJECT}/subscriptions/aia-tasks-worker",
+        "message": {
+            "data": base64.b64encode(raw).decode(),
+            "attributes": {},
+            "messageId": "1",
+            "publishTime": "2026-01-01T00:00:00Z",
+        },
+    }
+
+
+def pull(name: str) -> list[Any]:
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    sub = f"projects/{PROJECT}/subscriptions/{name}-observer"
+    response = subscriber.pull(subscription=sub, max_messages=10, timeout=5)
+    return [m.message for m in response.received_messages]
+
+
+def test_submit_accepts_a_valid_task(api_key: Callable[[str], str]) -> None:
+    client = function_client("submit_task")
+    response = client.post(
+        "/tasks/submit", json={"type": "echo", "payload": {"x": 1}}, headers=auth(api_key("acme"))
+    )
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued"
+    assert body["status_url"] == f"https://aia.example/tasks/{body['task_id']}"
+    assert response.headers["Location"] == body["status_url"]
+    assert "Idempotent-Replayed" not in response.headers
+    assert (
+        client.post(
+            "/tasks", json={"type": "echo", "payload": {}}, headers=auth(api_key("acme"))
+        ).status_code
+        == 202
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({}, None),
+        ({"Authorization": "Bearer aia_nope"}, "invalid_token"),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, "invalid_token"),
+    ],
+)
+def test_submit_requires_a_valid_bearer_key(
+    configure: Callable[..., None], headers: dict[str, str], error: str | None
+) -> None:
+    response = function_client("submit_task").post(
+        "/tasks/submit", json={"type": "echo", "payload": {}}, headers=headers
+    )
+    assert_problem(response, 401)
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer")
+    assert (error in challenge) if error else ("error=" not in challenge)
+
+
+def test_revoked_key_is_refused(api_key: Callable[[str], str]) -> None:
+    key = api_key("acme")
+    providers.api_keys().revoke(key.split("_")[1])
+    response = function_client("submit_task").post(
+        "/tasks", json={"type": "echo", "payload": {}}, headers=auth(key)
+    )
+    assert_problem(response, 401)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 422, "body"),
+        (json.dumps({"type": "nope", "payload": {}}).encode(), 422, "type"),
+        (
+            json.dumps({"type": "sleep", "payload": {"seconds": 99}}).encode(),
+            422,
+            "payload.seconds",
+        ),
+        (json.dumps({"type": "echo"}).encode(), 422, "payload"),
+        (
+            json.dumps({"type": "echo", "payload": {}, "max_attempts": 11}).encode(),
+            422,
+            "max_attempts",
+        ),
+        (json.dumps({"type": "echo", "payload": {}, "extra": 1}).encode(), 422, "extra"),
+        (
+            json.dumps({"type": "analytics.summary", "payload": {"values": []}}).encode(),
+            422,
+            "payload.values",
+        ),
+    ],
+)
+def test_submit_rejects_bad_input_naming_the_field(
+    api_key: Callable[[str], str], body: bytes, status: int, field: str | None
+) -> None:
+    response = function_client("submit_task").post(
+        "/tasks/submit",
+        data=body,
+        content_type="application/json",
+        headers=auth(api_key("acme")),
+    )
+    assert_problem(response, status, field)
+
+
+def test_submit_rejects_bodies_over_one_mebibyte(api_key: Callable[[str], str]) -> None:
+    big = json.dumps({"type": "echo", "payload": {"blob": "x" * (1024 * 1024)}}).encode()
+    response = function_client("submit_task").post(
+        "/tasks/submit",
+        data=big,
+        content_type="application/json",
+        headers=auth(api_key("acme")),
+    )
+    assert_problem(response, 413)
+
+
+def test_diagnostic_types_can_be_switched_off(configure: Callable[..., None]) -> None:
+    configure(AIA_DIAGNOSTIC_TASKS="false")
+    key = providers.api_keys().create("acme")[1]
+    response = function_client("submit_task").post(
+        "/tasks", json={"type": "fail", "payload": {}}, headers=auth(key)
+    )
+    assert_problem(response, 422, "type")
+
+
+def test_submit_routes_and_methods(api_key: Callable[[str], str]) -> None:
+    client = function_client("submit_task")
+    response = client.get("/tasks/submit", headers=auth(api_key("acme")))
+    assert_problem(response, 405)
+    assert response.headers["Allow"] == "POST"
+    assert_problem(client.post("/elsewhere", json={}), 404)
+
+
+def test_idempotent_replay_and_mismatch(api_key: Callable[[str], str]) -> None:
+    client = function_client("submit_task")
+    headers = {**auth(api_key("acme")), "Idempotency-Key": "order-42"}
+    first = client.post("/tasks", json={"type": "echo", "payload": {"a": 1}}, headers=headers)
+    replay = client.post("/tasks", json={"type": "echo", "payload": {"a": 1}}, headers=headers)
+    assert first.status_code == replay.status_code == 202
+    assert replay.get_json() == first.get_json()
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    changed = client.post("/tasks", json={"type": "echo", "payload": {"a": 2}}, headers=headers)
+    assert_problem(changed, 422, "Idempotency-Key")
+
+
+def test_submit_works_with_the_public_ring_alone(
+    configure: Callable[..., None], ring: KeyRing
+) -> None:
+    configure(keyring_json=ring.public_only().to_json())
+    key = providers.api_keys().create("acme")[1]
+    submitted = function_client("submit_task").post(
+        "/tasks", json={"type": "echo", "payload": {"secret": 1}}, headers=auth(key)
+    )
+    assert submitted.status_code == 202
+    task_id = submitted.get_json()["task_id"]
+    configure()
+    worker = function_client("process_task", "cloudevent")
+    assert (
+        worker.post("/", json=push_body({"task_id": task_id, "tenant_id": "acme"})).status_code
+        == 200
+    )
+    # With the submit function's configuration the result cannot be read back.
+    configure(keyring_json=ring.public_only().to_json())
+    read = function_client("task_status").get(f"/tasks/{task_id}", headers=auth(key))
+    assert_problem(read, 500)
+    configure()
+    ok = function_client("task_status").get(f"/tasks/{task_id}", headers=auth(key))
+    assert ok.get_json()["result"] == {"secret": 1}
+
+
+def test_status_reads_own_tasks_only(api_key: Callable[[str], str]) -> None:
+    acme, globex = api_key("acme"), api_key("globex")
+    submitted = (
+        function_client("submit_task")
+        .post("/tasks", json={"type": "echo", "payload": {}}, headers=auth(acme))
+        .get_json()
+    )
+    status = function_client("task_status")
+    mine = status.get(f"/tasks/{submitted['task_id']}", headers=auth(acme))
+    assert mine.status_code == 200
+    view = mine.get_json()
+    assert view["task_id"] == submitted["task_id"]
+    assert view["status"] == "queued"
+    assert {"type", "attempts", "max_attempts", "created_at", "started_at", "finished_at"} <= set(
+        view
+    )
+    assert "result" not in view
+    assert "error" not in view
+    assert_problem(status.get(f"/tasks/{submitted['task_id']}", headers=auth(globex)), 404)
+    assert_problem(status.get("/tasks/unknown-id", headers=auth(acme)), 404)
+    assert status.get("/tasks", headers=auth(globex)).get_json() == {"tasks": []}
+    listed = status.get("/tasks?limit=5", headers=auth(acme)).get_json()
+    assert [t["task_id"] for t in listed["tasks"]] == [submitted["task_id"]]
+    assert "next_page_token" not in listed
+    assert_problem(status.get("/tasks?page_token=%%%", headers=auth(acme)), 400, "page_token")
+    assert_problem(status.get("/tasks?limit=0", headers=auth(acme)), 422, "limit")
+    assert_problem(status.get("/tasks"), 401)
+    assert_problem(status.post("/tasks", headers=auth(acme)), 405)
+
+
+def test_worker_processes_a_push_delivery(api_key: Callable[[str], str]) -> None:
+    key = api_key("acme")
+    task_id = (
+        function_client("submit_task")
+        .post(
+            "/tasks",
+            json={"type": "analytics.summary", "payload": {"values": [1, 2, 3, 4]}},
+            headers=auth(key),
+        )
+        .get_json()["task_id"]
+    )
+    worker = function_client("process_task", "cloudevent")
+    delivery = worker.post(
+        f"/projects/{PROJECT}/topics/aia-tasks",
+        json=push_body({"task_id": task_id, "tenant_id": "acme"}),
+    )
+    assert delivery.status_code == 200
+    view = function_client("task_status").get(f"/tasks/{task_id}", headers=auth(key)).get_json()
+    assert view["status"] == "succeeded"
+    assert view["result"]["mean"] == 2.5
+    assert view["result"]["p50"] == 2.5
+
+
+def test_worker_nacks_a_retryable_failure(api_key: Callable[[str], str]) -> None:
+    key = api_key("acme")
+    task_id = (
+        function_client("submit_task")
+        .post("/tasks", json={"type": "fail", "payload": {"times": 1}}, headers=auth(key))
+        .get_json()["task_id"]
+    )
+    worker = function_client("process_task", "cloudevent")
+    body = push_body({"task_id": task_id, "tenant_id": "acme"})
+    assert worker.post("/", json=body).status_code >= 500
+    assert worker.post("/", json=body).status_code == 200
+    view = function_client("task_status").get(f"/tasks/{task_id}", headers=auth(key)).get_json()
+    assert (view["status"], view["attempts"]) == ("succeeded", 2)
+
+
+def test_worker_dead_letters_a_malformed_message(configure: Callable[..., None]) -> None:
+    worker = function_client("process_task", "cloudevent")
+    assert worker.post("/", json=push_body(b"not json")).status_code == 200
+    dead = pull("aia-tasks-dead-letter")
+    assert [m.data for m in dead] == [b"not json"]
+    assert dead[0].attributes["reason"] == "malformed-message"
+
+
+def test_redispatch_sweeps(configure: Callable[..., None]) -> None:
+    client = function_client("redispatch")
+    response = client.post("/")
+    assert response.status_code == 200
+    assert response.get_json() == {"found": 0, "published": 0}
+    assert_problem(client.get("/"), 405)
