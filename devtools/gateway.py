@@ -264,6 +264,8 @@ class GatewayServer(ThreadingHTTPServer):
 
     def start(self) -> threading.Thread:
         """Serve in a daemon thread; stop with `shutdown()` then `server_close()`."""
-        thread = threading.Thread(target=self.serve_forever, name="gateway", daemon=True)
+        thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.1}, name="gateway", daemon=True
+        )
         thread.start()
         return thread
