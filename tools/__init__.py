@@ -1,0 +1,1 @@
+"""Build and deploy tooling: bundles (`python -m tools.package`) and offline Terraform checks."""
