@@ -1,0 +1,140 @@
+"""Pure logic at the edges: config, API keys, page tokens, ack/nack mapping, logs, timeouts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.apikeys import ApiKeys
+from shared.config import ENVIRONMENT, Settings, load_settings
+from shared.errors import (
+    BadRequest,
+    ConfigurationError,
+    IntegrityError,
+    NonRetryable,
+    TaskBusy,
+    TaskTimeout,
+    Unauthorized,
+    ValidationFailed,
+)
+from shared.events import MalformedMessage, decode_task_message, should_ack
+from shared.logs import CloudLoggingFormatter, bind, trace_id_from_headers
+from shared.models import ApiKeyRecord
+from shared.repository import decode_page_token, encode_page_token
+from shared.worker import run_with_timeout
+
+
+class MemoryKeyStore:
+    def __init__(self) -> None:
+        self.records: dict[str, ApiKeyRecord] = {}
+
+    def get(self, key_id: str) -> ApiKeyRecord | None:
+        return self.records.get(key_id)
+
+    def add(self, record: ApiKeyRecord) -> None:
+        self.records[record.key_id] = record
+
+    def revoke(self, key_id: str, when: datetime) -> None:
+        self.records[key_id] = self.records[key_id].model_copy(update={"revoked_at": when})
+
+
+def test_settings_defaults_and_validation_name_the_variable() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert load_settings({"AIA_METRICS_SHARDS": "8"}).metrics_shards == 8
+    with pytest.raises(ConfigurationError, match="AIA_METRICS_SHARDS"):
+        load_settings({"AIA_METRICS_SHARDS": "zero"})
+    with pytest.raises(ConfigurationError, match="AIA_TASKS_TOPIC"):
+        load_settings({"AIA_TASKS_TOPIC": "ab"})
+    assert set(ENVIRONMENT.values()) == set(Settings.model_fields)
+
+
+def test_keyring_text_from_variable_file_or_clear_error(tmp_path: object) -> None:
+    assert load_settings({"AIA_KEYRING": "{}"}).keyring_text() == "{}"
+    assert "{}" not in repr(load_settings({"AIA_KEYRING": "{}"}))
+    with pytest.raises(ConfigurationError, match="AIA_KEYRING"):
+        Settings().keyring_text()
+    with pytest.raises(ConfigurationError, match="AIA_KEYRING_FILE"):
+        load_settings({"AIA_KEYRING_FILE": "/nonexistent/ring.json"}).keyring_text()
+
+
+def test_api_keys_authenticate_only_live_keys() -> None:
+    store = MemoryKeyStore()
+    keys = ApiKeys(store)
+    key_id, key = keys.create("acme")
+    assert keys.authenticate(key) == "acme"
+    assert key.split("_")[2] not in json.dumps(
+        [r.model_dump(mode="json") for r in store.records.values()]
+    )
+    tampered = key[:-1] + ("A" if key[-1] != "A" else "B")
+    for bad in (tampered, "aia_0000000000000000_" + "x" * 43, "nonsense", ""):
+        with pytest.raises(Unauthorized):
+            keys.authenticate(bad)
+    keys.revoke(key_id)
+    with pytest.raises(Unauthorized):
+        keys.authenticate(key)
+    with pytest.raises(ValidationFailed):
+        keys.create("Bad Tenant!")
+
+
+def test_page_tokens_round_trip_and_reject_garbage() -> None:
+    created = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    assert decode_page_token(encode_page_token(created, "abc")) == (created, "abc")
+    naive = base64.urlsafe_b64encode(b'{"c": "2026-01-01T00:00:00", "i": "x"}').decode()
+    for bad in ("%%%", "e30", naive, base64.urlsafe_b64encode(b"[]").decode()):
+        with pytest.raises(BadRequest):
+            decode_page_token(bad)
+
+
+def test_ack_only_what_a_redelivery_cannot_fix() -> None:
+    assert should_ack(None)
+    assert should_ack(NonRetryable("x"))
+    assert should_ack(MalformedMessage("x"))
+    assert should_ack(IntegrityError("x"))
+    assert not should_ack(TaskBusy("x"))
+    assert not should_ack(TaskTimeout("x"))
+    assert not should_ack(RuntimeError("x"))
+
+
+def test_decode_task_message() -> None:
+    data = base64.b64encode(b'{"task_id": "t1", "tenant_id": "acme"}').decode()
+    message = decode_task_message({"message": {"data": data}})
+    assert (message.task_id, message.tenant_id) == ("t1", "acme")
+    for bad in (
+        {},
+        {"message": {"data": "***"}},
+        {"message": {"data": base64.b64encode(b"{}").decode()}},
+    ):
+        with pytest.raises(MalformedMessage):
+            decode_task_message(bad)
+
+
+def test_log_lines_are_cloud_logging_json_with_trace() -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_from_headers({"traceparent": f"00-{trace}-00f067aa0ba902b7-01"}) == trace
+    assert trace_id_from_headers({"X-Cloud-Trace-Context": f"{trace}/1;o=1"}) == trace
+    assert trace_id_from_headers({}) is None
+    bind(trace, path="/tasks")
+    record = logging.LogRecord("aia", logging.WARNING, __file__, 1, "hello %s", ("x",), None)
+    record.task_id = "t1"
+    line = json.loads(CloudLoggingFormatter("proj").format(record))
+    assert line["severity"] == "WARNING"
+    assert line["message"] == "hello x"
+    assert line["logging.googleapis.com/trace"] == f"projects/proj/traces/{trace}"
+    assert (line["path"], line["task_id"]) == ("/tasks", "t1")
+    bind(None)
+
+
+def test_run_with_timeout_returns_raises_or_times_out() -> None:
+    assert run_with_timeout(lambda: 7, 1) == 7
+    with pytest.raises(ZeroDivisionError):
+        run_with_timeout(lambda: 1 / 0, 1)
+    started = time.monotonic()
+    with pytest.raises(TaskTimeout):
+        run_with_timeout(lambda: time.sleep(2), 0.2)
+    assert time.monotonic() - started < 1.5
