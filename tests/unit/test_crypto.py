@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import math
+import struct
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +26,7 @@ from shared.crypto import (
     HYBRID,
     HYBRID_BODY_BYTES,
     KeyRing,
+    TaskKey,
     TaskOpener,
     TaskSealer,
     generate_keyring,
@@ -52,6 +61,16 @@ def opener(ring: KeyRing) -> TaskOpener:
 def sealer(ring: KeyRing) -> TaskSealer:
     """What the submit function holds."""
     return TaskSealer(ring.public_only())
+
+
+def _lp(text: str) -> bytes:
+    data = text.encode()
+    return struct.pack(">I", len(data)) + data
+
+
+def _blob_aad(tenant: str, task: str, field: str) -> bytes:
+    """The sealed-field associated data, written out from docs/security.md."""
+    return b"AIA sealed field" + b"\xad\x01" + _lp(tenant) + _lp(task) + _lp(field)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -235,7 +254,8 @@ def test_field_moved_to_another_field_fails(opener: TaskOpener) -> None:
 def test_wrapped_key_moved_to_another_task_or_tenant_fails(opener: TaskOpener) -> None:
     wrapped = opener.new_task_key("tenant-a", "task-1").wrapped
 
-    for tenant, task in (("tenant-a", "task-2"), ("tenant-b", "task-1"), ("tenant-a1", "ask-1")):
+    # ("tenant-at", "ask-1") concatenates to the same text as the original ids.
+    for tenant, task in (("tenant-a", "task-2"), ("tenant-b", "task-1"), ("tenant-at", "ask-1")):
         with pytest.raises(IntegrityError):
             opener.open_task_key(tenant, task, wrapped)
 
@@ -258,6 +278,95 @@ def test_wrapped_keys_swapped_between_tasks_fail(opener: TaskOpener) -> None:
         opener.open_task_key("tenant-a", "task-2", one.wrapped)
     with pytest.raises(IntegrityError):
         opener.open_task_key("tenant-a", "task-1", two.wrapped)
+
+
+def test_ids_and_field_are_bound_unambiguously() -> None:
+    """Same concatenated text, different boundaries: a different binding."""
+    data_key = bytes(range(32))
+    blob = TaskKey("t", "x", "k-1", data_key, b"").seal("payload", PAYLOAD)
+
+    with pytest.raises(IntegrityError):
+        TaskKey("t", "xp", "k-1", data_key, b"").open("ayload", blob)
+    with pytest.raises(IntegrityError):
+        TaskKey("tx", "", "k-1", data_key, b"").open("payload", blob)
+
+
+def test_sealed_field_layout_matches_the_documentation() -> None:
+    data_key = bytes(range(32))
+    key = TaskKey("tenant-a", "task-1", "k-1", data_key, b"")
+    blob = key.seal("result", PAYLOAD)
+
+    assert blob[:2] == b"\xad\x01"
+    nonce, sealed = blob[2:14], blob[14:]
+    plaintext = AESGCM(data_key).decrypt(nonce, sealed, _blob_aad("tenant-a", "task-1", "result"))
+    assert json.loads(plaintext) == PAYLOAD
+
+
+def test_authentic_blob_that_is_not_json_is_an_integrity_error() -> None:
+    data_key = bytes(range(32))
+    nonce = bytes(12)
+    forged = (
+        b"\xad\x01"
+        + nonce
+        + AESGCM(data_key).encrypt(nonce, b"{no", _blob_aad("t", "x", "payload"))
+    )
+
+    with pytest.raises(IntegrityError, match="does not hold JSON"):
+        TaskKey("t", "x", "k-1", data_key, b"").open("payload", forged)
+
+
+def test_hybrid_wrap_layout_matches_the_documentation(rings: dict[str, KeyRing]) -> None:
+    """Unwrap by hand, following docs/security.md, and open a sealed field with the result."""
+    ring = rings[HYBRID]
+    key = TaskSealer(ring.public_only()).new_task_key("tenant-a", "task-1")
+    blob = key.seal("payload", PAYLOAD)
+    private = json.loads(ring.to_json())["keys"][ring.current_key_id]
+    mlkem_sk = mlkem.MLKEM768PrivateKey.from_seed_bytes(
+        base64.b64decode(private["private"]["mlkem768_seed"])
+    )
+    x_sk = x25519.X25519PrivateKey.from_private_bytes(
+        base64.b64decode(private["private"]["x25519"])
+    )
+    kid = ring.current_key_id.encode()
+    w = key.wrapped
+
+    assert w[:4] == bytes([0xAE, 0x01, 0x01, len(kid)])
+    assert w[4 : 4 + len(kid)] == kid
+    header, body = w[: 4 + len(kid)], w[4 + len(kid) :]
+    ct_m, ct_x, sealed = body[:1088], body[1088:1120], body[1120:]
+    ss_m = mlkem_sk.decapsulate(ct_m)
+    ss_x = x_sk.exchange(x25519.X25519PublicKey.from_public_bytes(ct_x))
+    pk_m = base64.b64decode(private["public"]["mlkem768"])
+    pk_x = base64.b64decode(private["public"]["x25519"])
+    fingerprint = hashlib.sha256(b"AIA hybrid-mlkem768-x25519 recipient v1" + pk_m + pk_x).digest()
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=44,
+        salt=None,
+        info=b"AIA hybrid-mlkem768-x25519 wrap v1",
+    ).derive(ss_m + ss_x + ct_m + ct_x + fingerprint)
+    aad = b"AIA wrapped data key" + header + _lp("tenant-a") + _lp("task-1")
+    data_key = AESGCM(okm[:32]).decrypt(okm[32:], sealed, aad)
+
+    assert TaskKey("tenant-a", "task-1", "k", data_key, b"").open("payload", blob) == PAYLOAD
+
+
+def test_fernet_wrap_layout_matches_the_documentation(rings: dict[str, KeyRing]) -> None:
+    ring = rings[FERNET]
+    key = TaskSealer(ring).new_task_key("tenant-a", "task-1")
+    blob = key.seal("payload", PAYLOAD)
+    secret = json.loads(ring.to_json())["keys"][ring.current_key_id]["secret"]
+    kid = ring.current_key_id.encode()
+    w = key.wrapped
+
+    assert w[:4] == bytes([0xAE, 0x01, 0x02, len(kid)])
+    header, token = w[: 4 + len(kid)], w[4 + len(kid) :]
+    plaintext = Fernet(secret).decrypt(base64.urlsafe_b64encode(token))
+    aad = b"AIA wrapped data key" + header + _lp("tenant-a") + _lp("task-1")
+    assert plaintext[:32] == hashlib.sha256(b"AIA fernet wrap v1" + aad).digest()
+    data_key = plaintext[32:]
+
+    assert TaskKey("tenant-a", "task-1", "k", data_key, b"").open("payload", blob) == PAYLOAD
 
 
 def test_a_data_blob_is_not_a_wrapped_key(opener: TaskOpener) -> None:
@@ -428,8 +537,6 @@ def test_key_id_of_reads_the_header_and_rejects_garbage(opener: TaskOpener) -> N
 def test_digest_is_keyed_deterministic_and_shared_with_the_public_ring(
     rings: dict[str, KeyRing],
 ) -> None:
-    import hashlib
-
     ring = rings[HYBRID]
     sealer = TaskSealer(ring.public_only())
     digest = sealer.digest(b'{"amount": 1}')
