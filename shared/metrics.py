@@ -17,8 +17,7 @@ import math
 import random
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -60,7 +59,8 @@ STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
 # dropped from BUCKETS can still be folded into the next larger one.
 _BUCKET_FIELD = re.compile(r"^le_(\d+)ms$")
 
-_COLLECT_TIMEOUT_S = 10.0
+# Below Prometheus' default 10 s scrape timeout.
+_COLLECT_TIMEOUT_S = 5.0
 # Count queries are small, independent RPCs; a shared pool lets one scrape run
 # them side by side without starting threads per request.
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="metrics")
@@ -209,15 +209,22 @@ def collect(
     count_futures: dict[tuple[str, str], Future[int]] = {
         pair: _POOL.submit(_count, db, pair[0], pair[1], timeout_s) for pair in pairs
     }
-    try:
-        # Each RPC carries its own deadline; the extra second only covers queueing.
-        docs = shard_future.result(timeout=timeout_s + 1)
-        tasks = {pair: f.result(timeout=timeout_s + 1) for pair, f in count_futures.items()}
-    except (GoogleAPICallError, RetryError, FutureTimeout) as exc:
-        raise Unavailable(f"Firestore did not answer the metrics queries: {exc}") from exc
-    finally:
-        for future in count_futures.values():
-            future.cancel()
+    every: list[Future[Any]] = [shard_future, *count_futures.values()]
+    # One deadline for the whole scrape (each RPC also carries it), and the
+    # first failure ends the wait: a scrape is all or nothing.
+    done, pending = wait(every, timeout=timeout_s, return_when=FIRST_EXCEPTION)
+    for future in pending:
+        future.cancel()
+    failed = next((f.exception() for f in done if f.exception() is not None), None)
+    if isinstance(failed, GoogleAPICallError | RetryError):
+        first_line = (str(failed).splitlines() or [type(failed).__name__])[0][:200]
+        raise Unavailable(f"Firestore did not answer the metrics queries: {first_line}") from failed
+    if failed is not None:
+        raise failed
+    if pending:
+        raise Unavailable(f"Firestore did not answer the metrics queries within {timeout_s:g} s")
+    docs = shard_future.result()
+    tasks = {pair: future.result() for pair, future in count_futures.items()}
     submitted, durations = fold_shards(docs)
     # Types seen in shards but no longer registered keep their history visible.
     types = tuple(sorted(set(task_types) | set(submitted) | set(durations)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,8 @@ class FakeQuery:
     def stream(self, timeout: float | None = None) -> list[Snap]:
         assert self.name == METRIC_SHARDS
         self.db.timeouts.append(timeout)
+        if self.db.hang is not None:
+            self.db.hang.wait(30)
         if self.db.fail:
             raise self.db.fail
         return [Snap(d) for d in self.db.shards]
@@ -99,6 +103,7 @@ class FakeDb:
     timeouts: list[float | None] = field(default_factory=list)
     count_queries: list[tuple[tuple[str, Any], ...]] = field(default_factory=list)
     fail: Exception | None = None
+    hang: threading.Event | None = None
 
     def collection(self, name: str) -> FakeQuery:
         return FakeQuery(self, name)
@@ -261,6 +266,18 @@ def test_collect_turns_a_firestore_error_into_unavailable() -> None:
     db = FakeDb(fail=ServiceUnavailable("connection refused"))  # type: ignore[no-untyped-call]
     with pytest.raises(Unavailable, match="connection refused"):
         collect(db, ["echo"])
+
+
+def test_collect_gives_up_at_its_deadline_when_firestore_hangs() -> None:
+    release = threading.Event()
+    db = FakeDb(hang=release)
+    start = time.monotonic()
+    try:
+        with pytest.raises(Unavailable, match=r"within 0\.2 s"):
+            collect(db, ["echo"], timeout_s=0.2)
+    finally:
+        release.set()
+    assert time.monotonic() - start < 2.0
 
 
 def _snapshot() -> MetricsSnapshot:
