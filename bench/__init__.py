@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs every `*_bench` module in this package."""
