@@ -176,7 +176,7 @@ class TaskOpener(TaskSealer):
     def open_task_key(self, tenant_id: str, task_id: str, wrapped: bytes) -> TaskKey:
         """Unwrap a stored data key; `IntegrityError` on tamper, swap or a key not in the ring."""
         key_id, data_key = self._unwrap(tenant_id, task_id, wrapped)
-        return TaskKey(tenant_id, task_id, key_id, data_key, wrapped)
+        return TaskKey(tenant_id, task_id, key_id, data_key, bytes(wrapped))
 
     def rewrap(self, tenant_id: str, task_id: str, wrapped: bytes) -> bytes | None:
         """The data key wrapped under the current key, or None if it already is.
