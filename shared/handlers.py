@@ -52,11 +52,20 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
 
 
+def _sample_stdev(values: list[float], mean: float) -> float:
+    # Corrected two-pass: the second term cancels the rounding error of `mean`,
+    # which matters when the spread is tiny next to the magnitude.
+    deviations = [x - mean for x in values]
+    squares = math.fsum(d * d for d in deviations)
+    drift = math.fsum(deviations)
+    return math.sqrt(max(squares - drift * drift / len(values), 0.0) / (len(values) - 1))
+
+
 def summarize(values: list[float]) -> dict[str, Any]:
     ordered = sorted(values)
     n = len(ordered)
     mean = math.fsum(ordered) / n
-    stdev = math.sqrt(math.fsum((x - mean) ** 2 for x in ordered) / (n - 1)) if n > 1 else None
+    stdev = _sample_stdev(ordered, mean) if n > 1 else None
     return {
         "count": n,
         "min": ordered[0],
