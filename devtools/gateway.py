@@ -77,6 +77,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "aia-gateway"
     # Idle keep-alive connections must not hold a thread forever.
     timeout = 120
+    # Headers and body go out in separate writes; with Nagle's algorithm the second
+    # waits for the client's delayed ACK, adding ~40 ms to every answer.
+    disable_nagle_algorithm = True
     server: GatewayServer
 
     def do_GET(self) -> None:
