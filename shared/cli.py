@@ -91,7 +91,9 @@ def _rotate_data(args: argparse.Namespace) -> int:
         ),
     )
     print(f"scanned {report.scanned}, rewrapped {report.rewrapped}", file=sys.stderr)
-    return 0
+    for task_id in report.unreadable:
+        print(f"unreadable data key (integrity check failed): task {task_id}", file=sys.stderr)
+    return 1 if report.unreadable else 0
 
 
 def _redispatch(args: argparse.Namespace) -> int:

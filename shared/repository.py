@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from shared import metrics, queries
 from shared.documents import TaskDocuments
-from shared.errors import BadRequest, ConfigurationError, IdempotencyMismatch, NotFound
+from shared.errors import (
+    BadRequest,
+    ConfigurationError,
+    IdempotencyMismatch,
+    IntegrityError,
+    NotFound,
+)
 from shared.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
@@ -62,6 +68,14 @@ class Claim:
     task: Task | None = None
     key: TaskKey | None = None
     lease_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RewrapPage:
+    scanned: int
+    rewrapped: int
+    unreadable: list[str]
+    last_id: str | None
 
 
 @dataclass(frozen=True)
@@ -333,23 +347,29 @@ class FirestoreTaskRepository:
 
     # -- key rotation ------------------------------------------------------
 
-    def rewrap_batch(self, start_after: str | None, limit: int) -> tuple[int, int, str | None]:
-        """Re-wrap one page of data keys in task-id order: (scanned, rewrapped, last id)."""
+    def rewrap_batch(self, start_after: str | None, limit: int) -> RewrapPage:
+        """Re-wrap one page of data keys in task-id order."""
         query = self._query(queries.KEYS_TO_REWRAP, {})
         if start_after:
             query = query.start_after({"__name__": self._tasks.document(start_after)})
         snaps = list(query.limit(limit).stream())
         batch = self._db.batch()
         rewrapped = 0
+        unreadable: list[str] = []
         for snap in snaps:
-            wrapped = self._docs.rewrap(snap.id, snap.to_dict())
+            try:
+                wrapped = self._docs.rewrap(snap.id, snap.to_dict())
+            except IntegrityError:
+                # Already logged as a security event; one bad task must not stall rotation.
+                unreadable.append(snap.id)
+                continue
             if wrapped is not None:
                 # Only the wrapped key changes: the data key, and so every sealed field, stays.
                 batch.update(snap.reference, {"data_key": wrapped})
                 rewrapped += 1
         if rewrapped:
             batch.commit()
-        return len(snaps), rewrapped, snaps[-1].id if snaps else None
+        return RewrapPage(len(snaps), rewrapped, unreadable, snaps[-1].id if snaps else None)
 
     # -- redispatch --------------------------------------------------------
 

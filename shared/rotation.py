@@ -2,23 +2,27 @@
 
 Bounded batches in task-id order; safe to interrupt and run again: keys
 already under the current key are left alone, so repeated runs converge.
+A task whose key fails its integrity check is reported, not fatal.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from shared.repository import RewrapPage
 
 
 class RewrapSource(Protocol):
-    def rewrap_batch(self, start_after: str | None, limit: int) -> tuple[int, int, str | None]: ...
+    def rewrap_batch(self, start_after: str | None, limit: int) -> RewrapPage: ...
 
 
 @dataclass(frozen=True)
 class RewrapReport:
     scanned: int
     rewrapped: int
+    unreadable: list[str] = field(default_factory=list)
 
 
 def rewrap_all(
@@ -31,16 +35,18 @@ def rewrap_all(
     if not 1 <= batch_size <= 500:
         raise ValueError("batch_size must be 1-500 (a Firestore batch holds 500 writes)")
     scanned = rewrapped = 0
+    unreadable: list[str] = []
     cursor = start_after
     while True:
-        seen, changed, last = repository.rewrap_batch(cursor, batch_size)
-        scanned += seen
-        rewrapped += changed
-        if last is None:
+        page = repository.rewrap_batch(cursor, batch_size)
+        scanned += page.scanned
+        rewrapped += page.rewrapped
+        unreadable += page.unreadable
+        if page.last_id is None:
             break
-        cursor = last
+        cursor = page.last_id
         if progress:
-            progress(last, rewrapped)
-        if seen < batch_size:
+            progress(cursor, rewrapped)
+        if page.scanned < batch_size:
             break
-    return RewrapReport(scanned=scanned, rewrapped=rewrapped)
+    return RewrapReport(scanned=scanned, rewrapped=rewrapped, unreadable=unreadable)

@@ -323,8 +323,19 @@ def test_rotation_rewraps_data_keys_and_old_data_stays_readable(pipeline: Pipeli
     twice = rotate_keyring(rotated)
     documents = TaskDocuments(TaskSealer(twice), TaskOpener(twice), retention=timedelta(days=1))
     repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
-    scanned, changed, last = repository.rewrap_batch(None, 3)
-    assert (scanned, changed) == (3, 3)
-    rest = rewrap_all(repository, batch_size=3, start_after=last)
+    page = repository.rewrap_batch(None, 3)
+    assert (page.scanned, page.rewrapped) == (3, 3)
+    rest = rewrap_all(repository, batch_size=3, start_after=page.last_id)
     assert (rest.scanned, rest.rewrapped) == (4, 4)
     assert rewrap_all(repository).rewrapped == 0
+
+    # A tampered key is reported and skipped; the rest still rotate.
+    ref = pipeline.db.collection("tasks").document(ids[3])
+    tampered = bytearray(ref.get().to_dict()["data_key"])
+    tampered[-1] ^= 1
+    ref.update({"data_key": bytes(tampered)})
+    thrice = rotate_keyring(twice)
+    documents = TaskDocuments(TaskSealer(thrice), TaskOpener(thrice), retention=timedelta(days=1))
+    repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
+    report = rewrap_all(repository, batch_size=3)
+    assert (report.rewrapped, report.unreadable) == (6, [ids[3]])
