@@ -10,6 +10,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared.errors import IntegrityError
 from shared.models import Task, TaskError, TaskStatus
 from shared.queries import EXPIRES_AT
 
@@ -91,6 +92,10 @@ class TaskDocuments:
                 values[name] = key.open(name, bytes(doc[name]))
         if isinstance(values.get("error"), dict):
             values["error"] = TaskError.model_validate(values["error"])
+        elif doc.get("error_code") == IntegrityError.code:
+            values["error"] = TaskError(
+                code=IntegrityError.code, message="stored task data failed its integrity check"
+            )
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         return Task.model_validate(values)
 

@@ -60,6 +60,7 @@ class ClaimState(StrEnum):
     BUSY = "busy"  # another delivery holds a live lease: redeliver later
     EXHAUSTED = "exhausted"  # a lease expired on the last attempt: now failed
     MISSING = "missing"  # no such task for that tenant
+    CORRUPT = "corrupt"  # stored data failed its integrity check: now failed
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,22 @@ class FirestoreTaskRepository:
                 return Claim(ClaimState.TERMINAL)
             if status is TaskStatus.RUNNING and doc["lease_until"] > now:
                 return Claim(ClaimState.BUSY)
-            key = self._docs.key_of(task_id, doc)
+            try:
+                key = self._docs.key_of(task_id, doc)
+                task = self._docs.decode(task_id, doc, open_fields=("payload",))
+            except IntegrityError:
+                # Unreadable for good: fail it plainly rather than redeliver forever.
+                transaction.update(
+                    ref,
+                    {
+                        "status": TaskStatus.FAILED.value,
+                        "finished_at": now,
+                        "updated_at": now,
+                        "error": None,
+                        "error_code": IntegrityError.code,
+                    },
+                )
+                return Claim(ClaimState.CORRUPT)
             if doc["attempts"] >= doc["max_attempts"]:
                 # A worker died holding the last attempt: nothing may run again.
                 error = TaskError(
@@ -280,7 +296,7 @@ class FirestoreTaskRepository:
                         **self._docs.seal_error(key, error),
                     },
                 )
-                return Claim(ClaimState.EXHAUSTED, task=self._docs.decode(task_id, doc))
+                return Claim(ClaimState.EXHAUSTED, task=task)
             lease_id = uuid.uuid4().hex
             changes = {
                 "status": TaskStatus.RUNNING.value,
@@ -292,8 +308,10 @@ class FirestoreTaskRepository:
                 "dispatch_pending": False,
             }
             transaction.update(ref, changes)
-            task = self._docs.decode(task_id, {**doc, **changes}, open_fields=("payload",))
-            return Claim(ClaimState.CLAIMED, task=task, key=key, lease_id=lease_id)
+            claimed = task.model_copy(
+                update={**changes, "status": TaskStatus.RUNNING, "dispatch_pending": False}
+            )
+            return Claim(ClaimState.CLAIMED, task=claimed, key=key, lease_id=lease_id)
 
         claim: Claim = run(self._db.transaction())
         return claim

@@ -96,9 +96,10 @@ class Worker:
         claim = self._repository.claim(message.tenant_id, message.task_id, datetime.now(UTC))
         if claim.state is ClaimState.BUSY:
             raise TaskBusy(f"task {message.task_id} is held by another delivery")
-        if claim.state is ClaimState.EXHAUSTED:
-            self._dead_letter(message, "lease-expired")
-            return Processed(Outcome.FAILED, "lease expired on the last attempt")
+        if claim.state in (ClaimState.EXHAUSTED, ClaimState.CORRUPT):
+            reason = "lease-expired" if claim.state is ClaimState.EXHAUSTED else "integrity"
+            self._dead_letter(message, reason)
+            return Processed(Outcome.FAILED, reason)
         if claim.state is not ClaimState.CLAIMED:
             log.info("delivery skipped", extra={"task_id": message.task_id, "state": claim.state})
             return Processed(Outcome.SKIPPED, claim.state.value)

@@ -14,7 +14,14 @@ from shared import metrics
 from shared.crypto import TaskOpener, TaskSealer
 from shared.dispatch import PubSubTaskPublisher
 from shared.documents import TaskDocuments
-from shared.errors import IdempotencyMismatch, NotFound, TaskBusy, TaskFailure, ValidationFailed
+from shared.errors import (
+    IdempotencyMismatch,
+    IntegrityError,
+    NotFound,
+    TaskBusy,
+    TaskFailure,
+    ValidationFailed,
+)
 from shared.keyring import rotate_keyring
 from shared.models import TaskMessage, TaskStatus
 from shared.redispatch import Redispatcher
@@ -339,3 +346,34 @@ def test_rotation_rewraps_data_keys_and_old_data_stays_readable(pipeline: Pipeli
     repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
     report = rewrap_all(repository, batch_size=3)
     assert (report.rewrapped, report.unreadable) == (6, [ids[3]])
+
+
+def test_tampered_task_fails_plainly_and_is_dead_lettered(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {"secret": 1}})
+    other = submit(pipeline, {"type": "echo", "payload": {"other": 2}}, tenant="globex")
+    tasks = pipeline.db.collection("tasks")
+    # Swap in another task's sealed payload: it must not open under this task's key.
+    tasks.document(task_id).update({"payload": tasks.document(other).get().to_dict()["payload"]})
+
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.FAILED, 0)
+    assert view.error is not None
+    assert view.error.code == "integrity"
+    dead = pipeline.pull(pipeline.dead_letter_sub)
+    assert [(m["data"]["task_id"], m["attributes"]["reason"]) for m in dead] == [
+        (task_id, "integrity")
+    ]
+    # The other task is untouched and still runs.
+    assert pipeline.worker.process(message(other, "globex")).outcome is Outcome.SUCCEEDED
+
+
+def test_tampered_result_is_an_error_not_garbage(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {"v": 1}})
+    pipeline.worker.process(message(task_id))
+    ref = pipeline.db.collection("tasks").document(task_id)
+    blob = bytearray(ref.get().to_dict()["result"])
+    blob[len(blob) // 2] ^= 0x40
+    ref.update({"result": bytes(blob)})
+    with pytest.raises(IntegrityError):
+        pipeline.status.get("acme", task_id)
