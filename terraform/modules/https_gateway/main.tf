@@ -1,0 +1,140 @@
+/**
+ * One HTTPS base URL for the functions, with the local stack's paths:
+ *
+ *   GET  /health            -> health
+ *   GET  /metrics           -> metrics
+ *   POST /tasks/submit      -> submit_task
+ *   POST /tasks             -> submit_task   (route rule on the :method pseudo-header)
+ *   GET  /tasks, /tasks/{id} -> task_status
+ *   anything else           -> health, which answers 404 problem+json
+ *
+ * A URL map routes by path, but route rules of the global external Application
+ * Load Balancer (EXTERNAL_MANAGED) can also match headers, and ":method" names
+ * the request method, so POST and GET /tasks reach different functions.
+ */
+
+locals {
+  backends = {
+    health      = var.services.health
+    metrics     = var.services.metrics
+    submit_task = var.services.submit_task
+    task_status = var.services.task_status
+  }
+
+  # Route rules in priority order; each matches a path and, optionally, a method.
+  routes = [
+    { priority = 10, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 20, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 30, backend = "submit_task", full_path = "/tasks/submit", prefix = null, method = null },
+    { priority = 40, backend = "submit_task", full_path = "/tasks", prefix = null, method = "POST" },
+    { priority = 50, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
+    { priority = 60, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+  ]
+}
+
+resource "google_compute_region_network_endpoint_group" "this" {
+  for_each = local.backends
+
+  project               = var.project_id
+  region                = var.region
+  name                  = "${var.name}-${replace(each.key, "_", "-")}"
+  network_endpoint_type = "SERVERLESS"
+
+  # 2nd gen functions are Cloud Run services.
+  cloud_run {
+    service = element(split("/", each.value), length(split("/", each.value)) - 1)
+  }
+}
+
+resource "google_compute_backend_service" "this" {
+  for_each = local.backends
+
+  project               = var.project_id
+  name                  = "${var.name}-${replace(each.key, "_", "-")}"
+  load_balancing_scheme = "EXTERNAL_MANAGED"
+  protocol              = "HTTPS"
+
+  backend {
+    group = google_compute_region_network_endpoint_group.this[each.key].id
+  }
+
+  log_config {
+    enable      = true
+    sample_rate = 1
+  }
+}
+
+resource "google_compute_url_map" "this" {
+  project         = var.project_id
+  name            = var.name
+  default_service = google_compute_backend_service.this["health"].id
+
+  host_rule {
+    hosts        = ["*"]
+    path_matcher = "aia"
+  }
+
+  path_matcher {
+    name            = "aia"
+    default_service = google_compute_backend_service.this["health"].id
+
+    dynamic "route_rules" {
+      for_each = local.routes
+      content {
+        priority = route_rules.value.priority
+        service  = google_compute_backend_service.this[route_rules.value.backend].id
+
+        match_rules {
+          full_path_match = route_rules.value.full_path
+          prefix_match    = route_rules.value.prefix
+
+          dynamic "header_matches" {
+            for_each = route_rules.value.method == null ? [] : [route_rules.value.method]
+            content {
+              header_name = ":method"
+              exact_match = header_matches.value
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+resource "google_compute_ssl_policy" "this" {
+  project         = var.project_id
+  name            = var.name
+  profile         = "MODERN"
+  min_tls_version = "TLS_1_2"
+}
+
+resource "google_compute_managed_ssl_certificate" "this" {
+  project = var.project_id
+  name    = var.name
+
+  managed {
+    domains = var.domains
+  }
+}
+
+resource "google_compute_target_https_proxy" "this" {
+  project          = var.project_id
+  name             = var.name
+  url_map          = google_compute_url_map.this.id
+  ssl_certificates = [google_compute_managed_ssl_certificate.this.id]
+  ssl_policy       = google_compute_ssl_policy.this.id
+}
+
+resource "google_compute_global_address" "this" {
+  project = var.project_id
+  name    = var.name
+}
+
+resource "google_compute_global_forwarding_rule" "https" {
+  project               = var.project_id
+  name                  = "${var.name}-https"
+  load_balancing_scheme = "EXTERNAL_MANAGED"
+  ip_address            = google_compute_global_address.this.id
+  port_range            = "443"
+  target                = google_compute_target_https_proxy.this.id
+}

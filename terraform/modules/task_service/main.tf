@@ -1,0 +1,237 @@
+/**
+ * AIA's task service: the functions, the Pub/Sub pipeline between them,
+ * Firestore, secrets, scheduling, monitoring and an optional load balancer.
+ *
+ * One entry in local.functions per folder under functions/ (a test checks
+ * both ways); each runs as its own service account holding only the roles
+ * listed in its entry, each scoped to the resource it needs.
+ */
+
+locals {
+  labels = merge(var.labels, { app = "aia", environment = var.environment })
+
+  # Every variable shared/config.py reads, except AIA_KEYRING (a secret, below)
+  # and AIA_KEYRING_FILE (local development only).
+  environment_variables = {
+    GOOGLE_CLOUD_PROJECT    = var.project_id
+    AIA_FIRESTORE_DATABASE  = google_firestore_database.this.name
+    AIA_TASKS_TOPIC         = google_pubsub_topic.tasks.name
+    AIA_DEAD_LETTER_TOPIC   = google_pubsub_topic.dead_letter.name
+    AIA_VERSION             = var.app_version
+    AIA_DIAGNOSTIC_TASKS    = tostring(var.diagnostic_tasks)
+    AIA_PUBLIC_BASE_URL     = local.public_base_url
+    AIA_METRICS_SHARDS      = tostring(var.metrics_shards)
+    AIA_HEALTH_TIMEOUT_S    = tostring(var.health_timeout_s)
+    AIA_LOG_LEVEL           = var.log_level
+    AIA_REDISPATCH_AFTER_S  = tostring(var.redispatch_after_s)
+    AIA_TASK_RETENTION_DAYS = tostring(var.task_retention_days)
+  }
+
+  public_base_url = (
+    var.public_base_url != "" ? var.public_base_url :
+    var.load_balancer.enabled ? "https://${var.load_balancer.domains[0]}" : ""
+  )
+
+  # invokers: who calls it besides users (keys of invoker_identities);
+  # firestore: project role (conditioned on this database); publishes/views:
+  # topic keys below; keyring: which key ring secret the function reads.
+  functions = {
+    health = {
+      invokers    = []
+      description = "Liveness (?probe=live) and readiness: Firestore and the tasks topic."
+      user_facing = true
+      firestore   = "roles/datastore.viewer"
+      publishes   = []
+      views       = ["tasks"]
+      keyring     = null
+      timeout     = 10
+      memory      = "256Mi"
+      cpu         = "0.333"
+      concurrency = 1
+    }
+    metrics = {
+      invokers    = []
+      description = "Task counters in Prometheus text or JSON."
+      user_facing = true
+      firestore   = "roles/datastore.viewer"
+      publishes   = []
+      views       = []
+      keyring     = null
+      timeout     = 30
+      memory      = "256Mi"
+      cpu         = "0.333"
+      concurrency = 1
+    }
+    submit_task = {
+      invokers    = []
+      description = "Validates, seals and stores a task, then publishes its id."
+      user_facing = true
+      firestore   = "roles/datastore.user"
+      publishes   = ["tasks"]
+      views       = []
+      keyring     = "public"
+      timeout     = 30
+      memory      = "512Mi"
+      cpu         = "1"
+      concurrency = 8
+    }
+    task_status = {
+      invokers    = []
+      description = "A task's status and result, or a page of the caller's tasks."
+      user_facing = true
+      firestore   = "roles/datastore.viewer"
+      publishes   = []
+      views       = []
+      keyring     = "private"
+      timeout     = 30
+      memory      = "512Mi"
+      cpu         = "1"
+      concurrency = 8
+    }
+    process_task = {
+      invokers    = ["pubsub_push"]
+      description = "The worker: runs a task delivered by the push subscription."
+      user_facing = false
+      firestore   = "roles/datastore.user"
+      publishes   = ["dead_letter"]
+      views       = []
+      keyring     = "private"
+      # The push subscription's ack deadline is 600 s, its maximum.
+      timeout     = 600
+      memory      = "1Gi"
+      cpu         = "1"
+      concurrency = 1
+    }
+    redispatch = {
+      invokers    = ["scheduler"]
+      description = "Every minute: republishes tasks stuck queued or with expired leases."
+      user_facing = false
+      firestore   = "roles/datastore.user"
+      publishes   = ["tasks"]
+      views       = []
+      keyring     = null
+      timeout     = 120
+      memory      = "256Mi"
+      cpu         = "0.333"
+      concurrency = 1
+    }
+  }
+
+  default_scaling = {
+    min_instances = 0
+    max_instances = 10
+  }
+
+  topics = {
+    tasks       = google_pubsub_topic.tasks
+    dead_letter = google_pubsub_topic.dead_letter
+  }
+
+  keyring_secrets = {
+    public  = google_secret_manager_secret.keyring["public"].secret_id
+    private = google_secret_manager_secret.keyring["private"].secret_id
+  }
+
+  # Who may invoke each function. Keys are static (service accounts created in
+  # the same apply have unknown emails at plan time; for_each keys must be known).
+  invoker_identities = merge(
+    {
+      pubsub_push = google_service_account.push_invoker.member
+      scheduler   = google_service_account.scheduler_invoker.member
+      public      = "allUsers"
+    },
+    { for member in var.invoker_members : member => member },
+  )
+
+  function_invokers = {
+    for name, spec in local.functions : name => {
+      for key in concat(
+        spec.invokers,
+        spec.user_facing && var.public_access ? ["public"] : [],
+        spec.user_facing ? var.invoker_members : [],
+      ) : key => local.invoker_identities[key]
+    }
+  }
+
+  apis = [
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "cloudfunctions.googleapis.com",
+    "cloudscheduler.googleapis.com",
+    "compute.googleapis.com",
+    "firestore.googleapis.com",
+    "iam.googleapis.com",
+    "logging.googleapis.com",
+    "monitoring.googleapis.com",
+    "pubsub.googleapis.com",
+    "run.googleapis.com",
+    "secretmanager.googleapis.com",
+    "storage.googleapis.com",
+  ]
+}
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+resource "google_project_service" "this" {
+  for_each = toset(local.apis)
+
+  project            = var.project_id
+  service            = each.value
+  disable_on_destroy = false
+}
+
+module "function" {
+  source   = "../cloud_function"
+  for_each = local.functions
+
+  project_id            = var.project_id
+  region                = var.region
+  name                  = each.key
+  description           = each.value.description
+  service_account_email = google_service_account.function[each.key].email
+  source_bucket         = google_storage_bucket.sources.name
+  source_archive        = "${var.bundle_dir}/${each.key}.zip"
+  build_service_account = google_service_account.builder.id
+  timeout_seconds       = each.value.timeout
+  memory                = coalesce(try(var.scaling[each.key].memory, null), each.value.memory)
+  cpu                   = coalesce(try(var.scaling[each.key].cpu, null), each.value.cpu)
+  concurrency           = coalesce(try(var.scaling[each.key].concurrency, null), each.value.concurrency)
+  min_instances         = coalesce(try(var.scaling[each.key].min_instances, null), local.default_scaling.min_instances)
+  max_instances         = coalesce(try(var.scaling[each.key].max_instances, null), local.default_scaling.max_instances)
+  ingress = (
+    !each.value.user_facing ? "ALLOW_INTERNAL_ONLY" :
+    var.load_balancer.enabled ? "ALLOW_INTERNAL_AND_GCLB" : "ALLOW_ALL"
+  )
+  environment_variables        = local.environment_variables
+  secret_environment_variables = each.value.keyring == null ? {} : { AIA_KEYRING = local.keyring_secrets[each.value.keyring] }
+  invoker_members              = local.function_invokers[each.key]
+  labels                       = local.labels
+
+  # A function must be able to read its secrets and be built when it deploys.
+  depends_on = [
+    google_project_service.this,
+    google_secret_manager_secret_iam_member.keyring_access,
+    google_storage_bucket_iam_member.builder_reads_sources,
+    google_project_iam_member.builder,
+  ]
+}
+
+module "gateway" {
+  source = "../https_gateway"
+  count  = var.load_balancer.enabled ? 1 : 0
+
+  project_id = var.project_id
+  region     = var.region
+  name       = "${var.name_prefix}-gateway"
+  domains    = var.load_balancer.domains
+  services = {
+    health      = module.function["health"].service
+    metrics     = module.function["metrics"].service
+    submit_task = module.function["submit_task"].service
+    task_status = module.function["task_status"].service
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -1,0 +1,73 @@
+resource "google_pubsub_topic" "tasks" {
+  project = var.project_id
+  name    = var.tasks_topic
+  labels  = local.labels
+
+  # Lets a subscription be re-seeked after an incident.
+  message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.this]
+}
+
+resource "google_pubsub_topic" "dead_letter" {
+  project = var.project_id
+  name    = var.dead_letter_topic
+  labels  = local.labels
+
+  depends_on = [google_project_service.this]
+}
+
+# Keeps dead letters until someone reads them (a topic alone drops them).
+resource "google_pubsub_subscription" "dead_letter_hold" {
+  project = var.project_id
+  name    = "${var.dead_letter_topic}-hold"
+  topic   = google_pubsub_topic.dead_letter.id
+  labels  = local.labels
+
+  ack_deadline_seconds       = 60
+  message_retention_duration = "604800s"
+  retain_acked_messages      = false
+
+  expiration_policy {
+    ttl = ""
+  }
+}
+
+# The worker's subscription, managed here rather than by an Eventarc trigger:
+# it carries a dead-letter policy and outlives a redeploy of the function.
+resource "google_pubsub_subscription" "worker_push" {
+  project = var.project_id
+  name    = "${var.tasks_topic}-worker"
+  topic   = google_pubsub_topic.tasks.id
+  labels  = local.labels
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = module.function["process_task"].uri
+
+    oidc_token {
+      service_account_email = google_service_account.push_invoker.email
+      audience              = module.function["process_task"].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "600s"
+  }
+
+  dead_letter_policy {
+    dead_letter_topic     = google_pubsub_topic.dead_letter.id
+    max_delivery_attempts = var.max_delivery_attempts
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+
+  depends_on = [
+    google_pubsub_topic_iam_member.pubsub_agent_dead_letter_publisher,
+  ]
+}

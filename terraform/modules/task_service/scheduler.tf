@@ -1,0 +1,25 @@
+resource "google_cloud_scheduler_job" "redispatch" {
+  project          = var.project_id
+  region           = var.region
+  name             = "${var.name_prefix}-redispatch"
+  description      = "Republishes tasks stuck queued or with expired leases."
+  schedule         = var.redispatch_schedule
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "120s"
+
+  retry_config {
+    retry_count = 0 # the next run a minute later is the retry
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = module.function["redispatch"].uri
+
+    oidc_token {
+      service_account_email = google_service_account.scheduler_invoker.email
+      audience              = module.function["redispatch"].uri
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

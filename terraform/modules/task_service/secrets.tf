@@ -1,0 +1,28 @@
+# Key rings for payload encryption. Terraform creates the secrets only: the
+# key material is added as versions out of band (docs/deploy.md), so it never
+# enters the Terraform state. submit_task reads the public ring (seal only);
+# process_task and task_status read the private ring.
+resource "google_secret_manager_secret" "keyring" {
+  for_each = toset(["public", "private"])
+
+  project   = var.project_id
+  secret_id = "${var.name_prefix}-keyring-${each.key}"
+  labels    = local.labels
+
+  replication {
+    auto {}
+  }
+
+  depends_on = [google_project_service.this]
+}
+
+resource "google_secret_manager_secret_iam_member" "keyring_access" {
+  for_each = {
+    for name, spec in local.functions : name => spec.keyring if spec.keyring != null
+  }
+
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.keyring[each.value].secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function[each.key].member
+}

@@ -1,0 +1,236 @@
+# Identity of the deployment: no defaults.
+
+variable "project_id" {
+  description = "Project to deploy into (one project per environment)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the functions, the scheduler job and the source bucket."
+  type        = string
+}
+
+variable "environment" {
+  description = "Environment name: dev, staging or prod."
+  type        = string
+
+  validation {
+    condition     = contains(["dev", "staging", "prod"], var.environment)
+    error_message = "environment must be dev, staging or prod."
+  }
+}
+
+variable "firestore_location" {
+  description = "Firestore location: a multi-region (eur3, nam5) or a region."
+  type        = string
+}
+
+variable "bundle_dir" {
+  description = "Folder holding the <function>.zip bundles from `make package`."
+  type        = string
+}
+
+# Behaviour, with defaults that suit dev.
+
+variable "app_version" {
+  description = "Version string the functions report (AIA_VERSION): the commit being deployed."
+  type        = string
+  default     = "dev"
+}
+
+variable "name_prefix" {
+  description = "Prefix of service account ids, topics and other project-unique names."
+  type        = string
+  default     = "aia"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,8}$", var.name_prefix))
+    error_message = "name_prefix must be 2-9 lowercase letters, digits or hyphens."
+  }
+}
+
+variable "firestore_database" {
+  description = "Firestore database id."
+  type        = string
+  default     = "(default)"
+}
+
+variable "delete_protection" {
+  description = "Protect the Firestore database and the source bucket from deletion (on in prod)."
+  type        = bool
+  default     = true
+}
+
+variable "point_in_time_recovery" {
+  description = "Keep 7 days of Firestore point-in-time recovery."
+  type        = bool
+  default     = true
+}
+
+variable "backup_retention" {
+  description = "How long daily Firestore backups are kept, as a duration in seconds (at most 7 days for daily backups)."
+  type        = string
+  default     = "604800s"
+
+  validation {
+    condition     = can(regex("^[0-9]+s$", var.backup_retention))
+    error_message = "backup_retention must be a duration like 604800s."
+  }
+}
+
+variable "scaling" {
+  description = "Per-function overrides of min_instances, max_instances, memory, cpu and concurrency."
+  type = map(object({
+    min_instances = optional(number)
+    max_instances = optional(number)
+    memory        = optional(string)
+    cpu           = optional(string)
+    concurrency   = optional(number)
+  }))
+  default = {}
+}
+
+variable "public_access" {
+  description = "Let anyone invoke the user-facing functions (allUsers): the functions check API keys themselves. Off: only invoker_members may call them."
+  type        = bool
+  default     = false
+}
+
+variable "invoker_members" {
+  description = "IAM members allowed to invoke the user-facing functions when public_access is off."
+  type        = list(string)
+  default     = []
+}
+
+variable "load_balancer" {
+  description = "Optional HTTPS load balancer giving one base URL with the local stack's paths."
+  type = object({
+    enabled = bool
+    domains = optional(list(string), [])
+  })
+  default = { enabled = false }
+
+  validation {
+    condition     = !var.load_balancer.enabled || length(var.load_balancer.domains) > 0
+    error_message = "load_balancer.domains must name at least one domain when the load balancer is enabled."
+  }
+}
+
+variable "public_base_url" {
+  description = "Base URL in the status links submit_task returns; defaults to https://<first domain> with the load balancer, else empty (relative links)."
+  type        = string
+  default     = ""
+}
+
+variable "tasks_topic" {
+  description = "Name of the topic task ids are published to."
+  type        = string
+  default     = "aia-tasks"
+}
+
+variable "dead_letter_topic" {
+  description = "Name of the topic for tasks that failed for good."
+  type        = string
+  default     = "aia-tasks-dead-letter"
+}
+
+variable "max_delivery_attempts" {
+  description = "Push deliveries before Pub/Sub dead-letters a message (a backstop: the worker dead-letters final failures itself)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100
+    error_message = "max_delivery_attempts must be between 5 and 100."
+  }
+}
+
+variable "redispatch_schedule" {
+  description = "Cron schedule of the redispatch sweep."
+  type        = string
+  default     = "* * * * *"
+}
+
+variable "log_level" {
+  description = "Log level of the functions (AIA_LOG_LEVEL)."
+  type        = string
+  default     = "INFO"
+
+  validation {
+    condition     = contains(["DEBUG", "INFO", "WARNING", "ERROR"], var.log_level)
+    error_message = "log_level must be DEBUG, INFO, WARNING or ERROR."
+  }
+}
+
+variable "diagnostic_tasks" {
+  description = "Accept the diagnostic `fail` task type (AIA_DIAGNOSTIC_TASKS)."
+  type        = bool
+  default     = true
+}
+
+variable "metrics_shards" {
+  description = "Counter shards per metric (AIA_METRICS_SHARDS); raise for sustained write rates."
+  type        = number
+  default     = 16
+
+  validation {
+    condition     = var.metrics_shards >= 1 && var.metrics_shards <= 1000
+    error_message = "metrics_shards must be between 1 and 1000."
+  }
+}
+
+variable "health_timeout_s" {
+  description = "Deadline of the readiness checks in seconds (AIA_HEALTH_TIMEOUT_S)."
+  type        = number
+  default     = 1.5
+
+  validation {
+    condition     = var.health_timeout_s > 0 && var.health_timeout_s <= 10
+    error_message = "health_timeout_s must be in (0, 10]."
+  }
+}
+
+variable "redispatch_after_s" {
+  description = "Seconds a task may wait queued, or a lease be expired, before redispatch republishes it (AIA_REDISPATCH_AFTER_S)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.redispatch_after_s > 0
+    error_message = "redispatch_after_s must be positive."
+  }
+}
+
+variable "task_retention_days" {
+  description = "Days a finished task is kept before the Firestore TTL policy deletes it (AIA_TASK_RETENTION_DAYS)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.task_retention_days >= 1 && var.task_retention_days <= 3650
+    error_message = "task_retention_days must be between 1 and 3650."
+  }
+}
+
+variable "error_rate_threshold" {
+  description = "Share of 5xx answers (0-1) over 5 minutes that raises the function error-rate alert."
+  type        = number
+  default     = 0.05
+
+  validation {
+    condition     = var.error_rate_threshold > 0 && var.error_rate_threshold < 1
+    error_message = "error_rate_threshold must be between 0 and 1."
+  }
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids that receive the alerts."
+  type        = list(string)
+  default     = []
+}
+
+variable "labels" {
+  description = "Labels added to the resources that take them."
+  type        = map(string)
+  default     = {}
+}
