@@ -35,6 +35,7 @@ from typing import Any
 
 from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
 from devtools.gateway import GatewayServer
+from devtools.procs import kill_group
 from devtools.pubsub_setup import setup_pubsub
 from shared.config import DEFAULT_PROJECT
 
@@ -187,6 +188,7 @@ class Stack:
             text=True,
             timeout=60,
             check=False,
+            start_new_session=True,  # Ctrl-C is the stack's to handle, not this child's
         )
         if result.returncode != 0 or not self.keyring_path.exists():
             raise StackError(
@@ -329,11 +331,19 @@ class Stack:
             if self._serving:
                 self.gateway.shutdown()
             self.gateway.server_close()
+        # Signal every group at once (each gunicorn takes ~0.3 s to wind down), then
+        # wait for each; Service.stop escalates to SIGKILL after its timeout.
+        for svc in self.services:
+            if svc.proc.poll() is None:
+                kill_group(svc.proc.pid, signal.SIGTERM)
         for svc in reversed(self.services):
             try:
                 svc.stop()
             except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the others
                 _warn(f"could not stop {svc.name} (pgid {svc.proc.pid}): {exc!r}")
+            # Service.stop skips its sweep when the leader is already gone; a group can
+            # outlive its leader (gcloud wraps Java), so sweep here in any case.
+            kill_group(svc.proc.pid)
         # Only remove dev.env if it is still ours: it points at what just stopped.
         with contextlib.suppress(OSError):
             if self.dev_env_path.read_text(encoding="utf-8") == self._dev_env_text:
@@ -388,8 +398,7 @@ def _finish_key_creation(proc: subprocess.Popen[str], log_path: Path) -> str:
 
 
 def _kill_proc_group(proc: subprocess.Popen[Any]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    kill_group(proc.pid)
     proc.wait(timeout=5)
 
 
@@ -498,9 +507,12 @@ def run(opts: Options) -> int:
             print(f"aia: {exc}", file=sys.stderr, flush=True)
             code = 2
         finally:
-            print("aia: stopping…", file=sys.stderr, flush=True)
+            started = bool(stack.services)
+            if started:
+                print("aia: stopping…", file=sys.stderr, flush=True)
             stack.stop()
-            print("aia: stopped", file=sys.stderr, flush=True)
+            if started:
+                print("aia: stopped", file=sys.stderr, flush=True)
     return code
 
 
