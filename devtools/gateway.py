@@ -22,6 +22,8 @@ log = logging.getLogger("aia.gateway")
 
 CHUNK = 64 * 1024
 UPSTREAM_TIMEOUT_S = 120.0
+# How much of a refused request body is still read and dropped so its sender sees the answer.
+DRAIN_LIMIT = 64 * 1024 * 1024
 # Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 HOP_BY_HOP = frozenset(
     {
@@ -155,15 +157,23 @@ class _Handler(BaseHTTPRequestHandler):
             else _read_exactly(self.rfile, self._content_length())
         )
         # Errors reading the client propagate; errors writing upstream are handled here.
+        upstream_reading = True
+        drained = 0
         for piece in pieces:
-            try:
-                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-            except (BrokenPipeError, ConnectionResetError):
-                # The function answered (413, say) before reading everything: relay
-                # that answer; the unread rest of the client's body ends keep-alive.
-                self.close_connection = True
+            if upstream_reading:
+                try:
+                    conn.send(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The function answered (413, say) before reading everything.
+                    upstream_reading = False
+                    self.close_connection = True
+                continue
+            # Keep reading (and dropping) the client's body: closing on unread data
+            # would reset the connection before the client reads the early answer.
+            drained += len(piece)
+            if drained > DRAIN_LIMIT:
                 return
-        if chunked:
+        if chunked and upstream_reading:
             conn.send(b"0\r\n\r\n")
 
     def _relay_response(self, resp: http.client.HTTPResponse) -> None:
