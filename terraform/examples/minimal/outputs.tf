@@ -1,0 +1,4 @@
+output "function_uris" {
+  description = "Function name => HTTPS URL."
+  value       = module.aia.function_uris
+}
