@@ -177,6 +177,7 @@ class _Handler(BaseHTTPRequestHandler):
             conn.send(b"0\r\n\r\n")
 
     def _relay_response(self, resp: http.client.HTTPResponse) -> None:
+        self.log_request(resp.status)  # the access log (send_response_only writes none)
         self.send_response_only(resp.status, resp.reason)
         for key, value in resp.getheaders():
             if key.lower() not in HOP_BY_HOP:
@@ -218,6 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_problem(self, status: int, title: str, detail: str, instance: str) -> None:
         body = problem(status, title, detail, instance)
+        self.log_request(status)
         self.send_response_only(status)
         self.send_header("Date", self.date_time_string())
         self.send_header("Content-Type", "application/problem+json")

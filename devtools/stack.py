@@ -490,8 +490,9 @@ def run(opts: Options) -> int:
         code = 0
         try:
             stack.start()
-            print(banner(stack), flush=True)
+            # The machine-readable line first, so a person reads the banner last.
             print(READY_PREFIX + json.dumps(stack.ready_info(), sort_keys=True), flush=True)
+            print(banner(stack), flush=True)
             while not stack.stop_event.wait(0.5):
                 dead = stack.dead_child()
                 if dead is not None:

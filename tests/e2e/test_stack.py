@@ -214,6 +214,10 @@ def test_echo_succeeds_with_its_payload(e2e: E2E) -> None:
     assert view["result"] == {"hello": "world"}
     assert view["attempts"] == 1
     assert "error" not in view
+    # The seed's path submits the same way.
+    seed = client.submit({"type": "echo", "payload": {"via": "seed"}}, path="/tasks/submit")
+    assert seed.status_code == 202, seed.text
+    assert client.wait_for(seed.json()["task_id"])["result"] == {"via": "seed"}
 
 
 def test_failing_once_succeeds_on_attempt_two(e2e: E2E) -> None:
