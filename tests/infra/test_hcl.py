@@ -26,6 +26,13 @@ from tests.infra.hclfiles import (
     tfvars,
     unquote,
 )
+from tests.infra.policy import (
+    ALLOWED_ROLES,
+    KEYRING,
+    NOT_PLAIN_ENV,
+    PROJECT_LEVEL_ROLES,
+    USER_FACING,
+)
 from tools.package import discover_functions
 from tools.tfschema.venvs import REPO_ROOT
 
@@ -34,37 +41,6 @@ pytestmark = pytest.mark.infra
 SERVICE = MODULES / "task_service"
 FUNCTION = MODULES / "cloud_function"
 GATEWAY = MODULES / "https_gateway"
-
-# Variables shared/config.py reads that Terraform deliberately does not set as
-# plain environment variables, and why.
-NOT_PLAIN_ENV = {
-    "AIA_KEYRING": "a secret: set with secret_environment_variables from Secret Manager",
-    "AIA_KEYRING_FILE": "local development only: deployed functions read AIA_KEYRING",
-}
-
-# Every IAM role the Terraform may grant. Adding one is a reviewed decision.
-ALLOWED_ROLES = {
-    "roles/datastore.user",
-    "roles/datastore.viewer",
-    "roles/pubsub.publisher",
-    "roles/pubsub.subscriber",
-    "roles/pubsub.viewer",
-    "roles/secretmanager.secretAccessor",
-    "roles/run.invoker",
-    "roles/iam.serviceAccountTokenCreator",
-    "roles/storage.objectViewer",
-    "roles/logging.logWriter",
-    "roles/artifactregistry.writer",
-}
-# Roles that only exist (or only make sense) at project level.
-PROJECT_LEVEL_ROLES = {
-    "roles/datastore.user",
-    "roles/datastore.viewer",
-    "roles/logging.logWriter",
-    "roles/artifactregistry.writer",
-}
-USER_FACING = {"health", "metrics", "submit_task", "task_status"}
-KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
 
 
 @pytest.fixture(scope="module")

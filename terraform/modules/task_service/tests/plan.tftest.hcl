@@ -1,0 +1,157 @@
+# Plan-mode runs against the provider's real schema (served offline by
+# tools/tfschema). The bundle folder comes from the test runner:
+#   terraform test -var bundle_dir=<folder with the function zips>
+
+variables {
+  project_id         = "aia-test-project"
+  region             = "europe-west1"
+  environment        = "dev"
+  firestore_location = "europe-west1"
+}
+
+run "defaults_are_private_and_protected" {
+  command = plan
+
+  assert {
+    condition     = alltrue([for name, members in local.function_invokers : !contains(keys(members), "public")])
+    error_message = "No function may be public unless public_access asks for it."
+  }
+
+  assert {
+    condition     = google_firestore_database.this.delete_protection_state == "DELETE_PROTECTION_ENABLED"
+    error_message = "Delete protection must default to on."
+  }
+
+  assert {
+    condition     = google_firestore_database.this.point_in_time_recovery_enablement == "POINT_IN_TIME_RECOVERY_ENABLED"
+    error_message = "Point-in-time recovery must default to on."
+  }
+
+  assert {
+    condition     = length(module.gateway) == 0
+    error_message = "The load balancer is opt-in."
+  }
+
+  assert {
+    condition     = keys(local.function_invokers["process_task"]) == ["pubsub_push"] && keys(local.function_invokers["redispatch"]) == ["scheduler"]
+    error_message = "Only the push and scheduler identities invoke the internal functions."
+  }
+}
+
+run "worker_subscription" {
+  command = plan
+
+  assert {
+    condition     = google_pubsub_subscription.worker_push.ack_deadline_seconds == 600
+    error_message = "The worker's ack deadline must cover its 600 s timeout."
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.worker_push.retry_policy[0].minimum_backoff == "10s" && google_pubsub_subscription.worker_push.retry_policy[0].maximum_backoff == "600s"
+    error_message = "Retry backoff must be 10-600 s."
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.worker_push.dead_letter_policy[0].max_delivery_attempts == 10
+    error_message = "Dead-letter after 10 deliveries by default."
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.dead_letter_hold.expiration_policy[0].ttl == ""
+    error_message = "The dead-letter subscription must never expire."
+  }
+}
+
+run "firestore_indexes_and_ttl" {
+  command = plan
+
+  assert {
+    condition     = length(google_firestore_index.this) == length(local.composite_indexes)
+    error_message = "One index per query shape."
+  }
+
+  assert {
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys"])
+    error_message = "TTL policies on tasks and idempotency_keys."
+  }
+
+  assert {
+    condition     = alltrue([for f in google_firestore_field.ttl : f.field == "expires_at"])
+    error_message = "The TTL field is expires_at."
+  }
+}
+
+run "secrets_only_where_needed" {
+  command = plan
+
+  assert {
+    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task"])
+    error_message = "Only submit_task, task_status and process_task read a key ring."
+  }
+
+  assert {
+    condition     = google_secret_manager_secret_iam_member.keyring_access["submit_task"].secret_id == google_secret_manager_secret.keyring["public"].secret_id
+    error_message = "submit_task reads the public ring only."
+  }
+
+  assert {
+    condition     = google_secret_manager_secret_iam_member.keyring_access["process_task"].secret_id == google_secret_manager_secret.keyring["private"].secret_id
+    error_message = "process_task reads the private ring."
+  }
+}
+
+run "public_behind_the_load_balancer" {
+  command = plan
+
+  variables {
+    environment   = "prod"
+    public_access = true
+    load_balancer = { enabled = true, domains = ["api.example.test"] }
+    scaling       = { submit_task = { min_instances = 2 } }
+  }
+
+  assert {
+    condition     = length(module.gateway) == 1
+    error_message = "The load balancer is created when enabled."
+  }
+
+  assert {
+    condition     = local.function_invokers["health"]["public"] == "allUsers" && !contains(keys(local.function_invokers["process_task"]), "public")
+    error_message = "public_access opens the user-facing functions only."
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_PUBLIC_BASE_URL"] == "https://api.example.test"
+    error_message = "Status links use the load balancer's domain."
+  }
+}
+
+run "rejects_unknown_environment" {
+  command = plan
+
+  variables {
+    environment = "qa"
+  }
+
+  expect_failures = [var.environment]
+}
+
+run "rejects_too_few_delivery_attempts" {
+  command = plan
+
+  variables {
+    max_delivery_attempts = 3
+  }
+
+  expect_failures = [var.max_delivery_attempts]
+}
+
+run "load_balancer_needs_a_domain" {
+  command = plan
+
+  variables {
+    load_balancer = { enabled = true }
+  }
+
+  expect_failures = [var.load_balancer]
+}

@@ -1,0 +1,40 @@
+"""What the infrastructure must respect, shared by the HCL and the plan tests."""
+
+from __future__ import annotations
+
+# Variables shared/config.py reads that Terraform deliberately does not set as
+# plain environment variables, and why.
+NOT_PLAIN_ENV = {
+    "AIA_KEYRING": "a secret: set with secret_environment_variables from Secret Manager",
+    "AIA_KEYRING_FILE": "local development only: deployed functions read AIA_KEYRING",
+}
+
+# Every IAM role the Terraform may grant. Adding one is a reviewed decision.
+ALLOWED_ROLES = frozenset(
+    {
+        "roles/datastore.user",
+        "roles/datastore.viewer",
+        "roles/pubsub.publisher",
+        "roles/pubsub.subscriber",
+        "roles/pubsub.viewer",
+        "roles/secretmanager.secretAccessor",
+        "roles/run.invoker",
+        "roles/iam.serviceAccountTokenCreator",
+        "roles/storage.objectViewer",
+        "roles/logging.logWriter",
+        "roles/artifactregistry.writer",
+    }
+)
+# Roles that only exist (or only make sense) at project level.
+PROJECT_LEVEL_ROLES = frozenset(
+    {
+        "roles/datastore.user",
+        "roles/datastore.viewer",
+        "roles/logging.logWriter",
+        "roles/artifactregistry.writer",
+    }
+)
+# Functions users call (through the load balancer when there is one).
+USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status"})
+# Which key ring each function reads (AIA_KEYRING); the others read none.
+KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
