@@ -14,7 +14,7 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from tools.tfschema.venvs import REPO_ROOT
 
 pytestmark = pytest.mark.infra
 
-MODULE_TEST_VARS = {
+MODULE_TEST_VARS: dict[str, Callable[[Path], list[str]]] = {
     "task_service": lambda bundles: ["-var", f"bundle_dir={bundles}"],
     "cloud_function": lambda bundles: ["-var", f"source_archive={bundles}/health.zip"],
     "https_gateway": lambda bundles: [],
