@@ -50,16 +50,15 @@ class Service:
     extra: dict[str, str] = field(default_factory=dict)
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        if self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=timeout_s)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout_s)
         # The group may outlive its leader (gcloud wraps Java): sweep it.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -85,6 +84,8 @@ def spawn(
         env=env,
         cwd=cwd,
     )
+    if log_path:
+        out.close()  # the child holds its own descriptor
     return Service(name=name, proc=proc, url=url, log_path=log_path)
 
 
