@@ -84,7 +84,7 @@ def spawn(
         env=env,
         cwd=cwd,
     )
-    if log_path:
+    if not isinstance(out, int):
         out.close()  # the child holds its own descriptor
     return Service(name=name, proc=proc, url=url, log_path=log_path)
 

@@ -48,7 +48,7 @@ def _clients(emulator_host: str | None) -> tuple[PublisherClient, SubscriberClie
         # The clients read PUBSUB_EMULATOR_HOST themselves, or use real credentials.
         return PublisherClient(), SubscriberClient()
 
-    import grpc  # type: ignore[import-untyped]
+    import grpc
     from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
     from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
