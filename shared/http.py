@@ -19,6 +19,7 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     Unauthorized,
+    Unavailable,
     UnsupportedMediaType,
 )
 
@@ -66,20 +67,31 @@ def endpoint(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     def wrapper(request: flask.Request) -> flask.Response:
-        settings = get_settings()
-        logs.configure(settings.log_level, settings.project)
-        logs.bind(logs.trace_id_from_headers(request.headers), path=request.path)
         try:
+            settings = get_settings()
+            logs.configure(settings.log_level, settings.project)
+            logs.bind(logs.trace_id_from_headers(request.headers), path=request.path)
             return handler(request)
         except AIAError as exc:
             level = logging.ERROR if exc.status >= 500 else logging.INFO
             log.log(level, "request failed: %s", exc.detail, extra={"problem": exc.code})
             return problem_response(exc, request.path)
-        except Exception:
+        except Exception as exc:
+            if _is_google_api_error(exc):
+                log.exception("dependency call failed")
+                error = Unavailable("a storage or messaging dependency failed; retry shortly")
+                response = problem_response(error, request.path)
+                response.headers["Retry-After"] = "1"
+                return response
             log.exception("unhandled error")
             return problem_response(AIAError("an unexpected error occurred"), request.path)
 
     return wrapper
+
+
+def _is_google_api_error(exc: BaseException) -> bool:
+    # Checked by module so this edge never imports the Google libraries itself.
+    return type(exc).__module__.startswith(("google.api_core", "google.auth", "grpc"))
 
 
 def require_path(request: flask.Request, *paths: str) -> None:

@@ -288,3 +288,24 @@ def test_redispatch_sweeps(configure: Callable[..., None]) -> None:
     assert response.status_code == 200
     assert response.get_json() == {"found": 0, "published": 0}
     assert_problem(client.get("/"), 405)
+
+
+def test_an_unreachable_firestore_is_a_503_problem(
+    configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from google.api_core.exceptions import ServiceUnavailable
+
+    def down(key: str) -> str:
+        raise ServiceUnavailable("firestore is down")
+
+    monkeypatch.setattr(providers.api_keys(), "authenticate", down)
+    response = function_client("task_status").get("/tasks", headers=auth("aia_x"))
+    assert_problem(response, 503)
+    assert response.headers["Retry-After"] == "1"
+
+
+def test_bad_configuration_is_a_problem_not_a_crash(configure: Callable[..., None]) -> None:
+    configure(AIA_METRICS_SHARDS="many")
+    response = function_client("submit_task").post("/tasks", json={})
+    body = assert_problem(response, 500)
+    assert "AIA_METRICS_SHARDS" in body["detail"]
