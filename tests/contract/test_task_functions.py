@@ -296,7 +296,7 @@ def test_an_unreachable_firestore_is_a_503_problem(
     from google.api_core.exceptions import ServiceUnavailable
 
     def down(key: str) -> str:
-        raise ServiceUnavailable("firestore is down")
+        raise ServiceUnavailable("firestore is down")  # type: ignore[no-untyped-call]
 
     monkeypatch.setattr(providers.api_keys(), "authenticate", down)
     response = function_client("task_status").get("/tasks", headers=auth("aia_x"))
