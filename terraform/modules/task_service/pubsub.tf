@@ -1,4 +1,5 @@
 resource "google_pubsub_topic" "tasks" {
+  # checkov:skip=CKV_GCP_83:Messages carry task ids only; payloads are sealed by the application's own key ring before they are stored, so Google-managed encryption suffices.
   project = var.project_id
   name    = var.tasks_topic
   labels  = local.labels
@@ -10,6 +11,7 @@ resource "google_pubsub_topic" "tasks" {
 }
 
 resource "google_pubsub_topic" "dead_letter" {
+  # checkov:skip=CKV_GCP_83:Messages carry task ids only; payloads are sealed by the application's own key ring before they are stored, so Google-managed encryption suffices.
   project = var.project_id
   name    = var.dead_letter_topic
   labels  = local.labels
