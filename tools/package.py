@@ -139,10 +139,23 @@ def build_bundle(root: Path, out: Path, name: str) -> Bundle:
     )
 
 
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Drop bundles of functions that no longer exist (named by the previous manifest)."""
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return
+    for name in set(json.loads(manifest.read_text())) - keep:
+        (out / f"{name}.zip").unlink(missing_ok=True)
+        if (out / name / "main.py").is_file():
+            shutil.rmtree(out / name)
+
+
 def build_all(root: Path, out: Path, names: Iterable[str] | None = None) -> list[Bundle]:
     """Build the named bundles (default: every function) and write `manifest.json`."""
     selected = list(names) if names else discover_functions(root)
     out.mkdir(parents=True, exist_ok=True)
+    if not names:
+        _remove_stale(out, set(selected))
     bundles = [build_bundle(root, out, name) for name in selected]
     manifest = {b.name: b.manifest_entry() for b in bundles}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

@@ -115,6 +115,22 @@ def test_zip_hash_changes_with_content(tmp_path: Path) -> None:
     assert package.build_all(root, tmp_path / "b")[0].sha256 != first
 
 
+def test_removed_function_leaves_no_bundle(tmp_path: Path) -> None:
+    root = _fake_repo(tmp_path / "repo", "import shared.config\n")
+    out = tmp_path / "build"
+    package.build_all(root, out)
+    assert (out / "probe.zip").is_file()
+    shutil.rmtree(root / "functions" / "probe")
+    (root / "functions" / "other").mkdir()
+    (root / "functions" / "other" / "main.py").write_text(
+        PROBE_MAIN.format(imports="").replace("probe", "other")
+    )
+    package.build_all(root, out)
+    assert not (out / "probe.zip").exists()
+    assert not (out / "probe").exists()
+    assert (out / "other.zip").is_file()
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_bundle_loads_and_serves_in_isolation(
     name: str, bundles: dict[str, package.Bundle], runtime_venv: Path
