@@ -31,7 +31,8 @@ class Settings(BaseModel):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     keyring: SecretStr | None = None
     keyring_file: Path | None = None
-    redispatch_after_s: float = Field(default=60.0, gt=0)
+    # Longer than Pub/Sub's largest retry backoff, so only lost messages are republished.
+    redispatch_after_s: float = Field(default=900.0, gt=0)
     task_retention_days: int = Field(default=30, ge=1, le=3650)
 
     def keyring_text(self) -> str:

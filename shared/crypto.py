@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from shared.errors import ConfigurationError, IntegrityError, ValidationFailed
+from shared.errors import ConfigurationError, IntegrityError, KeyUnavailable, ValidationFailed
 from shared.keyring import (
     FERNET,
     HYBRID,
@@ -198,7 +198,20 @@ class TaskOpener(TaskSealer):
             return _integrity_failure(reason, tenant_id=tenant_id, task_id=task_id, key_id=key_id)
 
         if key is None:
-            raise fail(f"data key is wrapped under key {key_id!r}, which is not in this key ring")
+            # Usually a ring deployed later than the data it must read: retryable, not tamper.
+            security_log.warning(
+                "data key is wrapped under key %r, which this ring lacks",
+                key_id,
+                extra={
+                    "security_event": "key_unavailable",
+                    "tenant_id": tenant_id,
+                    "task_id": task_id,
+                    "key_id": key_id,
+                },
+            )
+            raise KeyUnavailable(
+                f"data key is wrapped under key {key_id!r}, which is not in this key ring"
+            )
         if key.scheme != scheme:
             raise fail(f"wrapped data key claims scheme {scheme!r} but key {key_id!r} is not")
         aad = _wrap_aad(wrapped[:body_at], tenant_id, task_id)

@@ -10,7 +10,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, PayloadTooLarge, ResultTooLarge
 from shared.models import Task, TaskError, TaskStatus
 from shared.queries import EXPIRES_AT
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from shared.crypto import TaskKey, TaskOpener, TaskSealer
 
 DATA_FIELDS = ("payload", "result", "error")
+# Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
+MAX_SEALED_BYTES = 1024 * 1024 - 16 * 1024
 _PLAIN_FIELDS = (
     "tenant_id",
     "type",
@@ -55,6 +57,12 @@ class TaskDocuments:
         doc["status"] = task.status.value
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
+        if self.sealed_size(doc) > MAX_SEALED_BYTES:
+            raise PayloadTooLarge(
+                f"payload is {len(doc['payload'])} bytes once stored; "
+                f"the limit is {MAX_SEALED_BYTES - len(key.wrapped)}",
+                field="payload",
+            )
         doc["result"] = None
         doc["error"] = None
         doc["error_code"] = None
@@ -105,8 +113,19 @@ class TaskDocuments:
         return {"error": key.seal("error", error.model_dump()), "error_code": error.code}
 
     @staticmethod
-    def seal_result(key: TaskKey, result: Any) -> dict[str, Any]:
-        return {"result": key.seal("result", result)}
+    def sealed_size(doc: dict[str, Any]) -> int:
+        return sum(len(doc.get(name) or b"") for name in ("data_key", *DATA_FIELDS))
+
+    @staticmethod
+    def seal_result(key: TaskKey, result: Any, *, stored_bytes: int) -> dict[str, Any]:
+        """The result sealed; ResultTooLarge if the task document could not hold it."""
+        sealed = key.seal("result", result)
+        if stored_bytes + len(sealed) > MAX_SEALED_BYTES:
+            raise ResultTooLarge(
+                f"result is {len(sealed)} bytes once stored; "
+                f"{MAX_SEALED_BYTES - stored_bytes} bytes are left beside the payload"
+            )
+        return {"result": sealed}
 
     @staticmethod
     def expired(doc: dict[str, Any], now: datetime) -> bool:

@@ -120,6 +120,15 @@ class IntegrityError(AIAError):
     retryable = False
 
 
+class KeyUnavailable(AIAError):
+    """Data is wrapped under a key this instance's ring lacks (e.g. mid-rotation deploy)."""
+
+    status = 503
+    title = "Decryption key not available here"
+    code = "key-unavailable"
+    retryable = True
+
+
 # Worker-side outcomes.
 
 
@@ -140,6 +149,11 @@ class NonRetryable(TaskFailure):
     """Raised by handlers to fail the task at once, without further attempts."""
 
     retryable = False
+
+
+class ResultTooLarge(NonRetryable):
+    code = "result-too-large"
+    title = "Task result too large to store"
 
 
 class TaskTimeout(TaskFailure):

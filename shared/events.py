@@ -83,10 +83,11 @@ def handle(
         error = exc
     if error is None:
         return
+    # Error texts may quote task data, so logs name the error's code and type only.
+    code = str(getattr(error, "code", type(error).__name__))
     if should_ack(error):
-        code = getattr(error, "code", "error")
-        log.error("delivery dropped to dead letter: %s", error, extra={"code": code})
-        dead_letter(_raw_data(message), {**attributes, "reason": str(code)})
+        log.error("delivery dropped to dead letter", extra={"code": code})
+        dead_letter(_raw_data(message), {**attributes, "reason": code})
         return
-    log.warning("delivery will be retried: %s", error)
-    raise Redeliver(str(error)) from error
+    log.warning("delivery will be retried", extra={"code": code})
+    raise Redeliver(code) from error

@@ -77,7 +77,7 @@ def endpoint(handler: Handler) -> Handler:
             log.log(level, "request failed: %s", exc.detail, extra={"problem": exc.code})
             return problem_response(exc, request.path)
         except Exception as exc:
-            if _is_google_api_error(exc):
+            if _is_transient_google_error(exc):
                 log.exception("dependency call failed")
                 error = Unavailable("a storage or messaging dependency failed; retry shortly")
                 response = problem_response(error, request.path)
@@ -89,9 +89,26 @@ def endpoint(handler: Handler) -> Handler:
     return wrapper
 
 
-def _is_google_api_error(exc: BaseException) -> bool:
-    # Checked by module so this edge never imports the Google libraries itself.
-    return type(exc).__module__.startswith(("google.api_core", "google.auth", "grpc"))
+# Transient Google failures, by class name so this edge never imports Google libraries.
+_TRANSIENT = frozenset(
+    {
+        "ServiceUnavailable",
+        "DeadlineExceeded",
+        "InternalServerError",
+        "Aborted",
+        "TooManyRequests",
+        "ResourceExhausted",
+        "RetryError",
+        "TransportError",
+        "GatewayTimeout",
+    }
+)
+
+
+def _is_transient_google_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    google = module.startswith(("google.api_core", "google.auth", "grpc"))
+    return google and type(exc).__name__ in _TRANSIENT
 
 
 def require_path(request: flask.Request, *paths: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
+TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
 TERMINAL = frozenset({"succeeded", "failed"})
 
 
@@ -106,7 +107,7 @@ class TaskMessage(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    task_id: str = Field(min_length=1, max_length=64)
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
     tenant_id: str = Field(min_length=1, max_length=64)
 
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
+import contextlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,27 +26,27 @@ from shared.errors import (
     IntegrityError,
     NotFound,
 )
-from shared.models import Task, TaskError, TaskStatus
+from shared.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
     from shared.crypto import TaskKey
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 LEASE_GRACE = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
 class IdempotencyClaim:
-    """A client's Idempotency-Key for one tenant, with the keyed digest of its body."""
+    """A tenant's Idempotency-Key, as keyed digests of the key and of the request body.
+
+    The key is digested with a secret (not a plain hash) so a database reader
+    cannot test guesses of low-entropy keys such as "order-1234".
+    """
 
     tenant_id: str
-    key: str
+    doc_id: str
     body_digest: str
-
-    @property
-    def doc_id(self) -> str:
-        # Hashed so arbitrary client strings become valid, bounded document ids.
-        return hashlib.sha256(f"{self.tenant_id}\0{self.key}".encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Claim:
     task: Task | None = None
     key: TaskKey | None = None
     lease_id: str | None = None
+    stored_bytes: int = 0  # sealed bytes already in the document, to bound the result
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,10 @@ def encode_page_token(created_at: datetime, task_id: str) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def valid_task_id(task_id: object) -> bool:
+    return isinstance(task_id, str) and _TASK_ID.match(task_id) is not None
+
+
 def decode_page_token(token: str) -> tuple[datetime, str]:
     invalid = BadRequest("page_token is not a token this API issued", field="page_token")
     try:
@@ -118,7 +124,7 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
         task_id = data["i"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise invalid from exc
-    if not isinstance(task_id, str) or created.tzinfo is None:
+    if not valid_task_id(task_id) or created.tzinfo is None:
         raise invalid
     return created, task_id
 
@@ -206,7 +212,7 @@ class FirestoreTaskRepository:
     # -- reads -------------------------------------------------------------
 
     def get(self, tenant_id: str, task_id: str) -> Task:
-        if not task_id or "/" in task_id or len(task_id) > 64:
+        if not valid_task_id(task_id):
             raise NotFound(f"no task {task_id!r}")
         snap = self._tasks.document(task_id).get()
         doc = snap.to_dict() if snap.exists else None
@@ -311,7 +317,13 @@ class FirestoreTaskRepository:
             claimed = task.model_copy(
                 update={**changes, "status": TaskStatus.RUNNING, "dispatch_pending": False}
             )
-            return Claim(ClaimState.CLAIMED, task=claimed, key=key, lease_id=lease_id)
+            return Claim(
+                ClaimState.CLAIMED,
+                task=claimed,
+                key=key,
+                lease_id=lease_id,
+                stored_bytes=self._docs.sealed_size(doc),
+            )
 
         claim: Claim = run(self._db.transaction())
         return claim
@@ -320,7 +332,10 @@ class FirestoreTaskRepository:
         assert claim.key is not None
         return self._finish(
             claim,
-            {"status": TaskStatus.SUCCEEDED.value, **self._docs.seal_result(claim.key, result)},
+            {
+                "status": TaskStatus.SUCCEEDED.value,
+                **self._docs.seal_result(claim.key, result, stored_bytes=claim.stored_bytes),
+            },
             duration_s,
             terminal=True,
         )
@@ -372,8 +387,11 @@ class FirestoreTaskRepository:
             query = query.start_after({"__name__": self._tasks.document(start_after)})
         snaps = list(query.limit(limit).stream())
         batch = self._db.batch()
+        from google.api_core.exceptions import NotFound as DocumentMissing
+
         rewrapped = 0
         unreadable: list[str] = []
+        updates: list[tuple[Any, dict[str, Any]]] = []
         for snap in snaps:
             try:
                 wrapped = self._docs.rewrap(snap.id, snap.to_dict())
@@ -383,10 +401,17 @@ class FirestoreTaskRepository:
                 continue
             if wrapped is not None:
                 # Only the wrapped key changes: the data key, and so every sealed field, stays.
-                batch.update(snap.reference, {"data_key": wrapped})
+                updates.append((snap.reference, {"data_key": wrapped}))
+                batch.update(*updates[-1])
                 rewrapped += 1
         if rewrapped:
-            batch.commit()
+            try:
+                batch.commit()
+            except DocumentMissing:
+                # A task expired (TTL) between read and write: apply the rest one by one.
+                for write in updates:
+                    with contextlib.suppress(DocumentMissing):
+                        write[0].update(write[1])
         return RewrapPage(len(snaps), rewrapped, unreadable, snaps[-1].id if snaps else None)
 
     # -- redispatch --------------------------------------------------------

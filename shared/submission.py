@@ -75,9 +75,10 @@ class SubmitService:
         claim = None
         if idempotency_key is not None:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            key = validate_idempotency_key(idempotency_key)
             claim = IdempotencyClaim(
                 tenant_id=tenant_id,
-                key=validate_idempotency_key(idempotency_key),
+                doc_id=self._sealer.digest(f"idempotency\0{tenant_id}\0{key}".encode()),
                 body_digest=self._sealer.digest(canonical),
             )
         now = datetime.now(UTC)

@@ -19,6 +19,7 @@ from shared.dispatch import TaskPublisher
 from shared.errors import (
     AIAError,
     NonRetryable,
+    ResultTooLarge,
     TaskBusy,
     TaskFailure,
     TaskTimeout,
@@ -29,6 +30,8 @@ from shared.registry import TaskContext, TaskRegistry
 from shared.repository import Claim, ClaimState, TaskRepository
 
 log = logging.getLogger("aia.worker")
+
+MAX_ERROR_CHARS = 4000
 
 
 class Outcome(StrEnum):
@@ -79,9 +82,10 @@ def _ensure_json(result: Any) -> None:
 def _as_task_error(exc: BaseException) -> tuple[TaskError, bool]:
     """The stored error and whether the attempt may be retried."""
     if isinstance(exc, AIAError):
-        return TaskError(code=exc.code, message=exc.detail), exc.retryable
+        return TaskError(code=exc.code, message=exc.detail[:MAX_ERROR_CHARS]), exc.retryable
     # An unexpected exception is treated as transient: the handler may succeed next time.
-    return TaskError(code="handler-error", message=f"{type(exc).__name__}: {exc}"), True
+    message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    return TaskError(code="handler-error", message=message), True
 
 
 class Worker:
@@ -115,26 +119,42 @@ class Worker:
             context = TaskContext(task.task_id, task.tenant_id, task.attempts, task.max_attempts)
             result = run_with_timeout(lambda: task_type.handler(payload, context), task.timeout_s)
             _ensure_json(result)
-        except Exception as exc:
-            duration = time.perf_counter() - started
-            error, retryable = _as_task_error(exc)
-            final = not retryable or task.attempts >= task.max_attempts
-            log.warning(
-                "attempt failed",
-                extra={"task_id": task.task_id, "attempt": task.attempts, "code": error.code},
-                exc_info=not isinstance(exc, TaskFailure),
-            )
-            if not self._repository.fail(claim, error, duration, final=final):
-                return Processed(Outcome.SKIPPED, "lease lost")
-            if final:
-                self._dead_letter(message, error.code)
-                return Processed(Outcome.FAILED, error.code)
-            raise TaskFailure(error.message) from exc
+        except Exception as exc:  # noqa: BLE001 - every handler failure is an attempt outcome
+            return self._attempt_failed(message, claim, exc, time.perf_counter() - started)
         duration = time.perf_counter() - started
-        if not self._repository.succeed(claim, result, duration):
+        try:
+            owned = self._repository.succeed(claim, result, duration)
+        except ResultTooLarge as exc:
+            return self._attempt_failed(message, claim, exc, duration)
+        if not owned:
             return Processed(Outcome.SKIPPED, "lease lost")
         log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
         return Processed(Outcome.SUCCEEDED)
+
+    def _attempt_failed(
+        self, message: TaskMessage, claim: Claim, exc: Exception, duration: float
+    ) -> Processed:
+        assert claim.task is not None
+        task = claim.task
+        error, retryable = _as_task_error(exc)
+        final = not retryable or task.attempts >= task.max_attempts
+        # The message is task data (sealed at rest): logs get its code and type only.
+        log.warning(
+            "attempt failed",
+            extra={
+                "task_id": task.task_id,
+                "attempt": task.attempts,
+                "code": error.code,
+                "exception": type(exc).__name__,
+                "final": final,
+            },
+        )
+        if not self._repository.fail(claim, error, duration, final=final):
+            return Processed(Outcome.SKIPPED, "lease lost")
+        if final:
+            self._dead_letter(message, error.code)
+            return Processed(Outcome.FAILED, error.code)
+        raise TaskFailure(f"attempt {task.attempts} failed ({error.code}); will be retried")
 
     def _dead_letter(self, message: TaskMessage, reason: str) -> None:
         # Explicitly, at once: Pub/Sub's own dead-lettering needs >= 5 deliveries.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -309,3 +310,24 @@ def test_bad_configuration_is_a_problem_not_a_crash(configure: Callable[..., Non
     response = function_client("submit_task").post("/tasks", json={})
     body = assert_problem(response, 500)
     assert "AIA_METRICS_SHARDS" in body["detail"]
+
+
+def test_malformed_ids_and_forged_cursors_are_404_and_400(api_key: Callable[[str], str]) -> None:
+    from shared.repository import encode_page_token
+
+    status = function_client("task_status")
+    key = auth(api_key("acme"))
+    for bad in ("__x__", "..", "a" * 200):
+        assert_problem(status.get(f"/tasks/{bad}", headers=key), 404)
+    forged = encode_page_token(datetime.now(UTC), "a/b")
+    assert_problem(status.get(f"/tasks?page_token={forged}", headers=key), 400, "page_token")
+
+
+def test_a_body_too_large_to_store_is_413_not_a_retry(api_key: Callable[[str], str]) -> None:
+    body = json.dumps({"type": "echo", "payload": {"b": "x" * (1024 * 1024 - 200)}}).encode()
+    assert len(body) <= 1024 * 1024
+    response = function_client("submit_task").post(
+        "/tasks", data=body, content_type="application/json", headers=auth(api_key("acme"))
+    )
+    assert_problem(response, 413, "payload")
+    assert "Retry-After" not in response.headers

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,9 @@ from shared.documents import TaskDocuments
 from shared.errors import (
     IdempotencyMismatch,
     IntegrityError,
+    KeyUnavailable,
     NotFound,
+    PayloadTooLarge,
     TaskBusy,
     TaskFailure,
     ValidationFailed,
@@ -193,7 +196,7 @@ def test_expired_lease_on_last_attempt_fails_the_task(pipeline: Pipeline) -> Non
 def test_message_for_other_tenant_or_unknown_task_is_skipped(pipeline: Pipeline) -> None:
     task_id = submit(pipeline, {"type": "echo", "payload": {}})
     assert pipeline.worker.process(message(task_id, "intruder")).outcome is Outcome.SKIPPED
-    assert pipeline.worker.process(message("nope")).outcome is Outcome.SKIPPED
+    assert pipeline.worker.process(message("0" * 32)).outcome is Outcome.SKIPPED
     assert pipeline.status.get("acme", task_id).status is TaskStatus.QUEUED
 
 
@@ -377,3 +380,84 @@ def test_tampered_result_is_an_error_not_garbage(pipeline: Pipeline) -> None:
     ref.update({"result": bytes(blob)})
     with pytest.raises(IntegrityError):
         pipeline.status.get("acme", task_id)
+
+
+def test_a_payload_too_large_to_store_is_refused_before_writing(pipeline: Pipeline) -> None:
+    with pytest.raises(PayloadTooLarge) as caught:
+        submit(pipeline, {"type": "echo", "payload": {"blob": "x" * (1024 * 1024 - 4096)}})
+    assert caught.value.field == "payload"
+    assert pipeline.db.collection("tasks").get() == []
+
+
+def test_a_result_too_large_to_store_fails_the_task_at_once(pipeline: Pipeline) -> None:
+    class Size(BaseModel):
+        n: int
+
+    registry = TaskRegistry()
+
+    @registry.register("echo", Size)
+    def inflate(payload: Size, ctx: Any) -> str:
+        return "y" * payload.n
+
+    worker = pipeline.with_registry(registry)
+    big = submit(pipeline, {"type": "echo", "payload": {"n": 1024 * 1024}})
+    assert worker.process(message(big)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", big)
+    assert (view.status, view.attempts) == (TaskStatus.FAILED, 1)
+    assert view.error is not None
+    assert view.error.code == "result-too-large"
+    small = submit(pipeline, {"type": "echo", "payload": {"n": 10}})
+    assert worker.process(message(small)).outcome is Outcome.SUCCEEDED
+
+
+def test_a_ring_missing_the_data_key_is_retried_not_failed(pipeline: Pipeline) -> None:
+    # Mid-rotation deploy: submit already has the new ring, this worker the old one.
+    newer = rotate_keyring(pipeline.ring)
+    documents = TaskDocuments(TaskSealer(newer), TaskOpener(newer), retention=timedelta(days=1))
+    new_repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
+    from shared.config import Settings
+    from shared.registry import builtin_registry
+    from shared.submission import SubmitService
+    from shared.worker import Worker
+
+    new_submit = SubmitService(
+        new_repository,
+        pipeline.publisher,
+        builtin_registry(),
+        TaskSealer(newer),
+        Settings(project=PROJECT),
+    )
+    task_id = new_submit.submit("acme", {"type": "echo", "payload": {"v": 1}}).task_id
+    with pytest.raises(KeyUnavailable):
+        pipeline.worker.process(message(task_id))
+    assert pipeline.status.get("acme", task_id).status is TaskStatus.QUEUED
+    # Once the new ring reaches the worker the task runs normally.
+    new_worker = Worker(new_repository, builtin_registry(), pipeline.publisher)
+    assert new_worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+
+
+def test_handler_error_text_stays_out_of_the_logs(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Card(BaseModel):
+        card: str
+
+    registry = TaskRegistry()
+
+    @registry.register("echo", Card)
+    def charge(payload: Card, ctx: Any) -> None:
+        raise ValueError(f"card {payload.card} declined")
+
+    worker = pipeline.with_registry(registry)
+    card = "4111-1111-1111-1111"
+    task_id = submit(pipeline, {"type": "echo", "payload": {"card": card}, "max_attempts": 2})
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(TaskFailure) as caught:
+            worker.process(message(task_id))
+        assert card not in str(caught.value)
+        assert worker.process(message(task_id)).outcome is Outcome.FAILED
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__} {r.exc_text or ''}" for r in caplog.records)
+    assert card not in logged
+    error = pipeline.status.get("acme", task_id).error
+    assert error is not None
+    assert card in error.message  # the client still reads why it failed

@@ -84,9 +84,11 @@ def test_api_keys_authenticate_only_live_keys() -> None:
 
 def test_page_tokens_round_trip_and_reject_garbage() -> None:
     created = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
-    assert decode_page_token(encode_page_token(created, "abc")) == (created, "abc")
+    task_id = "0123456789abcdef0123456789abcdef"
+    assert decode_page_token(encode_page_token(created, task_id)) == (created, task_id)
+    forged = [encode_page_token(created, bad) for bad in ("a/b", "__x__", "", "ABC")]
     naive = base64.urlsafe_b64encode(b'{"c": "2026-01-01T00:00:00", "i": "x"}').decode()
-    for bad in ("%%%", "e30", naive, base64.urlsafe_b64encode(b"[]").decode()):
+    for bad in ("%%%", "e30", naive, base64.urlsafe_b64encode(b"[]").decode(), *forged):
         with pytest.raises(BadRequest):
             decode_page_token(bad)
 
@@ -102,13 +104,16 @@ def test_ack_only_what_a_redelivery_cannot_fix() -> None:
 
 
 def test_decode_task_message() -> None:
-    data = base64.b64encode(b'{"task_id": "t1", "tenant_id": "acme"}').decode()
-    message = decode_task_message({"message": {"data": data}})
-    assert (message.task_id, message.tenant_id) == ("t1", "acme")
+    task_id = "0123456789abcdef0123456789abcdef"
+    raw = json.dumps({"task_id": task_id, "tenant_id": "acme"}).encode()
+    message = decode_task_message({"message": {"data": base64.b64encode(raw).decode()}})
+    assert (message.task_id, message.tenant_id) == (task_id, "acme")
+    not_an_id = base64.b64encode(b'{"task_id": "../x", "tenant_id": "acme"}').decode()
     for bad in (
         {},
         {"message": {"data": "***"}},
         {"message": {"data": base64.b64encode(b"{}").decode()}},
+        {"message": {"data": not_an_id}},
     ):
         with pytest.raises(MalformedMessage):
             decode_task_message(bad)
