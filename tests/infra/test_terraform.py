@@ -118,6 +118,18 @@ def test_schema_covers_every_type_used() -> None:
     assert not missing, f"{missing}: run python -m tools.tfschema.generate"
 
 
+def test_schema_is_what_the_generator_makes() -> None:
+    """Guards hand edits of google.schema.json and changes to the generator."""
+    wheels = sorted(
+        generate.CACHE_DIR.glob(f"cdktn_provider_google-{generate.WHEEL_VERSION}-*.whl")
+    )
+    if not wheels:
+        pytest.skip("cdktn-provider-google wheel not cached: python -m tools.tfschema.generate")
+    resources_used, data_used = generate.used_types()
+    fresh = generate.render(generate.generate(resources_used, data_used, wheels[0]))
+    assert fresh == generate.SCHEMA_FILE.read_text(), "run python -m tools.tfschema.generate"
+
+
 def _admits(constraint: str, version: str) -> bool:
     def key(v: str) -> tuple[int, ...]:
         return tuple(int(p) for p in v.split("."))
