@@ -4,7 +4,7 @@ output "name" {
 }
 
 output "uri" {
-  description = "HTTPS URL of the function."
+  description = "The function's run.app URL (service_config.uri): what push subscriptions and Cloud Scheduler call."
   value       = google_cloudfunctions2_function.this.service_config[0].uri
 }
 

@@ -200,6 +200,8 @@ module "function" {
   concurrency           = coalesce(try(var.scaling[each.key].concurrency, null), each.value.concurrency)
   min_instances         = coalesce(try(var.scaling[each.key].min_instances, null), local.default_scaling.min_instances)
   max_instances         = coalesce(try(var.scaling[each.key].max_instances, null), local.default_scaling.max_instances)
+  # Internal functions: Pub/Sub push and Cloud Scheduler in the same project
+  # count as internal when they call the run.app URL (the modules' `uri`).
   ingress = (
     !each.value.user_facing ? "ALLOW_INTERNAL_ONLY" :
     var.load_balancer.enabled ? "ALLOW_INTERNAL_AND_GCLB" : "ALLOW_ALL"
