@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any, ClassVar
 
-import tf.provider  # type: ignore[import-not-found]
-from tf.gen import tfplugin_pb2 as pb  # type: ignore[import-not-found]
+import tf.provider
+from tf.gen import tfplugin_pb2 as pb
 from tf.gen import tfplugin_pb2_grpc as rpc
-from tf.runner import run_provider  # type: ignore[import-not-found]
-from tf.types import Unknown  # type: ignore[import-not-found]
-from tf.utils import read_dynamic_value, to_dynamic_value  # type: ignore[import-not-found]
+from tf.runner import run_provider
+from tf.types import Unknown
+from tf.utils import read_dynamic_value, to_dynamic_value
 
 Block = dict[str, Any]
 _NESTING = {
