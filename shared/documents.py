@@ -10,7 +10,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import IntegrityError, PayloadTooLarge, ResultTooLarge
+from shared.errors import ConfigurationError, IntegrityError, PayloadTooLarge, ResultTooLarge
 from shared.models import Task, TaskError, TaskStatus
 from shared.queries import EXPIRES_AT
 
@@ -47,10 +47,6 @@ class TaskDocuments:
         self._opener = opener
         self._retention = retention
 
-    @property
-    def sealer(self) -> TaskSealer:
-        return self._sealer
-
     def encode_new(self, task: Task) -> dict[str, Any]:
         key = self._sealer.new_task_key(task.tenant_id, task.task_id)
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
@@ -69,22 +65,20 @@ class TaskDocuments:
         doc[EXPIRES_AT] = task.created_at + self._retention
         return doc
 
-    def key_of(self, task_id: str, doc: dict[str, Any]) -> TaskKey:
+    @property
+    def _private(self) -> TaskOpener:
         if self._opener is None:
-            from shared.errors import ConfigurationError
-
             raise ConfigurationError(
                 "this function holds no private keys and cannot read task data"
             )
-        return self._opener.open_task_key(doc["tenant_id"], task_id, bytes(doc["data_key"]))
+        return self._opener
+
+    def key_of(self, task_id: str, doc: dict[str, Any]) -> TaskKey:
+        return self._private.open_task_key(doc["tenant_id"], task_id, bytes(doc["data_key"]))
 
     def rewrap(self, task_id: str, doc: dict[str, Any]) -> bytes | None:
         """The data key re-wrapped under the current key, or None if it already is."""
-        if self._opener is None:
-            from shared.errors import ConfigurationError
-
-            raise ConfigurationError("re-wrapping needs the private key ring")
-        return self._opener.rewrap(doc["tenant_id"], task_id, bytes(doc["data_key"]))
+        return self._private.rewrap(doc["tenant_id"], task_id, bytes(doc["data_key"]))
 
     def decode(
         self, task_id: str, doc: dict[str, Any], *, open_fields: Collection[str] = ()
