@@ -19,6 +19,7 @@ from shared import logs
 from shared.config import get_settings
 from shared.errors import AIAError
 from shared.models import TaskMessage
+from shared.worker import Processed
 
 log = logging.getLogger("aia.events")
 
@@ -62,7 +63,7 @@ class MalformedMessage(AIAError):
 
 def handle(
     event_data: Any,
-    process: Callable[[TaskMessage], Any],
+    process: Callable[[TaskMessage], Processed],
     dead_letter: Callable[[bytes, dict[str, str]], Any],
 ) -> None:
     """Run `process` for one delivery; return to ack, raise Redeliver to nack.
@@ -77,8 +78,11 @@ def handle(
     logs.bind(logs.trace_id_from_headers(attributes), message_id=message.get("messageId"))
     error: BaseException | None = None
     try:
-        outcome = process(decode_task_message(event_data))
-        log.info("delivery handled", extra={"outcome": str(getattr(outcome, "outcome", outcome))})
+        processed = process(decode_task_message(event_data))
+        log.info(
+            "delivery handled",
+            extra={"outcome": processed.outcome.value, "detail": processed.detail},
+        )
     except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
         error = exc
     if error is None:
