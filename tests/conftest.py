@@ -39,3 +39,20 @@ def emulators_clean(emulator_env: dict[str, str]) -> dict[str, str]:
     reset_pubsub(emulator_env["PUBSUB_EMULATOR_HOST"])
     reset_clients()
     return emulator_env
+
+
+def observed_topics(project: str, names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """Create each topic with a pull subscription `<name>-observer`: name -> (topic, sub)."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    made = {}
+    for name in names:
+        topic = publisher.create_topic(name=f"projects/{project}/topics/{name}").name
+        sub = subscriber.create_subscription(
+            name=f"projects/{project}/subscriptions/{name}-observer", topic=topic
+        ).name
+        made[name] = (topic, sub)
+    subscriber.close()
+    return made

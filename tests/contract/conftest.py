@@ -12,6 +12,7 @@ from functions_framework import create_app
 
 from shared import providers
 from shared.keyring import KeyRing, generate_keyring
+from tests.conftest import observed_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "aia-test"
@@ -39,17 +40,7 @@ def configure(emulators_clean: dict[str, str], ring: KeyRing) -> Iterator[Callab
         providers.reset()
 
     apply()
-    from google.cloud import pubsub_v1
-
-    publisher = pubsub_v1.PublisherClient()
-    for topic in ("aia-tasks", "aia-tasks-dead-letter"):
-        publisher.create_topic(name=f"projects/{PROJECT}/topics/{topic}")
-    subscriber = pubsub_v1.SubscriberClient()
-    for topic in ("aia-tasks", "aia-tasks-dead-letter"):
-        subscriber.create_subscription(
-            name=f"projects/{PROJECT}/subscriptions/{topic}-observer",
-            topic=f"projects/{PROJECT}/topics/{topic}",
-        )
+    observed_topics(PROJECT, ("aia-tasks", "aia-tasks-dead-letter"))
     yield apply
     os.environ.clear()
     os.environ.update(saved)

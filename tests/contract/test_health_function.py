@@ -9,22 +9,22 @@ import time
 from pathlib import Path
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
-from functions_framework import create_app
 
 from shared import health
 from shared.clients import publisher, topic_path
 from shared.config import get_settings
 from shared.health import Check
 
+from .conftest import function_client
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "functions" / "health" / "main.py"
 
 
 def load() -> FlaskClient:
-    app: Flask = create_app("health", str(SOURCE))  # type: ignore[no-untyped-call]
-    return app.test_client()
+    client: FlaskClient = function_client("health")
+    return client
 
 
 @pytest.fixture

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
-from functions_framework import create_app
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -18,16 +14,16 @@ from shared.metrics import MetricsSnapshot, record_duration, record_submitted
 from shared.queries import TASKS
 from shared.registry import builtin_registry
 
-ROOT = Path(__file__).resolve().parents[2]
-SOURCE = ROOT / "functions" / "metrics" / "main.py"
+from .conftest import function_client
+
 PROMETHEUS_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;q=0.5,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
 )
 
 
 def load() -> FlaskClient:
-    app: Flask = create_app("metrics", str(SOURCE))  # type: ignore[no-untyped-call]
-    return app.test_client()
+    client: FlaskClient = function_client("metrics")
+    return client
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from shared.repository import FirestoreTaskRepository
 from shared.status import StatusService
 from shared.submission import SubmitService
 from shared.worker import Worker
+from tests.conftest import observed_topics
 
 PROJECT = "aia-test"
 TASKS_TOPIC = "aia-tasks"
@@ -67,13 +68,9 @@ def pipeline(emulators_clean: dict[str, str]) -> Iterator[Pipeline]:
         batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
     )
     subscriber = pubsub_v1.SubscriberClient()
-    topics = {}
-    subs = {}
-    for name in (TASKS_TOPIC, DEAD_LETTER_TOPIC):
-        topics[name] = publisher_client.create_topic(name=f"projects/{PROJECT}/topics/{name}").name
-        subs[name] = subscriber.create_subscription(
-            name=f"projects/{PROJECT}/subscriptions/{name}-observer", topic=topics[name]
-        ).name
+    made = observed_topics(PROJECT, (TASKS_TOPIC, DEAD_LETTER_TOPIC))
+    topics = {name: topic for name, (topic, _) in made.items()}
+    subs = {name: sub for name, (_, sub) in made.items()}
     ring = generate_keyring()
     documents = TaskDocuments(TaskSealer(ring), TaskOpener(ring), retention=timedelta(days=30))
     repository = FirestoreTaskRepository(db, documents, metric_shards=4)
