@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from shared.crypto import FERNET, HYBRID, TaskOpener, TaskSealer, generate_keyring
+from shared.security.crypto import FERNET, HYBRID, TaskOpener, TaskSealer, generate_keyring
 
 SIZES = {"1 KiB": 1024, "100 KiB": 100 * 1024}
 TARGET_US = 500.0  # whole per-task crypto for a 1 KiB payload

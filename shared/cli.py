@@ -56,7 +56,7 @@ def _write_secret(path: Path, text: str) -> None:
 
 
 def _keyring_generate(args: argparse.Namespace) -> int:
-    from shared.keyring import KeyRing, generate_keyring, rotate_keyring
+    from shared.security.keyring import KeyRing, generate_keyring, rotate_keyring
 
     if args.rotate:
         ring = rotate_keyring(KeyRing.from_json(args.out.read_text(encoding="utf-8")), args.scheme)
@@ -80,7 +80,7 @@ def _keyring_generate(args: argparse.Namespace) -> int:
 
 
 def _rotate_data(args: argparse.Namespace) -> int:
-    from shared.rotation import rewrap_all
+    from shared.security.rotation import rewrap_all
 
     report = rewrap_all(
         providers.task_repository(),

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from shared import logs
 from shared.config import get_settings
 from shared.errors import AIAError
-from shared.models import TaskMessage
-from shared.worker import Processed
+from shared.tasks.models import TaskMessage
+from shared.tasks.worker import Processed
 
 log = logging.getLogger("aia.events")
 

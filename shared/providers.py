@@ -14,28 +14,28 @@ from shared.clients import firestore_client, publisher, reset_clients, topic_pat
 from shared.config import get_settings
 
 if TYPE_CHECKING:
-    from shared.apikeys import ApiKeys
-    from shared.dispatch import PubSubTaskPublisher
-    from shared.keyring import KeyRing
-    from shared.redispatch import Redispatcher
-    from shared.repository import FirestoreTaskRepository
-    from shared.status import StatusService
-    from shared.submission import SubmitService
-    from shared.worker import Worker
+    from shared.operations.redispatch import Redispatcher
+    from shared.security.apikeys import ApiKeys
+    from shared.security.keyring import KeyRing
+    from shared.tasks.dispatch import PubSubTaskPublisher
+    from shared.tasks.repository import FirestoreTaskRepository
+    from shared.tasks.status import StatusService
+    from shared.tasks.submission import SubmitService
+    from shared.tasks.worker import Worker
 
 
 @functools.cache
 def keyring() -> KeyRing:
-    from shared.keyring import KeyRing
+    from shared.security.keyring import KeyRing
 
     return KeyRing.from_json(get_settings().keyring_text())
 
 
 @functools.cache
 def task_repository() -> FirestoreTaskRepository:
-    from shared.crypto import TaskOpener, TaskSealer
-    from shared.documents import TaskDocuments
-    from shared.repository import FirestoreTaskRepository
+    from shared.security.crypto import TaskOpener, TaskSealer
+    from shared.tasks.documents import TaskDocuments
+    from shared.tasks.repository import FirestoreTaskRepository
 
     settings = get_settings()
     ring = keyring()
@@ -51,7 +51,7 @@ def task_repository() -> FirestoreTaskRepository:
 
 @functools.cache
 def task_publisher() -> PubSubTaskPublisher:
-    from shared.dispatch import PubSubTaskPublisher
+    from shared.tasks.dispatch import PubSubTaskPublisher
 
     settings = get_settings()
     return PubSubTaskPublisher(
@@ -61,16 +61,16 @@ def task_publisher() -> PubSubTaskPublisher:
 
 @functools.cache
 def api_keys() -> ApiKeys:
-    from shared.apikeys import ApiKeys, FirestoreApiKeyStore
+    from shared.security.apikeys import ApiKeys, FirestoreApiKeyStore
 
     return ApiKeys(FirestoreApiKeyStore(firestore_client()))
 
 
 @functools.cache
 def submit_service() -> SubmitService:
-    from shared.crypto import TaskSealer
-    from shared.registry import builtin_registry
-    from shared.submission import SubmitService
+    from shared.security.crypto import TaskSealer
+    from shared.tasks.registry import builtin_registry
+    from shared.tasks.submission import SubmitService
 
     return SubmitService(
         task_repository(),
@@ -83,23 +83,23 @@ def submit_service() -> SubmitService:
 
 @functools.cache
 def status_service() -> StatusService:
-    from shared.status import StatusService
+    from shared.tasks.status import StatusService
 
     return StatusService(task_repository())
 
 
 @functools.cache
 def worker() -> Worker:
-    from shared.registry import builtin_registry
-    from shared.worker import Worker
+    from shared.tasks.registry import builtin_registry
+    from shared.tasks.worker import Worker
 
     return Worker(task_repository(), builtin_registry(), task_publisher())
 
 
 @functools.cache
 def redispatcher() -> Redispatcher:
-    from shared.redispatch import Redispatcher
-    from shared.repository import FirestoreTaskRepository
+    from shared.operations.redispatch import Redispatcher
+    from shared.tasks.repository import FirestoreTaskRepository
 
     settings = get_settings()
     # Built without key material: the sweep moves ids, never task data.

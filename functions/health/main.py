@@ -6,7 +6,7 @@ import flask
 import functions_framework
 
 from shared import http
-from shared.health import check_health
+from shared.operations.health import check_health
 
 
 @functions_framework.http

@@ -6,7 +6,7 @@ import flask
 import functions_framework
 
 from shared import http
-from shared import metrics as task_metrics
+from shared.operations import metrics as task_metrics
 
 JSON = "application/json"
 NO_CACHE = {"Cache-Control": "no-store", "Vary": "Accept"}

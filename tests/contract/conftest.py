@@ -11,7 +11,7 @@ import pytest
 from functions_framework import create_app
 
 from shared import providers
-from shared.keyring import KeyRing, generate_keyring
+from shared.security.keyring import KeyRing, generate_keyring
 from tests.conftest import observed_topics
 
 ROOT = Path(__file__).resolve().parents[2]

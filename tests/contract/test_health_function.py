@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from flask.testing import FlaskClient
 
-from shared import health
 from shared.clients import publisher, topic_path
 from shared.config import get_settings
-from shared.health import Check
+from shared.operations import health
+from shared.operations.health import Check
 
 from .conftest import function_client
 

@@ -7,12 +7,12 @@ from flask.testing import FlaskClient
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics
 from shared.clients import firestore_client
 from shared.errors import Unavailable
-from shared.metrics import MetricsSnapshot, record_duration, record_submitted
+from shared.operations import metrics
+from shared.operations.metrics import MetricsSnapshot, record_duration, record_submitted
 from shared.queries import TASKS
-from shared.registry import builtin_registry
+from shared.tasks.registry import builtin_registry
 
 from .conftest import function_client
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared import providers
-from shared.keyring import KeyRing
+from shared.security.keyring import KeyRing
 
 from .conftest import PROJECT, function_client
 
@@ -313,7 +313,7 @@ def test_bad_configuration_is_a_problem_not_a_crash(configure: Callable[..., Non
 
 
 def test_malformed_ids_and_forged_cursors_are_404_and_400(api_key: Callable[[str], str]) -> None:
-    from shared.repository import encode_page_token
+    from shared.tasks.repository import encode_page_token
 
     status = function_client("task_status")
     key = auth(api_key("acme"))

@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 
 from shared.config import Settings
-from shared.crypto import TaskOpener, TaskSealer
-from shared.dispatch import PubSubTaskPublisher
-from shared.documents import TaskDocuments
-from shared.keyring import KeyRing, generate_keyring
-from shared.registry import TaskRegistry, builtin_registry
-from shared.repository import FirestoreTaskRepository
-from shared.status import StatusService
-from shared.submission import SubmitService
-from shared.worker import Worker
+from shared.security.crypto import TaskOpener, TaskSealer
+from shared.security.keyring import KeyRing, generate_keyring
+from shared.tasks.dispatch import PubSubTaskPublisher
+from shared.tasks.documents import TaskDocuments
+from shared.tasks.registry import TaskRegistry, builtin_registry
+from shared.tasks.repository import FirestoreTaskRepository
+from shared.tasks.status import StatusService
+from shared.tasks.submission import SubmitService
+from shared.tasks.worker import Worker
 from tests.conftest import observed_topics
 
 PROJECT = "aia-test"

@@ -12,7 +12,7 @@ import pytest
 from devtools.emulators import free_port
 from shared.clients import publisher, reset_clients, topic_path
 from shared.config import get_settings
-from shared.health import check_health
+from shared.operations.health import check_health
 
 pytestmark = pytest.mark.integration
 

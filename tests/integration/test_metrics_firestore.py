@@ -10,7 +10,7 @@ import pytest
 from google.cloud import firestore
 
 from shared.clients import firestore_client
-from shared.metrics import (
+from shared.operations.metrics import (
     BUCKETS,
     DURATION,
     SUBMITTED,

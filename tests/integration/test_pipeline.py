@@ -11,10 +11,6 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from shared import metrics
-from shared.crypto import TaskOpener, TaskSealer
-from shared.dispatch import PubSubTaskPublisher
-from shared.documents import TaskDocuments
 from shared.errors import (
     IdempotencyMismatch,
     IntegrityError,
@@ -25,13 +21,17 @@ from shared.errors import (
     TaskFailure,
     ValidationFailed,
 )
-from shared.keyring import rotate_keyring
-from shared.models import TaskMessage, TaskStatus
-from shared.redispatch import Redispatcher
-from shared.registry import TaskRegistry
-from shared.repository import ClaimState, FirestoreTaskRepository
-from shared.rotation import rewrap_all
-from shared.worker import Outcome
+from shared.operations import metrics
+from shared.operations.redispatch import Redispatcher
+from shared.security.crypto import TaskOpener, TaskSealer
+from shared.security.keyring import rotate_keyring
+from shared.security.rotation import rewrap_all
+from shared.tasks.dispatch import PubSubTaskPublisher
+from shared.tasks.documents import TaskDocuments
+from shared.tasks.models import TaskMessage, TaskStatus
+from shared.tasks.registry import TaskRegistry
+from shared.tasks.repository import ClaimState, FirestoreTaskRepository
+from shared.tasks.worker import Outcome
 
 from .conftest import PROJECT, Pipeline
 
@@ -263,8 +263,8 @@ def test_failed_publish_is_flagged_and_redispatched(pipeline: Pipeline) -> None:
         f"projects/{PROJECT}/topics/missing-dl",
     )
     from shared.config import Settings
-    from shared.registry import builtin_registry
-    from shared.submission import SubmitService
+    from shared.tasks.registry import builtin_registry
+    from shared.tasks.submission import SubmitService
 
     service = SubmitService(
         pipeline.repository,
@@ -416,9 +416,9 @@ def test_a_ring_missing_the_data_key_is_retried_not_failed(pipeline: Pipeline) -
     documents = TaskDocuments(TaskSealer(newer), TaskOpener(newer), retention=timedelta(days=1))
     new_repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
     from shared.config import Settings
-    from shared.registry import builtin_registry
-    from shared.submission import SubmitService
-    from shared.worker import Worker
+    from shared.tasks.registry import builtin_registry
+    from shared.tasks.submission import SubmitService
+    from shared.tasks.worker import Worker
 
     new_submit = SubmitService(
         new_repository,

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.crypto import (
+from shared.errors import ConfigurationError, IntegrityError, KeyUnavailable, ValidationFailed
+from shared.security.crypto import (
     BLOB_OVERHEAD,
     FERNET,
     FERNET_BODY_BYTES,
@@ -33,7 +34,6 @@ from shared.crypto import (
     key_id_of,
     rotate_keyring,
 )
-from shared.errors import ConfigurationError, IntegrityError, KeyUnavailable, ValidationFailed
 
 DETECTED = (IntegrityError, KeyUnavailable)
 

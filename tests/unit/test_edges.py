@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.apikeys import ApiKeys
 from shared.config import ENVIRONMENT, Settings, load_settings
 from shared.errors import (
     BadRequest,
@@ -24,9 +23,10 @@ from shared.errors import (
 )
 from shared.events import MalformedMessage, decode_task_message, should_ack
 from shared.logs import CloudLoggingFormatter, bind, trace_id_from_headers
-from shared.models import ApiKeyRecord
-from shared.repository import decode_page_token, encode_page_token
-from shared.worker import run_with_timeout
+from shared.security.apikeys import ApiKeys
+from shared.tasks.models import ApiKeyRecord
+from shared.tasks.repository import decode_page_token, encode_page_token
+from shared.tasks.worker import run_with_timeout
 
 
 class MemoryKeyStore:

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shared.errors import NonRetryable, RetryableError, ValidationFailed
-from shared.handlers import FailPayload, fail, summarize
-from shared.registry import TaskContext, builtin_registry
+from shared.tasks.builtin import FailPayload, fail, summarize
+from shared.tasks.registry import TaskContext, builtin_registry
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.errors import BadRequest
-from shared.health import Check, check_health, firestore_check, pubsub_check
+from shared.operations.health import Check, check_health, firestore_check, pubsub_check
 
 
 def ok(timeout_s: float) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.keyring import (
+from shared.security.keyring import (
     FERNET,
     HYBRID,
     KeyRing,

@@ -15,9 +15,9 @@ import pytest
 from google.cloud.firestore import FieldFilter, Increment
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared import metrics
 from shared.errors import Unavailable
-from shared.metrics import (
+from shared.operations import metrics
+from shared.operations.metrics import (
     BUCKETS,
     DURATION,
     SUBMITTED,
@@ -352,7 +352,7 @@ def test_importing_metrics_pulls_in_neither_google_clients_nor_prometheus() -> N
     # The submit path and the worker import this module for record_*; they
     # must not pay for prometheus_client, and nothing may do I/O at import.
     code = (
-        "import sys, shared.metrics\n"
+        "import sys, shared.operations.metrics\n"
         "bad = [m for m in sys.modules if m.startswith(('prometheus_client', 'grpc',"
         " 'google.cloud.firestore', 'google.api_core'))]\n"
         "assert not bad, bad\n"

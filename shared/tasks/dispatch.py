@@ -7,7 +7,7 @@ import logging
 from typing import Any, Protocol
 
 from shared.errors import Unavailable
-from shared.models import TaskMessage
+from shared.tasks.models import TaskMessage
 
 log = logging.getLogger("aia.dispatch")
 

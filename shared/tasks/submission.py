@@ -12,12 +12,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.crypto import TaskSealer
-from shared.dispatch import TaskPublisher
 from shared.errors import Unavailable, ValidationFailed
-from shared.models import Task, TaskMessage, TaskRequest, TaskStatus
-from shared.registry import TaskRegistry
-from shared.repository import IdempotencyClaim, TaskRepository
+from shared.security.crypto import TaskSealer
+from shared.tasks.dispatch import TaskPublisher
+from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
+from shared.tasks.registry import TaskRegistry
+from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
 log = logging.getLogger("aia.submit")
 

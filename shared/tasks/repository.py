@@ -17,8 +17,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared import metrics, queries
-from shared.documents import TaskDocuments
+from shared import queries
 from shared.errors import (
     BadRequest,
     ConfigurationError,
@@ -26,10 +25,12 @@ from shared.errors import (
     IntegrityError,
     NotFound,
 )
-from shared.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
+from shared.operations import metrics
+from shared.tasks.documents import TaskDocuments
+from shared.tasks.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
-    from shared.crypto import TaskKey
+    from shared.security.crypto import TaskKey
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
 _TASK_ID = re.compile(TASK_ID_PATTERN)

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from shared.dispatch import TaskPublisher
 from shared.errors import (
     AIAError,
     NonRetryable,
@@ -25,9 +24,10 @@ from shared.errors import (
     TaskTimeout,
     Unavailable,
 )
-from shared.models import TaskError, TaskMessage
-from shared.registry import TaskContext, TaskRegistry
-from shared.repository import Claim, ClaimState, TaskRepository
+from shared.tasks.dispatch import TaskPublisher
+from shared.tasks.models import TaskError, TaskMessage
+from shared.tasks.registry import TaskContext, TaskRegistry
+from shared.tasks.repository import Claim, ClaimState, TaskRepository
 
 log = logging.getLogger("aia.worker")
 

@@ -11,11 +11,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigurationError, IntegrityError, PayloadTooLarge, ResultTooLarge
-from shared.models import Task, TaskError, TaskStatus
 from shared.queries import EXPIRES_AT
+from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
-    from shared.crypto import TaskKey, TaskOpener, TaskSealer
+    from shared.security.crypto import TaskKey, TaskOpener, TaskSealer
 
 DATA_FIELDS = ("payload", "result", "error")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from shared.errors import NotFound, Unauthorized, ValidationFailed
-from shared.models import ApiKeyRecord
 from shared.queries import API_KEYS
+from shared.tasks.models import ApiKeyRecord
 
 KEY_PREFIX = "aia"
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from shared.errors import Unavailable
-from shared.models import TaskStatus
 from shared.queries import COUNT_TASKS_BY_STATUS_TYPE, METRIC_SHARDS
+from shared.tasks.models import TaskStatus
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -240,7 +240,7 @@ def collect_current() -> MetricsSnapshot:
     """Snapshot of this deployment: its Firestore and the task types it accepts."""
     from shared.clients import firestore_client
     from shared.config import get_settings
-    from shared.registry import builtin_registry
+    from shared.tasks.registry import builtin_registry
 
     names = builtin_registry().names(include_diagnostic=get_settings().diagnostic_tasks)
     return collect(firestore_client(), names)

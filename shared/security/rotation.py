@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shared.repository import RewrapPage
+from shared.tasks.repository import RewrapPage
 
 
 class RewrapSource(Protocol):

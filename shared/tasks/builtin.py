@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.errors import NonRetryable, RetryableError
-from shared.registry import TaskContext, TaskRegistry
+from shared.tasks.registry import TaskContext, TaskRegistry
 
 registry = TaskRegistry()
 

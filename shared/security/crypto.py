@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from shared.errors import ConfigurationError, IntegrityError, KeyUnavailable, ValidationFailed
-from shared.keyring import (
+from shared.security.keyring import (
     FERNET,
     HYBRID,
     KEY_ID_PATTERN,

@@ -84,6 +84,6 @@ class TaskRegistry:
 @functools.cache
 def builtin_registry() -> TaskRegistry:
     """The registry with AIA's built-in task types."""
-    from shared import handlers
+    from shared.tasks import builtin as handlers
 
     return handlers.registry

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shared.errors import ValidationFailed
-from shared.models import TaskPage, TaskStatus, TaskView
-from shared.repository import TaskRepository
+from shared.tasks.models import TaskPage, TaskStatus, TaskView
+from shared.tasks.repository import TaskRepository
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100

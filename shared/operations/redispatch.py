@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from shared.dispatch import TaskPublisher
 from shared.errors import Unavailable
-from shared.models import TaskMessage
-from shared.repository import TaskRepository
+from shared.tasks.dispatch import TaskPublisher
+from shared.tasks.models import TaskMessage
+from shared.tasks.repository import TaskRepository
 
 log = logging.getLogger("aia.redispatch")
 

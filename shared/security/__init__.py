@@ -1,0 +1,1 @@
+"""Security: payload encryption, key rings, API keys, data-key rotation."""

@@ -1,0 +1,1 @@
+"""Tasks: models, registry, submission, status, the worker and their storage."""
