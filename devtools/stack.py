@@ -62,6 +62,7 @@ OWNED_ENV = (
     "AIA_KEYRING_FILE",
     "AIA_PUBLIC_BASE_URL",
     "AIA_REDISPATCH_AFTER_S",
+    "AIA_RETRY_MAX_BACKOFF_S",
     "AIA_BASE_URL",
     "AIA_API_KEY",
 )
@@ -85,6 +86,8 @@ class Options:
     project: str = DEFAULT_PROJECT
     redispatch_every_s: float = 15.0
     redispatch_after_s: float = 10.0
+    # The worker subscription's maximum backoff; the sweep must wait longer than it.
+    retry_max_backoff_s: int = 4
     ready_timeout_s: float = 90.0
     functions_dir: Path = REPO_ROOT / "functions"
 
@@ -155,6 +158,7 @@ class Stack:
                 self.opts.project,
                 worker or "http://127.0.0.1:9",
                 emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
+                max_backoff_s=self.opts.retry_max_backoff_s,
             )
             if key_proc is not None:
                 self.api_key = _finish_key_creation(key_proc, self.logs / "cli.log")
@@ -235,6 +239,7 @@ class Stack:
                 **self.env,
                 "AIA_PUBLIC_BASE_URL": base_url,
                 "AIA_REDISPATCH_AFTER_S": _num(self.opts.redispatch_after_s),
+                "AIA_RETRY_MAX_BACKOFF_S": _num(self.opts.retry_max_backoff_s),
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -7,11 +7,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from shared.errors import ConfigurationError
 
 DEFAULT_PROJECT = "aia-local"
+# Pub/Sub may take this long past its retry backoff to redeliver; the sweep waits longer.
+REDELIVERY_MARGIN_S = 5.0
 
 
 class Settings(BaseModel):
@@ -21,6 +23,8 @@ class Settings(BaseModel):
 
     project: str = Field(default=DEFAULT_PROJECT, min_length=1)
     firestore_database: str = Field(default="(default)", min_length=1)
+    # API key records live in their own database: functions serving tenants may only read it.
+    keys_database: str = Field(default="(default)", min_length=1)
     tasks_topic: str = Field(default="aia-tasks", min_length=3)
     dead_letter_topic: str = Field(default="aia-tasks-dead-letter", min_length=3)
     version: str = "dev"
@@ -31,9 +35,24 @@ class Settings(BaseModel):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     keyring: SecretStr | None = None
     keyring_file: Path | None = None
+    # Bearer token guarding /metrics and the detailed /health; unset leaves them open (local).
+    metrics_token: SecretStr | None = None
+    # The worker subscription's maximum retry backoff (Terraform passes the same value to both).
+    retry_max_backoff_s: float = Field(default=600.0, gt=0, le=600)
     # Longer than Pub/Sub's largest retry backoff, so only lost messages are republished.
     redispatch_after_s: float = Field(default=900.0, gt=0)
     task_retention_days: int = Field(default=30, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _sweep_waits_out_backoff(self) -> Settings:
+        # A task nacked into backoff is Pub/Sub's to redeliver: republishing it
+        # sooner would run a second delivery beside the one still scheduled.
+        if self.redispatch_after_s <= self.retry_max_backoff_s + REDELIVERY_MARGIN_S:
+            raise ValueError(
+                f"redispatch_after_s ({self.redispatch_after_s:g}) must exceed "
+                f"retry_max_backoff_s ({self.retry_max_backoff_s:g}) + {REDELIVERY_MARGIN_S:g} s"
+            )
+        return self
 
     def keyring_text(self) -> str:
         """Raw key ring JSON from the secret variable or the secret file."""
@@ -52,6 +71,7 @@ class Settings(BaseModel):
 ENVIRONMENT: dict[str, str] = {
     "GOOGLE_CLOUD_PROJECT": "project",
     "AIA_FIRESTORE_DATABASE": "firestore_database",
+    "AIA_KEYS_DATABASE": "keys_database",
     "AIA_TASKS_TOPIC": "tasks_topic",
     "AIA_DEAD_LETTER_TOPIC": "dead_letter_topic",
     "AIA_VERSION": "version",
@@ -62,6 +82,8 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_LOG_LEVEL": "log_level",
     "AIA_KEYRING": "keyring",
     "AIA_KEYRING_FILE": "keyring_file",
+    "AIA_METRICS_TOKEN": "metrics_token",
+    "AIA_RETRY_MAX_BACKOFF_S": "retry_max_backoff_s",
     "AIA_REDISPATCH_AFTER_S": "redispatch_after_s",
     "AIA_TASK_RETENTION_DAYS": "task_retention_days",
 }
@@ -75,7 +97,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     except ValidationError as exc:
         env_of = {field: var for var, field in ENVIRONMENT.items()}
         problems = "; ".join(
-            f"{env_of.get(str(err['loc'][0]), err['loc'][0])}: {err['msg']}" for err in exc.errors()
+            f"{env_of.get(str(err['loc'][0]), err['loc'][0]) if err['loc'] else 'settings'}: "
+            f"{err['msg']}"
+            for err in exc.errors()
         )
         raise ConfigurationError(f"invalid configuration: {problems}") from exc
 

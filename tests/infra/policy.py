@@ -7,6 +7,7 @@ from __future__ import annotations
 NOT_PLAIN_ENV = {
     "AIA_KEYRING": "a secret: set with secret_environment_variables from Secret Manager",
     "AIA_KEYRING_FILE": "local development only: deployed functions read AIA_KEYRING",
+    "AIA_METRICS_TOKEN": "a secret: set with secret_environment_variables from Secret Manager",
 }
 
 # Every IAM role the Terraform may grant. Adding one is a reviewed decision.

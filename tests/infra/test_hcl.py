@@ -185,7 +185,12 @@ def test_worker_push_subscription(service: Module) -> None:
     oidc = push["oidc_token"][0]
     assert oidc["service_account_email"] == "${google_service_account.push_invoker.email}"
     assert oidc["audience"] == push["push_endpoint"]
-    assert sub["retry_policy"] == [{"minimum_backoff": "10s", "maximum_backoff": "600s"}]
+    assert sub["retry_policy"] == [
+        {"minimum_backoff": "10s", "maximum_backoff": "${local.retry_max_backoff_s}s"}
+    ]
+    # The same local reaches the code, whose settings refuse a sweep shorter than it.
+    env = service.locals["environment_variables"]
+    assert env["AIA_RETRY_MAX_BACKOFF_S"] == "${tostring(local.retry_max_backoff_s)}"
     dlp = sub["dead_letter_policy"][0]
     assert dlp["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
     # The worker's own timeout must not exceed the ack deadline.

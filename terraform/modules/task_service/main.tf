@@ -15,6 +15,7 @@ locals {
   environment_variables = {
     GOOGLE_CLOUD_PROJECT    = var.project_id
     AIA_FIRESTORE_DATABASE  = google_firestore_database.this.name
+    AIA_KEYS_DATABASE       = google_firestore_database.this.name
     AIA_TASKS_TOPIC         = google_pubsub_topic.tasks.name
     AIA_DEAD_LETTER_TOPIC   = google_pubsub_topic.dead_letter.name
     AIA_VERSION             = var.app_version
@@ -23,9 +24,14 @@ locals {
     AIA_METRICS_SHARDS      = tostring(var.metrics_shards)
     AIA_HEALTH_TIMEOUT_S    = tostring(var.health_timeout_s)
     AIA_LOG_LEVEL           = var.log_level
+    AIA_RETRY_MAX_BACKOFF_S = tostring(local.retry_max_backoff_s)
     AIA_REDISPATCH_AFTER_S  = tostring(var.redispatch_after_s)
     AIA_TASK_RETENTION_DAYS = tostring(var.task_retention_days)
   }
+
+  # One value for the worker subscription's retry policy and for the sweep's
+  # reasoning in shared/config.py (redispatch_after_s must exceed it).
+  retry_max_backoff_s = 600
 
   public_base_url = (
     var.public_base_url != "" ? var.public_base_url :

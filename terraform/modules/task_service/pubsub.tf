@@ -57,7 +57,7 @@ resource "google_pubsub_subscription" "worker_push" {
 
   retry_policy {
     minimum_backoff = "10s"
-    maximum_backoff = "600s"
+    maximum_backoff = "${local.retry_max_backoff_s}s"
   }
 
   dead_letter_policy {

@@ -193,11 +193,12 @@ variable "health_timeout_s" {
 variable "redispatch_after_s" {
   description = "Seconds a task may wait queued, or a lease be expired, before redispatch republishes it (AIA_REDISPATCH_AFTER_S)."
   type        = number
-  default     = 60
+  default     = 900
 
   validation {
-    condition     = var.redispatch_after_s > 0
-    error_message = "redispatch_after_s must be positive."
+    # shared/config.py refuses the same: a task in Pub/Sub backoff must not be republished.
+    condition     = var.redispatch_after_s > 600 + 5
+    error_message = "redispatch_after_s must exceed the worker subscription's maximum backoff (600 s) + 5 s."
   }
 }
 
