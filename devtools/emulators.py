@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devtools.procs import RUN_MARKER_ENV, kill_group
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,20 +50,30 @@ class Service:
     url: str
     log_path: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The stack run's marker in the child's environment (see devtools.procs).
+    marker: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def pgid(self) -> int:
+        """Each service leads its own process group."""
+        return self.proc.pid
 
     def stop(self, timeout_s: float = 5.0) -> None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
+                # A frozen (SIGSTOPped) group only acts on SIGTERM once continued.
+                os.killpg(self.proc.pid, signal.SIGCONT)
             try:
                 self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=timeout_s)
-        # The group may outlive its leader (gcloud wraps Java): sweep it.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        # The group may outlive its leader (gcloud wraps Java): sweep it. Once the
+        # leader is reaped its id is free for reuse, hence the marker.
+        kill_group(self.proc.pid, marker=self.marker)
 
 
 def spawn(
@@ -72,9 +84,14 @@ def spawn(
     log_dir: Path | None = None,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    append: bool = False,
 ) -> Service:
+    """Start `argv` as the leader of a new process group, output into `<log_dir>/<name>.log`.
+
+    `append` keeps what an earlier run of the same service wrote (a restart after a crash).
+    """
     log_path = log_dir / f"{name}.log" if log_dir else None
-    out = log_path.open("wb") if log_path else subprocess.DEVNULL
+    out = log_path.open("ab" if append else "wb") if log_path else subprocess.DEVNULL
     proc = subprocess.Popen(
         argv,
         stdout=out,
@@ -86,16 +103,20 @@ def spawn(
     )
     if not isinstance(out, int):
         out.close()  # the child holds its own descriptor
-    return Service(name=name, proc=proc, url=url, log_path=log_path)
+    marker = (env if env is not None else os.environ).get(RUN_MARKER_ENV)
+    return Service(name=name, proc=proc, url=url, log_path=log_path, marker=marker)
 
 
-def start_firestore(port: int, *, log_dir: Path | None = None) -> Service:
+def start_firestore(
+    port: int, *, log_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Service:
     host = f"127.0.0.1:{port}"
     svc = spawn(
         "firestore-emulator",
         ["gcloud", "emulators", "firestore", "start", f"--host-port={host}", "--quiet"],
         url=f"http://{host}",
         log_dir=log_dir,
+        env=env,
     )
     try:
         wait_http_ok(f"http://{host}/", timeout_s=60, proc=svc.proc)
@@ -106,7 +127,9 @@ def start_firestore(port: int, *, log_dir: Path | None = None) -> Service:
     return svc
 
 
-def start_pubsub(port: int, project: str, *, log_dir: Path | None = None) -> Service:
+def start_pubsub(
+    port: int, project: str, *, log_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Service:
     host = f"127.0.0.1:{port}"
     svc = spawn(
         "pubsub-emulator",
@@ -122,6 +145,7 @@ def start_pubsub(port: int, project: str, *, log_dir: Path | None = None) -> Ser
         ],
         url=f"http://{host}",
         log_dir=log_dir,
+        env=env,
     )
     try:
         wait_http_ok(f"http://{host}/", timeout_s=60, proc=svc.proc)

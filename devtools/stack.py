@@ -6,6 +6,11 @@ puts them behind one gateway, creates a dev API key and writes `.aia/dev.env`.
 Ctrl-C (or SIGTERM) stops everything it started: each child runs in its own
 process group and is stopped with `os.killpg`.
 
+A function process that dies is started again on the same port with backoff,
+as production starts a new instance; only an emulator's death stops the stack.
+`<state-dir>/pgids.json` always names the current process groups (rewritten on
+every start and restart), so tests can kill or freeze the right ones.
+
 Tests run it as `python -m devtools.stack --port 0 --state-dir DIR` and read
 the single `AIA_READY <json>` line it prints once everything answers.
 """
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,13 +41,17 @@ from typing import Any
 
 from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
 from devtools.gateway import GatewayServer
-from devtools.procs import kill_group
+from devtools.procs import RUN_MARKER_ENV, group_alive, kill_group
 from devtools.pubsub_setup import setup_pubsub
+from devtools.supervisor import Child, Process, RestartPolicy, State, Supervisor
 from shared.config import DEFAULT_PROJECT
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "AIA_READY "
 DEFAULT_PORT = 8080
+PGIDS_FILE = "pgids.json"
+# How often the run loop looks for dead children and due restarts.
+TICK_S = 0.1
 
 # (function, signature type) — entry point = folder name under functions/.
 FUNCTIONS: tuple[tuple[str, str], ...] = (
@@ -65,6 +75,7 @@ OWNED_ENV = (
     "AIA_RETRY_MAX_BACKOFF_S",
     "AIA_BASE_URL",
     "AIA_API_KEY",
+    RUN_MARKER_ENV,
 )
 
 log = logging.getLogger("aia.stack")
@@ -90,6 +101,9 @@ class Options:
     retry_max_backoff_s: int = 4
     ready_timeout_s: float = 90.0
     functions_dir: Path = REPO_ROOT / "functions"
+    # First wait before restarting a crashed function; doubles per crash, up to the cap.
+    restart_backoff_s: float = 0.5
+    restart_backoff_cap_s: float = 30.0
 
 
 @dataclass
@@ -98,13 +112,25 @@ class Stack:
 
     opts: Options
     stop_event: threading.Event = field(default_factory=threading.Event)
-    services: list[Service] = field(default_factory=list)
+    emulators: list[Service] = field(default_factory=list)
+    function_services: dict[str, Service] = field(default_factory=dict)  # the current process
     functions: dict[str, str] = field(default_factory=dict)  # name -> base URL
     env: dict[str, str] = field(default_factory=dict)  # what dev.env exports
     api_key: str | None = None
     gateway: GatewayServer | None = None
+    supervisor: Supervisor | None = None
+    # Inherited by every child, so ids of groups it no longer leads are never signalled
+    # blindly (devtools.procs); a test harness may choose it to find our children.
+    run_id: str = field(default_factory=lambda: os.environ.get(RUN_MARKER_ENV) or uuid.uuid4().hex)
+    pgid_history: dict[str, list[int]] = field(default_factory=dict)
+    _launch: dict[str, tuple[list[str], str, dict[str, str]]] = field(default_factory=dict)
     _serving: bool = False
     _dev_env_text: str | None = None
+
+    @property
+    def services(self) -> list[Service]:
+        """Every child running now (or last started), emulators first."""
+        return [*self.emulators, *self.function_services.values()]
 
     @property
     def logs(self) -> Path:
@@ -118,6 +144,10 @@ class Stack:
     def dev_env_path(self) -> Path:
         return self.opts.state_dir / "dev.env"
 
+    @property
+    def pgids_path(self) -> Path:
+        return self.opts.state_dir / PGIDS_FILE
+
     # --- start ----------------------------------------------------------------
 
     def start(self) -> None:
@@ -127,6 +157,7 @@ class Stack:
         base_url = self.gateway.base_url
         _attach_log("aia.gateway", self.logs / "gateway.log")
         _attach_log("aia.scheduler", self.logs / "scheduler.log")
+        _attach_log("aia.stack", self.logs / "stack.log")
 
         cli_ok = _cli_available()
         if cli_ok:
@@ -170,6 +201,7 @@ class Stack:
         self.gateway.upstreams.update(
             {name: url.removeprefix("http://") for name, url in self.functions.items()}
         )
+        self._supervise()
         self.gateway.start()
         self._serving = True
         if "redispatch" in self.functions:
@@ -187,7 +219,7 @@ class Stack:
         result = subprocess.run(
             [sys.executable, "-m", "shared.cli", "keyring", "generate", "--out", str(ring)],
             cwd=REPO_ROOT,
-            env=_child_env({}),
+            env=self._child_env({}),
             capture_output=True,
             text=True,
             timeout=60,
@@ -201,31 +233,38 @@ class Stack:
             )
 
     def _start_emulators(self) -> tuple[Service, Service]:
+        env = {**os.environ, RUN_MARKER_ENV: self.run_id}
         # In parallel: each takes a second or more of JVM start-up.
         with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
             futures = [
-                pool.submit(start_firestore, free_port(), log_dir=self.logs),
-                pool.submit(start_pubsub, free_port(), self.opts.project, log_dir=self.logs),
+                pool.submit(start_firestore, free_port(), log_dir=self.logs, env=env),
+                pool.submit(
+                    start_pubsub, free_port(), self.opts.project, log_dir=self.logs, env=env
+                ),
             ]
             errors: list[BaseException] = []
             for future in futures:
                 try:
-                    self.services.append(future.result())
+                    svc = future.result()
                 except (RuntimeError, OSError) as exc:  # start-up failure or timeout
                     errors.append(exc)
+                else:
+                    self.emulators.append(svc)
+                    self.pgid_history[svc.name] = [svc.pgid]
+        self._write_pgids()
         if errors:
             raise StackError(
                 f"an emulator did not start: {errors[0]!r} (see {self.logs}/*-emulator.log; "
                 "are Java 17 and the gcloud emulator components installed?)"
             )
-        return self.services[0], self.services[1]
+        return self.emulators[0], self.emulators[1]
 
     def _start_key_creation(self) -> subprocess.Popen[str]:
         # Runs while the functions boot; it talks to Firestore only.
         return subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "keys", "create", "--tenant", "dev"],
             cwd=REPO_ROOT,
-            env=_child_env(self.env),
+            env=self._child_env(self.env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -234,7 +273,7 @@ class Stack:
         )
 
     def _start_functions(self, base_url: str) -> None:
-        env = _child_env(
+        env = self._child_env(
             {
                 **self.env,
                 "AIA_PUBLIC_BASE_URL": base_url,
@@ -261,9 +300,8 @@ class Stack:
                 f"--port={port}",
             ]
             url = f"http://127.0.0.1:{port}"
-            svc = spawn(name, argv, url=url, log_dir=self.logs, env=env, cwd=REPO_ROOT)
-            self.services.append(svc)
-            started.append((name, svc))
+            self._launch[name] = (argv, url, env)
+            started.append((name, self._spawn_function(name, restart=False)))
         deadline = time.monotonic() + self.opts.ready_timeout_s
         for name, svc in started:
             self._wait_answering(svc, deadline)
@@ -292,6 +330,98 @@ class Stack:
             if time.monotonic() > deadline:
                 raise StackError(f"{svc.name} did not answer on {svc.url}:\n{_tail(svc.log_path)}")
             time.sleep(0.1)
+
+    def _spawn_function(self, name: str, *, restart: bool) -> Service:
+        """Start `name` on its port; a restart keeps the old log and marks where it begins."""
+        argv, url, env = self._launch[name]
+        if restart:
+            with (self.logs / f"{name}.log").open("a", encoding="utf-8") as out:
+                out.write(f"\n--- aia: {name} restarted at {datetime.now(UTC).isoformat()} ---\n")
+        svc = spawn(name, argv, url=url, log_dir=self.logs, env=env, cwd=REPO_ROOT, append=restart)
+        self.function_services[name] = svc
+        self.pgid_history.setdefault(name, []).append(svc.pgid)
+        self._write_pgids()  # before anything else can fail: the group must be findable
+        return svc
+
+    # --- keeping functions alive ------------------------------------------------
+
+    def _supervise(self) -> None:
+        def respawn(name: str) -> Callable[[], Process]:
+            return lambda: self._spawn_function(name, restart=True).proc
+
+        initial, cap = self.opts.restart_backoff_s, self.opts.restart_backoff_cap_s
+        self.supervisor = Supervisor(
+            clock=time.monotonic,
+            sweep=self._sweep_group,
+            answering=self._answering,
+            stopping=self.stop_event.is_set,
+            report=_report,
+            changed=self._on_change,
+            policy=lambda: RestartPolicy(initial_s=initial, cap_s=max(cap, initial)),
+        )
+        for name in self.functions:
+            svc = self.function_services[name]
+            self.supervisor.add(name, svc.proc, respawn(name), started_at=svc.started_at)
+        self._write_pgids()
+
+    def _sweep_group(self, pgid: int) -> None:
+        """Kill what is left of a dead function's group, so nothing holds its port."""
+        kill_group(pgid, marker=self.run_id)
+        deadline = time.monotonic() + 5
+        while group_alive(pgid, self.run_id) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _answering(self, name: str) -> bool:
+        host, _, port = self.functions[name].removeprefix("http://").rpartition(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=1)
+        try:
+            conn.request("GET", "/health?probe=live")
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            conn.close()
+        return True
+
+    def _on_change(self, child: Child) -> None:
+        # While a function is not answering the gateway says so (503) instead of
+        # trying its port; Pub/Sub's own retries cover the worker.
+        if self.gateway is not None:
+            if child.state is State.UP:
+                self.gateway.upstreams[child.name] = self.functions[child.name].removeprefix(
+                    "http://"
+                )
+            else:
+                self.gateway.upstreams.pop(child.name, None)
+        self._write_pgids()
+
+    def _write_pgids(self) -> None:
+        """Name every current process group, atomically: tests read it at any moment."""
+        children: dict[str, dict[str, Any]] = {}
+        for svc in self.emulators:
+            children[svc.name] = {"pgid": svc.pgid, "pgids": self.pgid_history[svc.name]}
+            children[svc.name].update(state=str(State.UP), restarts=0)
+        watched = self.supervisor.children if self.supervisor is not None else {}
+        for name, svc in self.function_services.items():
+            entry: dict[str, Any] = {"pgid": svc.pgid, "pgids": self.pgid_history[name]}
+            child = watched.get(name)
+            if child is None:
+                entry.update(state=str(State.STARTING), restarts=0)
+            else:
+                entry.update(
+                    state=str(child.state),
+                    restarts=child.restarts,
+                    last_exit=child.last_exit,
+                    last_downtime_s=child.last_downtime_s,
+                )
+            children[name] = entry
+        doc = {"run": self.run_id, "pid": os.getpid(), "children": children}
+        tmp = self.pgids_path.with_name(f".{PGIDS_FILE}.tmp")
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.replace(self.pgids_path)
+
+    def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
+        return _child_env({**extra, RUN_MARKER_ENV: self.run_id})
 
     def _start_scheduler(self, redispatch_url: str) -> None:
         """Call `redispatch` periodically, as Cloud Scheduler does in production."""
@@ -327,8 +457,14 @@ class Stack:
 
     # --- run and stop ---------------------------------------------------------
 
-    def dead_child(self) -> Service | None:
-        return next((svc for svc in self.services if svc.proc.poll() is not None), None)
+    def dead_emulator(self) -> Service | None:
+        """An emulator that exited: the one death the stack does not survive."""
+        return next((svc for svc in self.emulators if svc.proc.poll() is not None), None)
+
+    def supervise(self) -> None:
+        """Restart whatever function died; call it regularly from the run loop."""
+        if self.supervisor is not None:
+            self.supervisor.tick()
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -337,18 +473,18 @@ class Stack:
                 self.gateway.shutdown()
             self.gateway.server_close()
         # Signal every group at once (each gunicorn takes ~0.3 s to wind down), then
-        # wait for each; Service.stop escalates to SIGKILL after its timeout.
-        for svc in self.services:
+        # wait for each; Service.stop escalates to SIGKILL after its timeout and sweeps
+        # the group, which can outlive its leader (gcloud wraps Java).
+        services = self.services
+        for svc in services:
             if svc.proc.poll() is None:
-                kill_group(svc.proc.pid, signal.SIGTERM)
-        for svc in reversed(self.services):
+                kill_group(svc.pgid, signal.SIGTERM)
+                kill_group(svc.pgid, signal.SIGCONT)  # a frozen group acts on it only then
+        for svc in reversed(services):
             try:
                 svc.stop()
             except (OSError, subprocess.SubprocessError) as exc:  # keep stopping the others
-                _warn(f"could not stop {svc.name} (pgid {svc.proc.pid}): {exc!r}")
-            # Service.stop skips its sweep when the leader is already gone; a group can
-            # outlive its leader (gcloud wraps Java), so sweep here in any case.
-            kill_group(svc.proc.pid)
+                _warn(f"could not stop {svc.name} (pgid {svc.pgid}): {exc!r}")
         # Only remove dev.env if it is still ours: it points at what just stopped.
         with contextlib.suppress(OSError):
             if self.dev_env_path.read_text(encoding="utf-8") == self._dev_env_text:
@@ -364,8 +500,11 @@ class Stack:
             "dev_env": str(self.dev_env_path),
             "logs": str(self.logs),
             "functions": self.functions,
-            # Each child leads its own process group: pid == pgid.
-            "pgids": {svc.name: svc.proc.pid for svc in self.services},
+            # Each child leads its own process group: pid == pgid. After a restart
+            # only the pgids file is current.
+            "pgids": {svc.name: svc.pgid for svc in self.services},
+            "pgids_file": str(self.pgids_path),
+            "run": self.run_id,
             "pid": os.getpid(),
         }
 
@@ -441,6 +580,12 @@ def _warn(message: str) -> None:
     print(f"aia: warning: {message}", file=sys.stderr, flush=True)
 
 
+def _report(message: str) -> None:
+    """A supervision event: on stderr for the person, in logs/stack.log for the record."""
+    print(f"aia: {message}", file=sys.stderr, flush=True)
+    log.warning("%s", message)
+
+
 def banner(stack: Stack) -> str:
     """What a person sees once the stack is up."""
     info = stack.ready_info()
@@ -498,8 +643,8 @@ def run(opts: Options) -> int:
             # The machine-readable line first, so a person reads the banner last.
             print(READY_PREFIX + json.dumps(stack.ready_info(), sort_keys=True), flush=True)
             print(banner(stack), flush=True)
-            while not stack.stop_event.wait(0.5):
-                dead = stack.dead_child()
+            while not stack.stop_event.wait(TICK_S):
+                dead = stack.dead_emulator()
                 if dead is not None:
                     _warn(
                         f"{dead.name} exited with {dead.proc.returncode}; stopping the stack. "
@@ -507,6 +652,7 @@ def run(opts: Options) -> int:
                     )
                     code = 1
                     break
+                stack.supervise()
         except Stopping:
             pass
         except StackError as exc:
@@ -550,6 +696,12 @@ def parse_args(argv: list[str] | None = None) -> Options:
         default=REPO_ROOT / "functions",
         help="where the function folders are (tests of the stack itself use another)",
     )
+    parser.add_argument(
+        "--restart-backoff",
+        type=float,
+        default=0.5,
+        help="seconds before restarting a crashed function; doubles per crash up to 30 s",
+    )
     args = parser.parse_args(argv)
     return Options(
         host=args.host,
@@ -559,6 +711,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         redispatch_every_s=args.redispatch_every,
         redispatch_after_s=args.redispatch_after,
         functions_dir=args.functions_dir.resolve(),
+        restart_backoff_s=args.restart_backoff,
     )
 
 

@@ -9,22 +9,33 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devtools.procs import group_alive, kill_group
-from devtools.stack import READY_PREFIX, REPO_ROOT
+from devtools.procs import RUN_MARKER_ENV, group_alive, kill_group
+from devtools.stack import PGIDS_FILE, READY_PREFIX, REPO_ROOT
+
+EMULATORS = ("firestore-emulator", "pubsub-emulator")
 
 
 @dataclass
 class RunningStack:
-    """A started stack and what its `AIA_READY` line said."""
+    """A started stack and what its `AIA_READY` line said.
+
+    Process groups come from `<state_dir>/pgids.json`, which the stack rewrites on
+    every start and restart: a restarted function leads a new group.
+    """
 
     proc: subprocess.Popen[bytes]
     output: Path
+    state_dir: Path
+    # Every child of this stack carries it in its environment (devtools.procs).
+    marker: str
     info: dict[str, Any] = field(default_factory=dict)
+    frozen_pgids: set[int] = field(default_factory=set)
 
     @property
     def base_url(self) -> str:
@@ -41,13 +52,98 @@ class RunningStack:
     def env(self) -> dict[str, str]:
         return dict(self.info["env"])
 
-    @property
-    def state_dir(self) -> Path:
-        return Path(self.info["state_dir"])
+    # --- process groups ------------------------------------------------------
+
+    def children(self) -> dict[str, dict[str, Any]]:
+        """The stack's pgids file: per child its `pgid`, `pgids`, `state`, `restarts`, ..."""
+        try:
+            text = (self.state_dir / PGIDS_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        doc: dict[str, Any] = json.loads(text)  # replaced atomically: never half-written
+        if doc.get("run") != self.marker:
+            return {}  # another stack's file (the state dir was reused)
+        return dict(doc["children"])
 
     @property
     def pgids(self) -> dict[str, int]:
-        return {name: int(pgid) for name, pgid in self.info.get("pgids", {}).items()}
+        """The current process group of every child (a down function's is its last one)."""
+        current = {name: int(entry["pgid"]) for name, entry in self.children().items()}
+        return current or {name: int(pgid) for name, pgid in self.info.get("pgids", {}).items()}
+
+    def all_pgids(self) -> dict[str, list[int]]:
+        """Every process group each child ever led, oldest first."""
+        every: dict[str, list[int]] = {
+            name: [int(pgid)] for name, pgid in self.info.get("pgids", {}).items()
+        }
+        for name, entry in self.children().items():
+            for pgid in entry["pgids"]:
+                if int(pgid) not in every.setdefault(name, []):
+                    every[name].append(int(pgid))
+        return every
+
+    def pgid(self, name: str) -> int:
+        pgids = self.pgids
+        if name not in pgids:
+            raise KeyError(f"the stack has no child {name!r}; it has {sorted(pgids)}")
+        return pgids[name]
+
+    def restarts(self, name: str) -> int:
+        """How many times the stack restarted function `name`."""
+        return int(self.children().get(name, {}).get("restarts", 0))
+
+    def state(self, name: str) -> str | None:
+        """`up`, `starting` or `down` (exited, restart scheduled); None if unknown."""
+        state = self.children().get(name, {}).get("state")
+        return None if state is None else str(state)
+
+    def wait_restarted(self, name: str, count: int = 1, timeout_s: float = 60.0) -> None:
+        """Wait until `name` was restarted at least `count` times and answers again."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.restarts(name) >= count and self.state(name) == "up"):
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the stack exited with {self.proc.returncode} while waiting for {name}:\n"
+                    f"{self.read_output()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{name} not restarted {count}x and answering within {timeout_s} s: "
+                    f"{self.children().get(name)}"
+                )
+            time.sleep(0.05)
+
+    def kill_function(self, name: str, sig: signal.Signals = signal.SIGKILL) -> int:
+        """Signal the whole process group of function `name`, as a crash would; returns it."""
+        if name in EMULATORS:
+            raise ValueError(f"{name} is an emulator: its death stops the stack")
+        pgid = self.pgid(name)
+        kill_group(pgid, sig, marker=self.marker)
+        return pgid
+
+    def freeze(self, name: str) -> int:
+        """SIGSTOP the whole group of an emulator or function: it hangs, holding its port."""
+        pgid = self.pgid(name)
+        kill_group(pgid, signal.SIGSTOP, marker=self.marker)
+        self.frozen_pgids.add(pgid)
+        return pgid
+
+    def thaw(self, name: str) -> None:
+        pgid = self.pgid(name)
+        kill_group(pgid, signal.SIGCONT, marker=self.marker)
+        self.frozen_pgids.discard(pgid)
+
+    @contextlib.contextmanager
+    def frozen(self, name: str) -> Iterator[int]:
+        """`name` frozen for the duration of the block, thawed even if the block fails."""
+        pgid = self.freeze(name)
+        try:
+            yield pgid
+        finally:
+            kill_group(pgid, signal.SIGCONT, marker=self.marker)
+            self.frozen_pgids.discard(pgid)
+
+    # --- running it ----------------------------------------------------------
 
     def read_output(self) -> str:
         return self.output.read_text(encoding="utf-8", errors="replace")
@@ -68,8 +164,12 @@ class RunningStack:
     def stop(self, timeout_s: float = 30.0) -> list[str]:
         """SIGTERM the stack, wait, and return the names of children it left running.
 
-        Leftovers are killed here too, so a failing check never leaks processes.
+        Every process group any child ever led is checked, and leftovers are killed
+        here too, so a failing check never leaks processes.
         """
+        for pgid in list(self.frozen_pgids):  # a stopped group would ignore SIGTERM
+            kill_group(pgid, signal.SIGCONT, marker=self.marker)
+        self.frozen_pgids.clear()
         if self.proc.poll() is None:
             kill_group(self.proc.pid, signal.SIGTERM)
             try:
@@ -77,9 +177,12 @@ class RunningStack:
             except subprocess.TimeoutExpired:
                 kill_group(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        leftovers = [name for name, pgid in self.pgids.items() if group_alive(pgid)]
-        for name in leftovers:
-            kill_group(self.pgids[name])
+        leftovers: list[str] = []
+        for name, pgids in self.all_pgids().items():
+            for pgid in pgids:
+                if group_alive(pgid, self.marker):
+                    leftovers.append(name if pgid == pgids[-1] else f"{name} (pgid {pgid})")
+                    kill_group(pgid, marker=self.marker)
         return leftovers
 
 
@@ -87,8 +190,10 @@ def start_stack(
     state_dir: Path, *, extra_args: Sequence[str] = (), timeout_s: float = 180.0
 ) -> RunningStack:
     """Start `python -m devtools.stack --port 0` and wait for its ready line."""
+    state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     output = state_dir / "stack.out"
+    marker = uuid.uuid4().hex
     with output.open("wb") as out:
         proc = subprocess.Popen(
             [
@@ -106,12 +211,13 @@ def start_stack(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, RUN_MARKER_ENV: marker},
         )
-    stack = RunningStack(proc=proc, output=output)
+    stack = RunningStack(proc=proc, output=output, state_dir=state_dir, marker=marker)
     try:
         stack.info = _await_ready(stack, time.monotonic() + timeout_s)
     except BaseException:
-        # Without a ready line there are no pgids to check: the stack stops its own children.
+        # Without a ready line the pgids file still names what was started.
         stack.stop()
         raise
     return stack
