@@ -109,6 +109,21 @@ def test_a_function_killed_twice_is_restarted_twice(stack: RunningStack) -> None
     assert resp.status_code == 200, resp.text
 
 
+def test_a_frozen_emulator_degrades_health_until_thawed(stack: RunningStack) -> None:
+    def health() -> requests.Response:
+        return requests.get(stack.base_url + "/health", timeout=30)
+
+    with stack.frozen("firestore-emulator") as pgid:
+        assert pgid == stack.pgid("firestore-emulator")
+        resp = health()
+        assert resp.status_code == 503, resp.text
+        assert resp.json()["checks"]["firestore"]["ok"] is False
+        assert resp.json()["checks"]["pubsub"]["ok"] is True
+    eventually(lambda: health().status_code, lambda status: status == 200, timeout_s=60)
+    assert stack.proc.poll() is None  # a hung emulator is not a dead one
+    assert stack.restarts("health") == 0
+
+
 # --- the Pub/Sub topology: a backstop between Pub/Sub's dead-letter policy and ours ------
 
 
