@@ -91,14 +91,17 @@ def _rotate_data(args: argparse.Namespace) -> int:
         ),
     )
     print(f"scanned {report.scanned}, rewrapped {report.rewrapped}", file=sys.stderr)
-    for task_id in report.unreadable:
-        print(f"unreadable data key (integrity check failed): task {task_id}", file=sys.stderr)
+    for task_id, why in report.unreadable:
+        print(f"cannot re-wrap task {task_id}: {why}", file=sys.stderr)
     return 1 if report.unreadable else 0
 
 
 def _redispatch(args: argparse.Namespace) -> int:
     swept = providers.redispatcher().sweep()
-    print(f"found {swept.found}, published {swept.published}", file=sys.stderr)
+    print(
+        f"found {swept.found}, published {swept.published}, dead-lettered {swept.dead_lettered}",
+        file=sys.stderr,
+    )
     return 0
 
 

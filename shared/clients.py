@@ -8,7 +8,8 @@ for it. Tests clear the caches with `reset_clients()`.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from shared.config import get_settings
 
@@ -26,6 +27,17 @@ def firestore_client() -> FirestoreClient:
 
 
 @functools.cache
+def keys_firestore_client() -> FirestoreClient:
+    """The database holding API keys: separate, so serving functions may only read it."""
+    from google.cloud import firestore
+
+    settings = get_settings()
+    if settings.keys_database == settings.firestore_database:
+        return firestore_client()
+    return firestore.Client(project=settings.project, database=settings.keys_database)
+
+
+@functools.cache
 def publisher() -> PublisherClient:
     from google.cloud import pubsub_v1
 
@@ -36,6 +48,43 @@ def publisher() -> PublisherClient:
     )
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """The budget of one Google call on one path: per attempt, and across its retries.
+
+    Every call AIA makes names one, so a frozen dependency costs a bounded wait
+    and an honest answer (503 with Retry-After, or a deferred dispatch), never a
+    request that hangs for the client library's default minute of retries.
+    """
+
+    attempt_s: float
+    total_s: float
+
+    def kwargs(self) -> dict[str, Any]:
+        """`timeout=` and `retry=` for a google-cloud call."""
+        return {"timeout": self.attempt_s, "retry": _retry(self.total_s)}
+
+
+@functools.cache
+def _retry(total_s: float) -> Any:
+    from google.api_core import retry
+
+    return retry.Retry(
+        predicate=retry.if_transient_error, initial=0.05, maximum=0.5, multiplier=2, timeout=total_s
+    )
+
+
+# The submit path answers within 5 s whatever is frozen: auth read, then the
+# write, then the publish (which defers rather than fails).
+AUTH_READ = Deadline(attempt_s=1.0, total_s=1.5)
+SUBMIT_WRITE = Deadline(attempt_s=2.0, total_s=2.5)
+PUBLISH_WAIT_S = 1.5
+STATUS_READ = Deadline(attempt_s=2.0, total_s=3.0)
+# The worker has its lease to spend; a delivery that cannot finish is redelivered.
+WORKER_CALL = Deadline(attempt_s=5.0, total_s=10.0)
+SWEEP_CALL = Deadline(attempt_s=10.0, total_s=20.0)
+
+
 def topic_path(topic: str) -> str:
     return f"projects/{get_settings().project}/topics/{topic}"
 
@@ -43,5 +92,6 @@ def topic_path(topic: str) -> str:
 def reset_clients() -> None:
     """Forget cached clients and settings (tests, or after changing the environment)."""
     firestore_client.cache_clear()
+    keys_firestore_client.cache_clear()
     publisher.cache_clear()
     get_settings.cache_clear()

@@ -29,6 +29,8 @@ class Settings(BaseModel):
     dead_letter_topic: str = Field(default="aia-tasks-dead-letter", min_length=3)
     version: str = "dev"
     diagnostic_tasks: bool = True
+    # Where the diagnostic `probe` task records what runs at once (tests read it).
+    diagnostic_dir: Path | None = None
     public_base_url: str = ""
     metrics_shards: int = Field(default=16, ge=1, le=1000)
     health_timeout_s: float = Field(default=1.5, gt=0, le=2)  # the issue caps /health at 2 s
@@ -76,6 +78,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_DEAD_LETTER_TOPIC": "dead_letter_topic",
     "AIA_VERSION": "version",
     "AIA_DIAGNOSTIC_TASKS": "diagnostic_tasks",
+    "AIA_DIAGNOSTIC_DIR": "diagnostic_dir",
     "AIA_PUBLIC_BASE_URL": "public_base_url",
     "AIA_METRICS_SHARDS": "metrics_shards",
     "AIA_HEALTH_TIMEOUT_S": "health_timeout_s",

@@ -83,6 +83,11 @@ class PayloadTooLarge(AIAError):
     retryable = False
 
 
+class NestingTooDeep(BadRequest):
+    title = "JSON nested too deeply"
+    code = "nesting-too-deep"
+
+
 class UnsupportedMediaType(AIAError):
     status = 415
     title = "Unsupported media type"
@@ -105,10 +110,16 @@ class IdempotencyMismatch(AIAError):
 
 
 class Unavailable(AIAError):
+    """A dependency did not answer in time or failed transiently; the caller may retry."""
+
     status = 503
     title = "Dependency unavailable"
     code = "unavailable"
     retryable = True
+
+    def __init__(self, detail: str, *, retry_after_s: int = 1, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
 
 
 class IntegrityError(AIAError):
@@ -156,6 +167,28 @@ class ResultTooLarge(NonRetryable):
     title = "Task result too large to store"
 
 
+class ResultInvalid(NonRetryable):
+    """The handler returned something AIA cannot store: not JSON, or nested too deeply."""
+
+    code = "result-invalid"
+    title = "Task result cannot be stored"
+
+
+class HandlerCrashed(TaskFailure):
+    """The process running the handler died (a crash, or killed for memory)."""
+
+    code = "handler-crashed"
+    title = "Task handler process died"
+    retryable = True
+
+
+class Undeliverable(NonRetryable):
+    """A stored task that no delivery can start (unreadable document, unknown type)."""
+
+    code = "undeliverable"
+    title = "Task cannot be started"
+
+
 class TaskTimeout(TaskFailure):
     code = "timeout"
     title = "Task attempt exceeded its timeout"
@@ -163,9 +196,18 @@ class TaskTimeout(TaskFailure):
 
 
 class TaskBusy(AIAError):
-    """Another delivery holds a live lease on the task: redeliver later."""
+    """Another delivery holds a live lease on the task."""
 
     status = 409
     title = "Task is being processed"
     code = "busy"
+    retryable = True
+
+
+class StartDeferred(AIAError):
+    """A stored task cannot start yet (e.g. a key or type a rolling deploy has not brought)."""
+
+    status = 503
+    title = "Task cannot start on this instance yet"
+    code = "start-deferred"
     retryable = True

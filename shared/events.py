@@ -47,29 +47,18 @@ def decode_task_message(event_data: Any) -> TaskMessage:
         raise MalformedMessage(f"not a task message: {exc}") from exc
 
 
-def _raw_data(message: dict[str, Any]) -> bytes:
-    data = str(message.get("data", ""))
-    try:
-        return base64.b64decode(data, validate=True)
-    except (ValueError, binascii.Error):
-        return data.encode()
-
-
 class MalformedMessage(AIAError):
     code = "malformed-message"
     title = "Malformed task message"
     retryable = False
 
 
-def handle(
-    event_data: Any,
-    process: Callable[[TaskMessage], Processed],
-    dead_letter: Callable[[bytes, dict[str, str]], Any],
-) -> None:
+def handle(event_data: Any, process: Callable[[TaskMessage], Processed]) -> None:
     """Run `process` for one delivery; return to ack, raise Redeliver to nack.
 
-    A delivery acked because of an error is dead-lettered first, so nothing
-    disappears silently.
+    Tasks that fail for good are dead-lettered by the worker (through an outbox
+    in the task). A message that is not a task message at all is acknowledged
+    and logged: it is nobody's task, and redelivering it would never help.
     """
     settings = get_settings()
     logs.configure(settings.log_level, settings.project)
@@ -90,8 +79,7 @@ def handle(
     # Error texts may quote task data, so logs name the error's code and type only.
     code = str(getattr(error, "code", type(error).__name__))
     if should_ack(error):
-        log.error("delivery dropped to dead letter", extra={"code": code})
-        dead_letter(_raw_data(message), {**attributes, "reason": code})
+        log.error("delivery acknowledged without running", extra={"code": code})
         return
     log.warning("delivery will be retried", extra={"code": code})
     raise Redeliver(code) from error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from shared.errors import (
     Unavailable,
     UnsupportedMediaType,
 )
+from shared.limits import loads_bounded
 
 log = logging.getLogger("aia.http")
 
@@ -54,6 +56,8 @@ def problem_response(error: AIAError, instance: str | None = None) -> flask.Resp
         body.pop("token_given", None)
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = ", ".join(error.allowed)
+    if isinstance(error, Unavailable):
+        headers["Retry-After"] = str(error.retry_after_s)
     return flask.Response(
         json.dumps(body, separators=(",", ":")),
         status=error.status,
@@ -77,12 +81,10 @@ def endpoint(handler: Handler) -> Handler:
             log.log(level, "request failed: %s", exc.detail, extra={"problem": exc.code})
             return problem_response(exc, request.path)
         except Exception as exc:
-            if _is_transient_google_error(exc):
+            if _is_transient_google_error(exc) or _is_exhausted_transaction(exc):
                 log.exception("dependency call failed")
                 error = Unavailable("a storage or messaging dependency failed; retry shortly")
-                response = problem_response(error, request.path)
-                response.headers["Retry-After"] = "1"
-                return response
+                return problem_response(error, request.path)
             log.exception("unhandled error")
             return problem_response(AIAError("an unexpected error occurred"), request.path)
 
@@ -111,6 +113,12 @@ def _is_transient_google_error(exc: BaseException) -> bool:
     return google and type(exc).__name__ in _TRANSIENT
 
 
+def _is_exhausted_transaction(exc: BaseException) -> bool:
+    # google-cloud-firestore raises a plain ValueError once contention has used up a
+    # transaction's retries: contention, so worth a retry, not a server bug.
+    return type(exc) is ValueError and str(exc).startswith("Failed to commit transaction")
+
+
 def require_path(request: flask.Request, *paths: str) -> None:
     if request.path.rstrip("/") not in {p.rstrip("/") for p in paths}:
         raise NotFound(f"no route for {request.path}")
@@ -134,7 +142,7 @@ def read_json_body(request: flask.Request, max_bytes: int = MAX_BODY_BYTES) -> A
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object")
     try:
-        return json.loads(raw)
+        return loads_bounded(raw, "body")
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from exc
 
@@ -147,3 +155,13 @@ def bearer_token(request: flask.Request) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization must use the Bearer scheme", token_given=True)
     return token.strip()
+
+
+def require_operator(request: flask.Request) -> None:
+    """Operators' endpoints: the metrics bearer token when one is configured."""
+    token = get_settings().metrics_token
+    if token is None:
+        return  # local development: no token configured, nothing to guard
+    given = bearer_token(request)
+    if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
+        raise Unauthorized("this endpoint needs the operators' metrics token", token_given=True)

@@ -10,8 +10,18 @@ import functools
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from shared.clients import firestore_client, publisher, reset_clients, topic_path
+from shared.clients import (
+    PUBLISH_WAIT_S,
+    firestore_client,
+    keys_firestore_client,
+    publisher,
+    reset_clients,
+    topic_path,
+)
 from shared.config import get_settings
+
+# Background paths (a worker's dead letter, the sweep) may wait longer than a client.
+BACKGROUND_PUBLISH_WAIT_S = 5.0
 
 if TYPE_CHECKING:
     from shared.operations.redispatch import Redispatcher
@@ -50,12 +60,15 @@ def task_repository() -> FirestoreTaskRepository:
 
 
 @functools.cache
-def task_publisher() -> PubSubTaskPublisher:
+def task_publisher(wait_s: float = PUBLISH_WAIT_S) -> PubSubTaskPublisher:
     from shared.tasks.dispatch import PubSubTaskPublisher
 
     settings = get_settings()
     return PubSubTaskPublisher(
-        publisher(), topic_path(settings.tasks_topic), topic_path(settings.dead_letter_topic)
+        publisher(),
+        topic_path(settings.tasks_topic),
+        topic_path(settings.dead_letter_topic),
+        wait_s=wait_s,
     )
 
 
@@ -63,7 +76,7 @@ def task_publisher() -> PubSubTaskPublisher:
 def api_keys() -> ApiKeys:
     from shared.security.apikeys import ApiKeys, FirestoreApiKeyStore
 
-    return ApiKeys(FirestoreApiKeyStore(firestore_client()))
+    return ApiKeys(FirestoreApiKeyStore(keys_firestore_client()))
 
 
 @functools.cache
@@ -91,9 +104,16 @@ def status_service() -> StatusService:
 @functools.cache
 def worker() -> Worker:
     from shared.tasks.registry import builtin_registry
+    from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
 
-    return Worker(task_repository(), builtin_registry(), task_publisher())
+    registry = builtin_registry()
+    return Worker(
+        task_repository(),
+        registry,
+        task_publisher(BACKGROUND_PUBLISH_WAIT_S),
+        ProcessRunner(registry.modules),
+    )
 
 
 @functools.cache
@@ -107,11 +127,13 @@ def redispatcher() -> Redispatcher:
         firestore_client(), None, metric_shards=settings.metrics_shards
     )
     after = timedelta(seconds=settings.redispatch_after_s)
-    return Redispatcher(repository, task_publisher(), after=after)
+    return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
 
 
 def reset() -> None:
-    """Forget every cached provider, client and setting."""
+    """Forget every cached provider, client and setting (stopping the worker's processes)."""
+    if worker.cache_info().currsize:
+        worker().close()
     for provider in (
         keyring,
         task_repository,

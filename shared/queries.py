@@ -54,6 +54,10 @@ DISPATCH_PENDING = QuerySpec(TASKS, ("status", "dispatch_pending"))
 EXPIRED_LEASES = QuerySpec(
     TASKS, ("status",), (("lease_until", "ASCENDING"),), range_field="lease_until"
 )
+# Failed for good, but the worker's own dead-letter publish did not get through.
+DEAD_LETTER_PENDING = QuerySpec(
+    TASKS, ("dead_letter_pending",), (("updated_at", "ASCENDING"),), range_field="updated_at"
+)
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (
@@ -65,6 +69,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     STALE_QUEUED,
     DISPATCH_PENDING,
     EXPIRED_LEASES,
+    DEAD_LETTER_PENDING,
     KEYS_TO_REWRAP,
 )
 

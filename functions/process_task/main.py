@@ -10,8 +10,4 @@ from shared import events, providers
 
 @functions_framework.cloud_event
 def process_task(cloud_event: CloudEvent) -> None:
-    events.handle(
-        cloud_event.data,
-        providers.worker().process,
-        providers.task_publisher().dead_letter,
-    )
+    events.handle(cloud_event.data, providers.worker().process)

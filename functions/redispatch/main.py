@@ -13,4 +13,6 @@ from shared import http, providers
 def redispatch(request: flask.Request) -> flask.Response:
     http.require_method(request, "POST")
     swept = providers.redispatcher().sweep()
-    return http.json_response({"found": swept.found, "published": swept.published})
+    return http.json_response(
+        {"found": swept.found, "published": swept.published, "dead_lettered": swept.dead_lettered}
+    )

@@ -91,8 +91,16 @@ def record_submitted(writer: Any, db: Any, task_type: str, *, shards: int) -> No
     writer.set(ref, data, merge=True)
 
 
-def record_duration(writer: Any, db: Any, task_type: str, seconds: float, *, shards: int) -> None:
-    """Observe one task run time inside the caller's batch or transaction."""
+def record_duration(
+    writer: Any,
+    db: Any,
+    task_type: str,
+    seconds: float,
+    *,
+    shards: int,
+    outcome: str | None = None,
+) -> None:
+    """Observe one attempt's run time (and how it ended) inside the caller's batch."""
     from google.cloud.firestore import Increment
 
     if not math.isfinite(seconds):
@@ -110,6 +118,9 @@ def record_duration(writer: Any, db: Any, task_type: str, seconds: float, *, sha
     index = bisect.bisect_left(BUCKETS, seconds)
     if index < len(BUCKETS):
         data["buckets"] = {_bucket_field(BUCKETS[index]): Increment(1)}
+    if outcome is not None:
+        # Finished attempts by how they ended: counted here, never by scanning tasks.
+        data["outcomes"] = {outcome: Increment(1)}
     writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
 
 

@@ -43,7 +43,9 @@ class FirestoreApiKeyStore:
         self._db = db
 
     def get(self, key_id: str) -> ApiKeyRecord | None:
-        snap = self._db.collection(API_KEYS).document(key_id).get()
+        from shared.clients import AUTH_READ
+
+        snap = self._db.collection(API_KEYS).document(key_id).get(**AUTH_READ.kwargs())
         if not snap.exists:
             return None
         return ApiKeyRecord.model_validate({"key_id": key_id, **snap.to_dict()})

@@ -40,6 +40,7 @@ from shared.security.keyring import (
 )
 
 __all__ = [
+    "CONTROL_FIELDS",
     "FERNET",
     "HYBRID",
     "KeyRing",
@@ -69,10 +70,17 @@ HYBRID_BODY_BYTES: Final = MLKEM768_CIPHERTEXT_BYTES + X25519_BYTES + DATA_KEY_B
 FERNET_BODY_BYTES: Final = 1 + 8 + 16 + 80 + 32
 
 # Sealed field blob: magic, version, nonce, AES-GCM ciphertext and tag.
+# Version 2 also binds the task's control fields (what steers its execution);
+# version 1 blobs (written before that) stay readable.
 BLOB_MAGIC: Final = 0xAD
-BLOB_VERSION: Final = 1
+BLOB_VERSION: Final = 2
 BLOB_HEADER: Final = bytes((BLOB_MAGIC, BLOB_VERSION))
+LEGACY_BLOB_HEADER: Final = bytes((BLOB_MAGIC, 1))
 BLOB_OVERHEAD: Final = len(BLOB_HEADER) + NONCE_BYTES + TAG_BYTES
+# The control fields a version-2 blob binds, in this order.
+CONTROL_FIELDS: Final = ("type", "max_attempts", "timeout_s")
+
+Control = tuple[tuple[str, str], ...]
 
 _HYBRID_INFO: Final = b"AIA hybrid-mlkem768-x25519 wrap v1"
 _FERNET_BINDING_LABEL: Final = b"AIA fernet wrap v1"
@@ -85,10 +93,17 @@ _Fail = Callable[[str], IntegrityError]  # builds (and logs) the error for one u
 class TaskKey:
     """One task's data key: seals and opens that task's fields. Never stored in the clear."""
 
-    __slots__ = ("_aead", "_context", "key_id", "task_id", "tenant_id", "wrapped")
+    __slots__ = ("_aead", "_context", "_control", "key_id", "task_id", "tenant_id", "wrapped")
 
     def __init__(
-        self, tenant_id: str, task_id: str, key_id: str, data_key: bytes, wrapped: bytes
+        self,
+        tenant_id: str,
+        task_id: str,
+        key_id: str,
+        data_key: bytes,
+        wrapped: bytes,
+        *,
+        control: Control = (),
     ) -> None:
         self.tenant_id = tenant_id
         self.task_id = task_id
@@ -96,6 +111,7 @@ class TaskKey:
         self.wrapped = wrapped
         self._aead = AESGCM(data_key)
         self._context = _context(tenant_id, task_id)
+        self._control = b"".join(_lp(name) + _lp(value) for name, value in control)
 
     def __repr__(self) -> str:
         return f"TaskKey(tenant={self.tenant_id!r}, task={self.task_id!r}, key={self.key_id!r})"
@@ -115,11 +131,12 @@ class TaskKey:
 
     def open(self, field: str, blob: bytes) -> Any:
         """Decrypt `field` of this task; `IntegrityError` if it was altered or belongs elsewhere."""
-        if len(blob) < BLOB_OVERHEAD or blob[:2] != BLOB_HEADER:
+        if len(blob) < BLOB_OVERHEAD or blob[:2] not in (BLOB_HEADER, LEGACY_BLOB_HEADER):
             raise self._failure("malformed sealed field", field)
         nonce = blob[2 : 2 + NONCE_BYTES]
+        aad = self._aad(field) if blob[:2] == BLOB_HEADER else self._legacy_aad(field)
         try:
-            plaintext = self._aead.decrypt(nonce, blob[2 + NONCE_BYTES :], self._aad(field))
+            plaintext = self._aead.decrypt(nonce, blob[2 + NONCE_BYTES :], aad)
         except InvalidTag:
             raise self._failure("sealed field failed authentication", field) from None
         try:
@@ -128,7 +145,10 @@ class TaskKey:
             raise self._failure("sealed field does not hold JSON", field) from None
 
     def _aad(self, field: str) -> bytes:
-        return _BLOB_AAD_LABEL + BLOB_HEADER + self._context + _lp(field)
+        return _BLOB_AAD_LABEL + BLOB_HEADER + self._context + self._control + _lp(field)
+
+    def _legacy_aad(self, field: str) -> bytes:
+        return _BLOB_AAD_LABEL + LEGACY_BLOB_HEADER + self._context + _lp(field)
 
     def _failure(self, reason: str, field: str) -> IntegrityError:
         return _integrity_failure(
@@ -148,11 +168,15 @@ class TaskSealer:
     def current_key_id(self) -> str:
         return self.ring.current_key_id
 
-    def new_task_key(self, tenant_id: str, task_id: str) -> TaskKey:
-        """A fresh random data key for a new task, wrapped under the current key."""
+    def new_task_key(self, tenant_id: str, task_id: str, control: Control = ()) -> TaskKey:
+        """A fresh random data key for a new task, wrapped under the current key.
+
+        `control` (name, value) pairs are bound into every field the key seals:
+        a sealed payload cannot be steered to another type or limit.
+        """
         data_key = os.urandom(DATA_KEY_BYTES)
         wrapped = _wrap(self._current, tenant_id, task_id, data_key)
-        return TaskKey(tenant_id, task_id, self._current.key_id, data_key, wrapped)
+        return TaskKey(tenant_id, task_id, self._current.key_id, data_key, wrapped, control=control)
 
     def digest(self, data: bytes) -> str:
         """Keyed hash (HMAC-SHA256, hex) of client data: reveals nothing about low-entropy input."""
@@ -173,10 +197,15 @@ class TaskOpener(TaskSealer):
             )
         super().__init__(ring)
 
-    def open_task_key(self, tenant_id: str, task_id: str, wrapped: bytes) -> TaskKey:
-        """Unwrap a stored data key; `IntegrityError` on tamper, swap or a key not in the ring."""
+    def open_task_key(
+        self, tenant_id: str, task_id: str, wrapped: bytes, control: Control = ()
+    ) -> TaskKey:
+        """Unwrap a stored data key; `IntegrityError` on tamper or swap.
+
+        A key id missing from the ring is `KeyUnavailable` (a deploy still under way).
+        """
         key_id, data_key = self._unwrap(tenant_id, task_id, wrapped)
-        return TaskKey(tenant_id, task_id, key_id, data_key, bytes(wrapped))
+        return TaskKey(tenant_id, task_id, key_id, data_key, bytes(wrapped), control=control)
 
     def rewrap(self, tenant_id: str, task_id: str, wrapped: bytes) -> bytes | None:
         """The data key wrapped under the current key, or None if it already is.

@@ -2,7 +2,8 @@
 
 Bounded batches in task-id order; safe to interrupt and run again: keys
 already under the current key are left alone, so repeated runs converge.
-A task whose key fails its integrity check is reported, not fatal.
+A task whose key cannot be opened (integrity failure, a key no longer in the
+ring, a malformed document) is reported with the reason, never fatal.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ class RewrapSource(Protocol):
 class RewrapReport:
     scanned: int
     rewrapped: int
-    unreadable: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (task id, why)
 
 
 def rewrap_all(
@@ -35,7 +36,7 @@ def rewrap_all(
     if not 1 <= batch_size <= 500:
         raise ValueError("batch_size must be 1-500 (a Firestore batch holds 500 writes)")
     scanned = rewrapped = 0
-    unreadable: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     cursor = start_after
     while True:
         page = repository.rewrap_batch(cursor, batch_size)

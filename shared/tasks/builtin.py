@@ -1,4 +1,4 @@
-"""Built-in task types: echo, sleep, analytics.summary and the diagnostic fail."""
+"""Built-in task types: echo, sleep and analytics.summary."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.errors import NonRetryable, RetryableError
-from shared.tasks.registry import TaskContext, TaskRegistry
-
-registry = TaskRegistry()
+from shared.tasks.registry import TaskContext, task_type
 
 
 class EchoPayload(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-@registry.register("echo", EchoPayload)
+@task_type("echo", EchoPayload)
 def echo(payload: EchoPayload, ctx: TaskContext) -> dict[str, Any]:
     return payload.model_dump()
 
@@ -29,9 +26,14 @@ class SleepPayload(BaseModel):
     seconds: float = Field(ge=0, le=30)
 
 
-@registry.register("sleep", SleepPayload)
+@task_type("sleep", SleepPayload)
 def sleep(payload: SleepPayload, ctx: TaskContext) -> dict[str, Any]:
-    time.sleep(payload.seconds)
+    # A well-behaved handler: it stops as soon as the attempt is told to.
+    until = time.monotonic() + payload.seconds
+    while (left := until - time.monotonic()) > 0:
+        if ctx.cancelled:
+            break
+        time.sleep(min(left, 0.05))
     return {"slept": payload.seconds}
 
 
@@ -78,24 +80,6 @@ def summarize(values: list[float]) -> dict[str, Any]:
     }
 
 
-@registry.register("analytics.summary", SummaryPayload)
+@task_type("analytics.summary", SummaryPayload)
 def analytics_summary(payload: SummaryPayload, ctx: TaskContext) -> dict[str, Any]:
     return summarize(payload.values)
-
-
-class FailPayload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    times: int = Field(default=1, ge=0, le=100)
-    retryable: bool = True
-
-
-@registry.register("fail", FailPayload, diagnostic=True)
-def fail(payload: FailPayload, ctx: TaskContext) -> dict[str, Any]:
-    """Fails the first `times` attempts, then succeeds: proves retries and dead-lettering."""
-    if ctx.attempt <= payload.times:
-        message = f"diagnostic failure on attempt {ctx.attempt} of {payload.times}"
-        if payload.retryable:
-            raise RetryableError(message)
-        raise NonRetryable(message)
-    return {"succeeded_on_attempt": ctx.attempt}

@@ -6,12 +6,11 @@ import json
 import logging
 from typing import Any, Protocol
 
+from shared.clients import PUBLISH_WAIT_S
 from shared.errors import Unavailable
 from shared.tasks.models import TaskMessage
 
 log = logging.getLogger("aia.dispatch")
-
-PUBLISH_TIMEOUT_S = 10.0
 
 
 class TaskPublisher(Protocol):
@@ -20,12 +19,25 @@ class TaskPublisher(Protocol):
 
 
 class PubSubTaskPublisher:
-    """Publishes and waits for the server's ack, so a returned id means it is stored."""
+    """Publishes and waits for the server's ack, so a returned id means it is stored.
 
-    def __init__(self, client: Any, tasks_topic: str, dead_letter_topic: str) -> None:
+    The wait is bounded (`wait_s`): a frozen Pub/Sub costs the submit path that
+    long before it answers `deferred`, never the client library's minute. The
+    message may still go out later; a duplicate delivery is harmless.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        tasks_topic: str,
+        dead_letter_topic: str,
+        *,
+        wait_s: float = PUBLISH_WAIT_S,
+    ) -> None:
         self._client = client
         self._tasks_topic = tasks_topic
         self._dead_letter_topic = dead_letter_topic
+        self._wait_s = wait_s
 
     def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str:
         data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
@@ -37,8 +49,8 @@ class PubSubTaskPublisher:
 
     def _send(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
         try:
-            future = self._client.publish(topic, data, **attributes)
-            message_id: str = future.result(timeout=PUBLISH_TIMEOUT_S)
+            future = self._client.publish(topic, data, timeout=self._wait_s, **attributes)
+            message_id: str = future.result(timeout=self._wait_s)
         except Exception as exc:
             raise Unavailable(f"publishing to {topic.rsplit('/', 1)[-1]} failed") from exc
         return message_id

@@ -10,12 +10,12 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ConfigurationError, IntegrityError, PayloadTooLarge, ResultTooLarge
+from shared.errors import ConfigurationError, PayloadTooLarge, ResultTooLarge
 from shared.queries import EXPIRES_AT
 from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
-    from shared.security.crypto import TaskKey, TaskOpener, TaskSealer
+    from shared.security.crypto import Control, TaskKey, TaskOpener, TaskSealer
 
 DATA_FIELDS = ("payload", "result", "error")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
@@ -34,7 +34,16 @@ _PLAIN_FIELDS = (
     "lease_id",
     "lease_until",
     "dispatch_pending",
+    "dead_letter_pending",
 )
+
+# Errors recorded when a task could not be opened at all: no key can seal a
+# message for them, so only the code is stored and the view explains it.
+PLAIN_ERRORS = {
+    "integrity": "stored task data failed its integrity check",
+    "key-unavailable": "the key that wraps this task's data is not in the key ring",
+    "undeliverable": "the stored task could not be read or started by any delivery",
+}
 
 
 class TaskDocuments:
@@ -48,7 +57,7 @@ class TaskDocuments:
         self._retention = retention
 
     def encode_new(self, task: Task) -> dict[str, Any]:
-        key = self._sealer.new_task_key(task.tenant_id, task.task_id)
+        key = self._sealer.new_task_key(task.tenant_id, task.task_id, control_of(task))
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
         doc["status"] = task.status.value
         doc["data_key"] = key.wrapped
@@ -74,7 +83,14 @@ class TaskDocuments:
         return self._opener
 
     def key_of(self, task_id: str, doc: dict[str, Any]) -> TaskKey:
-        return self._private.open_task_key(doc["tenant_id"], task_id, bytes(doc["data_key"]))
+        """The task's data key, bound to the control fields the document holds now.
+
+        A database writer who changes `type`, `max_attempts` or `timeout_s`
+        makes every sealed field fail its integrity check.
+        """
+        return self._private.open_task_key(
+            doc["tenant_id"], task_id, bytes(doc["data_key"]), control_of(doc)
+        )
 
     def rewrap(self, task_id: str, doc: dict[str, Any]) -> bytes | None:
         """The data key re-wrapped under the current key, or None if it already is."""
@@ -94,11 +110,11 @@ class TaskDocuments:
                 values[name] = key.open(name, bytes(doc[name]))
         if isinstance(values.get("error"), dict):
             values["error"] = TaskError.model_validate(values["error"])
-        elif doc.get("error_code") == IntegrityError.code:
-            values["error"] = TaskError(
-                code=IntegrityError.code, message="stored task data failed its integrity check"
-            )
+        elif doc.get("error_code") in PLAIN_ERRORS and values.get("error") is None:
+            code = doc["error_code"]
+            values["error"] = TaskError(code=code, message=PLAIN_ERRORS[code])
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
+        values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -122,6 +138,20 @@ class TaskDocuments:
         return {"result": sealed}
 
     @staticmethod
+    def plain_error(code: str) -> dict[str, Any]:
+        """Update fields recording an error no key can seal (see `PLAIN_ERRORS`)."""
+        assert code in PLAIN_ERRORS
+        return {"error": None, "error_code": code}
+
+    @staticmethod
     def expired(doc: dict[str, Any], now: datetime) -> bool:
         expires = doc.get(EXPIRES_AT)
         return expires is not None and expires <= now
+
+
+def control_of(source: Task | dict[str, Any]) -> Control:
+    """The control fields bound into a task's sealed data, from a task or its document."""
+    from shared.security.crypto import CONTROL_FIELDS
+
+    get = source.get if isinstance(source, dict) else lambda name: getattr(source, name)
+    return tuple((name, str(get(name))) for name in CONTROL_FIELDS)

@@ -62,6 +62,7 @@ class Task(BaseModel):
     lease_id: str | None = None
     lease_until: datetime | None = None
     dispatch_pending: bool = False
+    dead_letter_pending: bool = False
 
 
 class TaskView(BaseModel):
@@ -94,9 +95,11 @@ class TaskView(BaseModel):
         )
 
     def to_json(self) -> dict[str, Any]:
-        body = self.model_dump(mode="json")
-        if self.status is not TaskStatus.SUCCEEDED:
-            body.pop("result")
+        # The result goes in as the JSON it was stored as: pydantic's serialiser
+        # stops at a nesting depth that stored data may legitimately reach.
+        body = self.model_dump(mode="json", exclude={"result"})
+        if self.status is TaskStatus.SUCCEEDED:
+            body["result"] = self.result
         if self.status is not TaskStatus.FAILED:
             body.pop("error")
         return body

@@ -1,27 +1,63 @@
-"""Task types: a name, a pydantic payload model and a handler, registered by decorator."""
+"""Task types: a name, a pydantic payload model and a handler, registered by decorator.
+
+A module declares types with `@task_type(...)`; `load_registry(modules)` imports
+the modules and collects what they declare. The worker's child processes load
+the same modules by name, so the parent validates with exactly the handlers
+the children run.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+import importlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from shared.errors import ValidationFailed
+from shared.errors import ConfigurationError, ValidationFailed
 
 P = TypeVar("P", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Any])
+
+BUILTIN_MODULES: tuple[str, ...] = ("shared.tasks.builtin", "shared.tasks.diagnostic")
+_MARK = "__aia_task_type__"
+
+
+def _never() -> bool:
+    return False
+
+
+def _drop(event: tuple[Any, ...]) -> None:
+    return None
 
 
 @dataclass(frozen=True)
 class TaskContext:
-    """What a handler may know about the attempt it runs in."""
+    """What a handler may know about, and tell of, the attempt it runs in."""
 
     task_id: str
     tenant_id: str
     attempt: int
     max_attempts: int
+    deadline: float = float("inf")  # epoch seconds; the attempt is stopped soon after
+    cancel_flag: Callable[[], bool] = field(default=_never, repr=False, compare=False)
+    emit: Callable[[tuple[Any, ...]], None] = field(default=_drop, repr=False, compare=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the attempt should stop: its deadline passed or the task was cancelled."""
+        return self.cancel_flag()
+
+    @property
+    def deadline_at(self) -> datetime:
+        return datetime.fromtimestamp(self.deadline, UTC)
+
+    def remaining_s(self) -> float:
+        """Seconds left before the deadline (never negative)."""
+        return max(0.0, self.deadline - time.time())
 
 
 Handler = Callable[[Any, TaskContext], Any]
@@ -33,21 +69,70 @@ class TaskType:
     payload_model: type[BaseModel]
     handler: Handler
     diagnostic: bool = False
+    result_model: type[BaseModel] | None = None
+    # Exceptions the handler raises for deterministic failures: not worth a retry.
+    non_retryable: tuple[type[BaseException], ...] = ()
+
+    def dump_result(self, result: Any) -> Any:
+        """The handler's return value as plain JSON data, checked against `result_model`."""
+        if self.result_model is None:
+            return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+        try:
+            return self.result_model.model_validate(result).model_dump(mode="json")
+        except ValidationError as exc:
+            from shared.errors import ResultInvalid
+
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in ("result", *first["loc"]))
+            raise ResultInvalid(f"{where}: {first['msg']}") from None
+
+
+def task_type(
+    name: str,
+    payload_model: type[P],
+    *,
+    result_model: type[BaseModel] | None = None,
+    diagnostic: bool = False,
+    non_retryable: tuple[type[BaseException], ...] = (),
+) -> Callable[[F], F]:
+    """Declare the decorated function as the handler of task type `name`."""
+
+    def decorator(handler: F) -> F:
+        setattr(
+            handler,
+            _MARK,
+            TaskType(name, payload_model, handler, diagnostic, result_model, non_retryable),
+        )
+        return handler
+
+    return decorator
 
 
 class TaskRegistry:
     """Maps type names to their payload model and handler."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: Sequence[str] = ()) -> None:
         self._types: dict[str, TaskType] = {}
+        self.modules = tuple(modules)
+
+    def add(self, declared: TaskType) -> None:
+        if declared.name in self._types:
+            raise ConfigurationError(f"task type {declared.name!r} is registered twice")
+        self._types[declared.name] = declared
 
     def register(
-        self, name: str, payload_model: type[P], *, diagnostic: bool = False
+        self,
+        name: str,
+        payload_model: type[P],
+        *,
+        diagnostic: bool = False,
+        result_model: type[BaseModel] | None = None,
+        non_retryable: tuple[type[BaseException], ...] = (),
     ) -> Callable[[Callable[[P, TaskContext], Any]], Callable[[P, TaskContext], Any]]:
         def decorator(handler: Callable[[P, TaskContext], Any]) -> Callable[[P, TaskContext], Any]:
-            if name in self._types:
-                raise ValueError(f"task type {name!r} is already registered")
-            self._types[name] = TaskType(name, payload_model, handler, diagnostic)
+            self.add(
+                TaskType(name, payload_model, handler, diagnostic, result_model, non_retryable)
+            )
             return handler
 
         return decorator
@@ -55,19 +140,22 @@ class TaskRegistry:
     def names(self, *, include_diagnostic: bool = True) -> list[str]:
         return sorted(n for n, t in self._types.items() if include_diagnostic or not t.diagnostic)
 
+    def knows(self, name: str) -> bool:
+        return name in self._types
+
     def get(self, name: str, *, include_diagnostic: bool = True) -> TaskType:
-        task_type = self._types.get(name)
-        if task_type is None or (task_type.diagnostic and not include_diagnostic):
+        task = self._types.get(name)
+        if task is None or (task.diagnostic and not include_diagnostic):
             known = ", ".join(self.names(include_diagnostic=include_diagnostic))
             raise ValidationFailed(
                 f"unknown task type {name!r}; known types: {known}", field="type"
             )
-        return task_type
+        return task
 
-    def parse_payload(self, task_type: TaskType, payload: dict[str, Any]) -> BaseModel:
+    def parse_payload(self, task: TaskType, payload: dict[str, Any]) -> BaseModel:
         """Validate a payload against its type's model; errors name the field."""
         try:
-            return task_type.payload_model.model_validate(payload)
+            return task.payload_model.model_validate(payload)
         except ValidationError as exc:
             first = exc.errors()[0]
             path = ".".join(str(p) for p in ("payload", *first["loc"]))
@@ -81,9 +169,31 @@ class TaskRegistry:
             ) from exc
 
 
-@functools.cache
-def builtin_registry() -> TaskRegistry:
-    """The registry with AIA's built-in task types."""
-    from shared.tasks import builtin as handlers
+def load_registry(modules: Sequence[str]) -> TaskRegistry:
+    """Import `modules` and collect every `@task_type` they declare; fail loudly on a bad one."""
+    registry = TaskRegistry(modules)
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:
+            raise ConfigurationError(
+                f"task module {name!r} cannot be imported: {type(exc).__name__}: {exc}"
+            ) from exc
+        found = [v for v in vars(module).values() if isinstance(getattr(v, _MARK, None), TaskType)]
+        for handler in found:
+            declared: TaskType = getattr(handler, _MARK)
+            # Imported from elsewhere: that module registers it.
+            if getattr(handler, "__module__", name) == name:
+                registry.add(declared)
+    return registry
 
-    return handlers.registry
+
+_builtin: TaskRegistry | None = None
+
+
+def builtin_registry() -> TaskRegistry:
+    """AIA's own task types (the built-in and the diagnostic ones), loaded once."""
+    global _builtin  # noqa: PLW0603 - one registry per instance, built on first use
+    if _builtin is None:
+        _builtin = load_registry(BUILTIN_MODULES)
+    return _builtin

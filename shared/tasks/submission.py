@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from shared.config import Settings
 from shared.errors import Unavailable, ValidationFailed
+from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
@@ -35,6 +36,8 @@ def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> Tas
     """Validate the envelope, then the payload against its type's model."""
     if not isinstance(body, dict):
         raise ValidationFailed("request body must be a JSON object", field="body")
+    # The HTTP edge checks bodies already; this use case is also called directly.
+    check_depth(body, "body")
     try:
         request = TaskRequest.model_validate(body)
     except ValidationError as exc:
@@ -95,7 +98,10 @@ class SubmitService:
         )
         created = self._repository.create(task, claim)
         if created.replayed:
-            return Submitted(created.task_id, replayed=True, dispatched=True)
+            # The original answer, including a dispatch that was deferred.
+            return Submitted(
+                created.task_id, replayed=True, dispatched=not created.dispatch_pending
+            )
         try:
             self._publisher.publish(
                 TaskMessage(task_id=task.task_id, tenant_id=tenant_id),

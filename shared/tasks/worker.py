@@ -1,44 +1,54 @@
-"""Processing one task delivery: claim, run the handler under its timeout, record the outcome.
+"""Processing one task delivery: open the task, claim an attempt, run it, record the outcome.
 
-Pub/Sub push is at-least-once; the lease claimed in Firestore makes each
-attempt run once, and the attempt count lives in the task, not in Pub/Sub.
+Pub/Sub push is at-least-once. A lease in the task's own document (taken and
+released by writes conditioned on the document's update time) makes each
+attempt run once; the attempt count lives in the task, not in Pub/Sub. The
+handler runs in a child process (`shared.tasks.runner`) that is stopped at the
+attempt's deadline, and the lease outlasts that deadline, so a retry can never
+start while an earlier attempt still runs.
+
+What no redelivery can fix ends the task `failed` after a bounded number of
+deliveries and puts it in the dead-letter outbox, instead of nacking until
+Pub/Sub's retention runs out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
 
 from shared.errors import (
     AIAError,
-    NonRetryable,
+    KeyUnavailable,
+    NestingTooDeep,
+    ResultInvalid,
     ResultTooLarge,
-    TaskBusy,
+    StartDeferred,
     TaskFailure,
-    TaskTimeout,
     Unavailable,
 )
+from shared.limits import loads_bounded
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import TaskError, TaskMessage
-from shared.tasks.registry import TaskContext, TaskRegistry
-from shared.tasks.repository import Claim, ClaimState, TaskRepository
+from shared.tasks.models import TaskError, TaskMessage, TaskStatus
+from shared.tasks.registry import TaskRegistry
+from shared.tasks.repository import Lease, Opened, Problem, TaskRepository
+from shared.tasks.runner import STOP_GRACE_S, AttemptOutcome, AttemptRunner, AttemptSpec
 
 log = logging.getLogger("aia.worker")
 
 MAX_ERROR_CHARS = 4000
+_MAX_CONFLICTS = 5
 
 
 class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"  # attempt failed; Pub/Sub redelivers with backoff
     FAILED = "failed"  # failed for good, dead-lettered
-    SKIPPED = "skipped"  # duplicate or unknown delivery
+    SKIPPED = "skipped"  # duplicate, busy or unknown delivery: acknowledged
 
 
 @dataclass(frozen=True)
@@ -47,109 +57,182 @@ class Processed:
     detail: str = ""
 
 
-def run_with_timeout(func: Any, timeout_s: float) -> Any:
-    """Run `func()` in a daemon thread; TaskTimeout if it has not returned in time.
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """Bounds that turn endless redelivery into a clear failure."""
 
-    Python cannot kill a thread: a timed-out handler keeps running in the
-    background, but its result is discarded and the lease is released.
-    """
-    box: dict[str, Any] = {}
+    # A ring still missing a task's key after this long is not a deploy in progress.
+    key_grace: timedelta = timedelta(minutes=15)
+    # Deliveries that could not start a task (undecodable, unknown type) before it fails.
+    max_start_failures: int = 5
+    # Beyond the deadline and the stop grace: time to record the outcome under the lease.
+    lease_margin_s: float = 10.0
 
-    def target() -> None:
-        try:
-            box["result"] = func()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="aia-handler", daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    if thread.is_alive():
-        raise TaskTimeout(f"handler did not finish within {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
-
-
-def _ensure_json(result: Any) -> None:
-    try:
-        json.dumps(result, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        # Retrying would return the same value: the handler has a bug.
-        raise NonRetryable(f"handler returned a value that is not JSON: {exc}") from exc
-
-
-def _as_task_error(exc: BaseException) -> tuple[TaskError, bool]:
-    """The stored error and whether the attempt may be retried."""
-    if isinstance(exc, AIAError):
-        return TaskError(code=exc.code, message=exc.detail[:MAX_ERROR_CHARS]), exc.retryable
-    # An unexpected exception is treated as transient: the handler may succeed next time.
-    message = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-    return TaskError(code="handler-error", message=message), True
+    def lease_seconds(self, timeout_s: float) -> float:
+        return timeout_s + STOP_GRACE_S + self.lease_margin_s
 
 
 class Worker:
     def __init__(
-        self, repository: TaskRepository, registry: TaskRegistry, publisher: TaskPublisher
+        self,
+        repository: TaskRepository,
+        registry: TaskRegistry,
+        publisher: TaskPublisher,
+        runner: AttemptRunner,
+        *,
+        policy: WorkerPolicy | None = None,
     ) -> None:
         self._repository = repository
         self._registry = registry
         self._publisher = publisher
+        self._runner = runner
+        self._policy = policy or WorkerPolicy()
+
+    def close(self) -> None:
+        """Stop the handler processes this worker keeps."""
+        self._runner.close()
 
     def process(self, message: TaskMessage) -> Processed:
-        claim = self._repository.claim(message.tenant_id, message.task_id, datetime.now(UTC))
-        if claim.state is ClaimState.BUSY:
-            raise TaskBusy(f"task {message.task_id} is held by another delivery")
-        if claim.state in (ClaimState.EXHAUSTED, ClaimState.CORRUPT):
-            reason = "lease-expired" if claim.state is ClaimState.EXHAUSTED else "integrity"
-            self._dead_letter(message, reason)
-            return Processed(Outcome.FAILED, reason)
-        if claim.state is not ClaimState.CLAIMED:
-            log.info("delivery skipped", extra={"task_id": message.task_id, "state": claim.state})
-            return Processed(Outcome.SKIPPED, claim.state.value)
-        return self._run(message, claim)
+        self._runner.warm()  # the child starts while the task is read
+        for _ in range(_MAX_CONFLICTS):
+            opened = self._repository.load(message.tenant_id, message.task_id)
+            now = datetime.now(UTC)
+            decided = self._decide(message, opened, now)
+            if decided is _RELOAD:
+                continue
+            if decided is not None:
+                assert isinstance(decided, Processed)
+                return decided
+            assert opened.task is not None
+            lease_until = now + timedelta(seconds=self._policy.lease_seconds(opened.task.timeout_s))
+            lease = self._repository.take_lease(opened, now, lease_until)
+            if lease is None:
+                continue  # another delivery moved the task on: look again
+            return self._run(message, lease, lease_until)
+        raise Unavailable(f"task {message.task_id} kept changing under this delivery")
 
-    def _run(self, message: TaskMessage, claim: Claim) -> Processed:
-        assert claim.task is not None
-        task = claim.task
+    def _decide(  # noqa: PLR0911 - one answer per way a delivery can end here
+        self, message: TaskMessage, opened: Opened, now: datetime
+    ) -> object:
+        """A final answer for this delivery, `_RELOAD`, or None to claim an attempt."""
+        snapshot = opened.snapshot
+        if snapshot is None:
+            log.info("delivery for an unknown task", extra={"task_id": message.task_id})
+            return Processed(Outcome.SKIPPED, "missing")
+        if snapshot.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+            return Processed(Outcome.SKIPPED, "terminal")
+        lease_until = snapshot.get("lease_until")
+        if snapshot.status == TaskStatus.RUNNING and lease_until is not None and lease_until > now:
+            # Acknowledged, not nacked: the holder acks its own delivery, and if it dies
+            # the sweep republishes the expired lease. A nack here would count towards
+            # Pub/Sub's dead-letter policy although the task is healthy.
+            return Processed(Outcome.SKIPPED, "busy")
+        if opened.problem is Problem.INTEGRITY:
+            return self._fail_unstarted(
+                message, opened, TaskError(code="integrity", message=opened.detail), now
+            )
+        if opened.problem is Problem.KEY_UNAVAILABLE:
+            since = snapshot.get("key_wait_since") or now
+            if now - since >= self._policy.key_grace:
+                error = TaskError(
+                    code="key-unavailable",
+                    message=f"the key ring has lacked this task's key for over "
+                    f"{self._policy.key_grace}; {opened.detail}",
+                )
+                return self._fail_unstarted(message, opened, error, now)
+            if self._repository.note_start_problem(opened, Problem.KEY_UNAVAILABLE, now) is None:
+                return _RELOAD
+            raise KeyUnavailable(opened.detail)
+        task = opened.task
+        if opened.problem is Problem.MALFORMED or (task and not self._registry.knows(task.type)):
+            why = (
+                f"stored document does not decode ({opened.detail})"
+                if task is None
+                else f"no handler for task type {task.type!r} on this worker"
+            )
+            count = int(snapshot.get("start_failures", 0)) + 1
+            if count >= self._policy.max_start_failures:
+                error = TaskError(code="undeliverable", message=f"{why}, {count} deliveries")
+                return self._fail_unstarted(message, opened, error, now)
+            if self._repository.note_start_problem(opened, "undeliverable", now) is None:
+                return _RELOAD
+            raise StartDeferred(f"{why}; delivery {count} of {self._policy.max_start_failures}")
+        assert task is not None
+        if task.attempts >= task.max_attempts:
+            # A worker died holding the last attempt: nothing may run again.
+            error = TaskError(
+                code="lease-expired",
+                message=f"attempt {task.attempts} of {task.max_attempts} "
+                "stopped without finishing (worker lost)",
+            )
+            return self._fail_unstarted(message, opened, error, now)
+        return None
+
+    def _fail_unstarted(
+        self, message: TaskMessage, opened: Opened, error: TaskError, now: datetime
+    ) -> object:
+        if not self._repository.fail_unstarted(opened, error, now):
+            return _RELOAD
+        log.warning(
+            "task failed before an attempt", extra={"task_id": message.task_id, "code": error.code}
+        )
+        self._dead_letter(message, error.code)
+        return Processed(Outcome.FAILED, error.code)
+
+    def _run(self, message: TaskMessage, lease: Lease, lease_until: datetime) -> Processed:
+        task = lease.task
+        spec = AttemptSpec(
+            task_type=task.type,
+            payload=task.payload or {},
+            task_id=task.task_id,
+            tenant_id=task.tenant_id,
+            attempt=task.attempts,
+            max_attempts=task.max_attempts,
+            deadline=time.time() + task.timeout_s,
+        )
         started = time.perf_counter()
-        try:
-            task_type = self._registry.get(task.type)
-            payload = self._registry.parse_payload(task_type, task.payload or {})
-            context = TaskContext(task.task_id, task.tenant_id, task.attempts, task.max_attempts)
-            result = run_with_timeout(lambda: task_type.handler(payload, context), task.timeout_s)
-            _ensure_json(result)
-        except Exception as exc:  # noqa: BLE001 - every handler failure is an attempt outcome
-            return self._attempt_failed(message, claim, exc, time.perf_counter() - started)
+        outcome = self._runner.run(spec)
         duration = time.perf_counter() - started
-        try:
-            owned = self._repository.succeed(claim, result, duration)
-        except ResultTooLarge as exc:
-            return self._attempt_failed(message, claim, exc, duration)
-        if not owned:
-            return Processed(Outcome.SKIPPED, "lease lost")
-        log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
-        return Processed(Outcome.SUCCEEDED)
-
-    def _attempt_failed(
-        self, message: TaskMessage, claim: Claim, exc: Exception, duration: float
-    ) -> Processed:
-        assert claim.task is not None
-        task = claim.task
-        error, retryable = _as_task_error(exc)
+        until = lease_until.timestamp() - 1.0
+        error, retryable = _failure_of(outcome)
+        if error is None:
+            try:
+                result = loads_bounded(outcome.result_json or "null", "result")
+                owned = self._repository.finish(
+                    lease,
+                    status=TaskStatus.SUCCEEDED,
+                    result=result,
+                    duration_s=duration,
+                    until=until,
+                )
+            except (NestingTooDeep, ResultTooLarge) as exc:
+                invalid = exc if isinstance(exc, ResultTooLarge) else ResultInvalid(exc.detail)
+                error, retryable = TaskError(code=invalid.code, message=invalid.detail), False
+            else:
+                if not owned:
+                    return Processed(Outcome.SKIPPED, "lease lost")
+                log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
+                return Processed(Outcome.SUCCEEDED)
+        assert error is not None
         final = not retryable or task.attempts >= task.max_attempts
-        # The message is task data (sealed at rest): logs get its code and type only.
+        # The message is task data (sealed at rest): logs get its code only.
         log.warning(
             "attempt failed",
             extra={
                 "task_id": task.task_id,
                 "attempt": task.attempts,
                 "code": error.code,
-                "exception": type(exc).__name__,
                 "final": final,
             },
         )
-        if not self._repository.fail(claim, error, duration, final=final):
+        owned = self._repository.finish(
+            lease,
+            status=TaskStatus.FAILED if final else TaskStatus.QUEUED,
+            error=error,
+            duration_s=duration,
+            until=until,
+        )
+        if not owned:
             return Processed(Outcome.SKIPPED, "lease lost")
         if final:
             self._dead_letter(message, error.code)
@@ -157,11 +240,27 @@ class Worker:
         raise TaskFailure(f"attempt {task.attempts} failed ({error.code}); will be retried")
 
     def _dead_letter(self, message: TaskMessage, reason: str) -> None:
-        # Explicitly, at once: Pub/Sub's own dead-lettering needs >= 5 deliveries.
-        # The task's failed state is already stored; a lost dead letter is logged, not retried.
+        # At once, rather than after Pub/Sub's >= 5 deliveries; the failed state is
+        # stored with an outbox flag first, so a publish lost here is swept later.
         data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
         attributes = {"tenant_id": message.tenant_id, "task_id": message.task_id, "reason": reason}
         try:
             self._publisher.dead_letter(data, attributes)
-        except Unavailable:
-            log.exception("dead-letter publish failed", extra={"task_id": message.task_id})
+            self._repository.dead_letter_sent(message.task_id)
+        except AIAError as exc:
+            log.warning(
+                "dead letter left for the sweep",
+                extra={"task_id": message.task_id, "code": exc.code},
+            )
+        except Exception:  # noqa: BLE001 - the outbox flag stays set; the sweep sends it
+            log.warning("dead letter left for the sweep", extra={"task_id": message.task_id})
+
+
+_RELOAD = object()
+
+
+def _failure_of(outcome: AttemptOutcome) -> tuple[TaskError | None, bool]:
+    if outcome.ok:
+        return None, False
+    code = outcome.error_code or "handler-error"
+    return TaskError(code=code, message=outcome.error_message[:MAX_ERROR_CHARS]), outcome.retryable

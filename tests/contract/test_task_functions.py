@@ -98,11 +98,11 @@ def test_submit_requires_a_valid_bearer_key(
 
 def test_revoked_key_is_refused(api_key: Callable[[str], str]) -> None:
     key = api_key("acme")
+    client = function_client("submit_task")
+    body = {"type": "echo", "payload": {}}
+    assert client.post("/tasks", json=body, headers=auth(key)).status_code == 202
     providers.api_keys().revoke(key.split("_")[1])
-    response = function_client("submit_task").post(
-        "/tasks", json={"type": "echo", "payload": {}}, headers=auth(key)
-    )
-    assert_problem(response, 401)
+    assert_problem(client.post("/tasks", json=body, headers=auth(key)), 401)
 
 
 @pytest.mark.parametrize(
@@ -275,20 +275,73 @@ def test_worker_nacks_a_retryable_failure(api_key: Callable[[str], str]) -> None
     assert (view["status"], view["attempts"]) == ("succeeded", 2)
 
 
-def test_worker_dead_letters_a_malformed_message(configure: Callable[..., None]) -> None:
+def test_worker_acknowledges_a_message_that_is_no_task(
+    configure: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
     worker = function_client("process_task", "cloudevent")
     assert worker.post("/", json=push_body(b"not json")).status_code == 200
-    dead = pull("aia-tasks-dead-letter")
-    assert [m.data for m in dead] == [b"not json"]
-    assert dead[0].attributes["reason"] == "malformed-message"
+    # Nobody's task: logged, acknowledged, and kept out of the dead-letter topic,
+    # which holds exactly the tasks that failed for good.
+    assert pull("aia-tasks-dead-letter") == []
+    assert any(getattr(r, "code", None) == "malformed-message" for r in caplog.records)
 
 
-def test_redispatch_sweeps(configure: Callable[..., None]) -> None:
-    client = function_client("redispatch")
-    response = client.post("/")
+def test_a_deferred_submit_says_so_on_replay_and_the_sweep_dispatches_it(
+    api_key: Callable[[str], str], configure: Callable[..., None]
+) -> None:
+    key = api_key("acme")
+    configure(AIA_TASKS_TOPIC="aia-missing-topic")  # publishing fails; storing does not
+    client = function_client("submit_task")
+    headers = {**auth(key), "Idempotency-Key": "deferred-1"}
+    body = {"type": "echo", "payload": {"n": 1}}
+    first = client.post("/tasks", json=body, headers=headers)
+    assert first.status_code == 202
+    assert first.get_json()["dispatch"] == "deferred"
+    replay = client.post("/tasks", json=body, headers=headers)
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.get_json() == first.get_json()
+    configure(AIA_TASKS_TOPIC="aia-tasks")
+    sweep = function_client("redispatch")
+    response = sweep.post("/")
     assert response.status_code == 200
-    assert response.get_json() == {"found": 0, "published": 0}
-    assert_problem(client.get("/"), 405)
+    assert response.get_json() == {"found": 1, "published": 1, "dead_lettered": 0}
+    task_id = first.get_json()["task_id"]
+    assert [json.loads(m.data)["task_id"] for m in pull("aia-tasks")] == [task_id]
+    assert sweep.post("/").get_json() == {"found": 0, "published": 0, "dead_lettered": 0}
+    assert_problem(sweep.get("/"), 405)
+
+
+def test_deep_json_is_a_400_naming_the_limit_never_a_500(api_key: Callable[[str], str]) -> None:
+    key = auth(api_key("acme"))
+    deep_body = b"[" * 5000 + b"]" * 5000
+    response = function_client("submit_task").post(
+        "/tasks", data=deep_body, content_type="application/json", headers=key
+    )
+    body = assert_problem(response, 400)
+    assert (body["limit"], body["type"]) == (64, "https://aia.dev/problems/nesting-too-deep")
+    payload: Any = {}
+    for _ in range(300):
+        payload = {"a": payload}
+    response = function_client("submit_task").post(
+        "/tasks", json={"type": "echo", "payload": payload}, headers=key
+    )
+    assert assert_problem(response, 400)["limit"] == 64
+    token = base64.urlsafe_b64encode(b"[" * 3000).decode()
+    for bad in (token[:4000], "[" * 4000):
+        listed = function_client("task_status").get(f"/tasks?page_token={bad}", headers=key)
+        assert_problem(listed, 400, "page_token")
+
+
+def test_exhausted_transaction_retries_are_a_503(
+    configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def contended(key: str) -> str:
+        raise ValueError("Failed to commit transaction in 5 attempts.")
+
+    monkeypatch.setattr(providers.api_keys(), "authenticate", contended)
+    response = function_client("task_status").get("/tasks", headers=auth("aia_x"))
+    assert_problem(response, 503)
+    assert response.headers["Retry-After"] == "1"
 
 
 def test_an_unreachable_firestore_is_a_503_problem(

@@ -7,6 +7,7 @@ from __future__ import annotations
 NOT_PLAIN_ENV = {
     "AIA_KEYRING": "a secret: set with secret_environment_variables from Secret Manager",
     "AIA_KEYRING_FILE": "local development only: deployed functions read AIA_KEYRING",
+    "AIA_DIAGNOSTIC_DIR": "local development and tests only: where the probe task records",
     "AIA_METRICS_TOKEN": "a secret: set with secret_environment_variables from Secret Manager",
 }
 

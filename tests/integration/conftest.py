@@ -15,12 +15,14 @@ from shared.security.crypto import TaskOpener, TaskSealer
 from shared.security.keyring import KeyRing, generate_keyring
 from shared.tasks.dispatch import PubSubTaskPublisher
 from shared.tasks.documents import TaskDocuments
-from shared.tasks.registry import TaskRegistry, builtin_registry
+from shared.tasks.registry import TaskRegistry, load_registry
 from shared.tasks.repository import FirestoreTaskRepository
+from shared.tasks.runner import ProcessRunner
 from shared.tasks.status import StatusService
 from shared.tasks.submission import SubmitService
-from shared.tasks.worker import Worker
+from shared.tasks.worker import Worker, WorkerPolicy
 from tests.conftest import observed_topics
+from tests.integration.handlers import MODULES
 
 PROJECT = "aia-test"
 TASKS_TOPIC = "aia-tasks"
@@ -36,6 +38,8 @@ class Pipeline:
     submit: SubmitService
     status: StatusService
     worker: Worker
+    registry: TaskRegistry
+    runner: ProcessRunner
     subscriber: Any
     tasks_sub: str
     dead_letter_sub: str
@@ -55,12 +59,22 @@ class Pipeline:
             for m in response.received_messages
         ]
 
-    def with_registry(self, registry: TaskRegistry) -> Worker:
-        return Worker(self.repository, registry, self.publisher)
+    def worker_with(
+        self, repository: FirestoreTaskRepository, policy: WorkerPolicy | None = None
+    ) -> Worker:
+        return Worker(repository, self.registry, self.publisher, self.runner, policy=policy)
+
+
+@pytest.fixture(scope="session")
+def runner() -> Iterator[ProcessRunner]:
+    """One pool of handler processes for the session, as one worker instance keeps."""
+    pool = ProcessRunner(MODULES)
+    yield pool
+    pool.close()
 
 
 @pytest.fixture
-def pipeline(emulators_clean: dict[str, str]) -> Iterator[Pipeline]:
+def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator[Pipeline]:
     from google.cloud import firestore, pubsub_v1
 
     db = firestore.Client(project=PROJECT)
@@ -78,14 +92,17 @@ def pipeline(emulators_clean: dict[str, str]) -> Iterator[Pipeline]:
         publisher_client, topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
     )
     settings = Settings(project=PROJECT)
+    registry = load_registry(MODULES)
     yield Pipeline(
         db=db,
         ring=ring,
         repository=repository,
         publisher=publisher,
-        submit=SubmitService(repository, publisher, builtin_registry(), TaskSealer(ring), settings),
+        submit=SubmitService(repository, publisher, registry, TaskSealer(ring), settings),
         status=StatusService(repository),
-        worker=Worker(repository, builtin_registry(), publisher),
+        worker=Worker(repository, registry, publisher, runner),
+        registry=registry,
+        runner=runner,
         subscriber=subscriber,
         tasks_sub=subs[TASKS_TOPIC],
         dead_letter_sub=subs[DEAD_LETTER_TOPIC],

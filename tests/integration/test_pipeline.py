@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
 
 from shared.errors import (
     IdempotencyMismatch,
     IntegrityError,
     KeyUnavailable,
+    NestingTooDeep,
     NotFound,
     PayloadTooLarge,
-    TaskBusy,
+    StartDeferred,
     TaskFailure,
     ValidationFailed,
 )
@@ -26,12 +29,14 @@ from shared.operations.redispatch import Redispatcher
 from shared.security.crypto import TaskOpener, TaskSealer
 from shared.security.keyring import rotate_keyring
 from shared.security.rotation import rewrap_all
+from shared.tasks.diagnostic import read_probe, release_probe
 from shared.tasks.dispatch import PubSubTaskPublisher
 from shared.tasks.documents import TaskDocuments
 from shared.tasks.models import TaskMessage, TaskStatus
-from shared.tasks.registry import TaskRegistry
-from shared.tasks.repository import ClaimState, FirestoreTaskRepository
-from shared.tasks.worker import Outcome
+from shared.tasks.registry import BUILTIN_MODULES, load_registry
+from shared.tasks.repository import FirestoreTaskRepository
+from shared.tasks.runner import ProcessRunner
+from shared.tasks.worker import Outcome, Worker, WorkerPolicy
 
 from .conftest import PROJECT, Pipeline
 
@@ -44,6 +49,51 @@ def submit(p: Pipeline, body: dict[str, Any], tenant: str = "acme", key: str | N
 
 def message(task_id: str, tenant: str = "acme") -> TaskMessage:
     return TaskMessage(task_id=task_id, tenant_id=tenant)
+
+
+def raw(p: Pipeline, task_id: str) -> dict[str, Any]:
+    doc: dict[str, Any] = p.db.collection("tasks").document(task_id).get().to_dict()
+    return doc
+
+
+def marker() -> str:
+    return f"t-{uuid.uuid4().hex[:12]}"
+
+
+def until(probe: Callable[[], Any], *, timeout_s: float = 30.0) -> Any:
+    """Poll until `probe()` is truthy (a wait for an event, not an assertion on speed)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := probe()):
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+    return value
+
+
+def expire_lease(p: Pipeline, task_id: str) -> None:
+    """What a dead or frozen worker leaves behind: a running task whose lease has run out."""
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    p.db.collection("tasks").document(task_id).update({"lease_until": past})
+
+
+class Delivery(threading.Thread):
+    """One delivery on its own thread; `outcome` is its Processed or the exception it raised."""
+
+    def __init__(self, worker: Worker, task_id: str) -> None:
+        super().__init__(daemon=True)
+        self.worker = worker
+        self.task_id = task_id
+        self.outcome: Any = None
+
+    def run(self) -> None:
+        try:
+            self.outcome = self.worker.process(message(self.task_id))
+        except Exception as exc:  # the test asserts on every delivery's outcome
+            self.outcome = exc
+
+    def result(self) -> Any:
+        self.join(60)
+        assert not self.is_alive(), "delivery did not finish"
+        return self.outcome
 
 
 def test_submit_stores_sealed_task_and_publishes_only_ids(pipeline: Pipeline) -> None:
@@ -84,45 +134,24 @@ def test_echo_runs_once_even_when_delivered_twice(pipeline: Pipeline) -> None:
 
 
 def test_concurrent_deliveries_run_the_handler_once(pipeline: Pipeline) -> None:
-    runs: list[str] = []
-    gate = threading.Event()
+    probe = marker()
+    task_id = submit(pipeline, {"type": "probe", "payload": {"marker": probe, "hold_attempts": 1}})
+    holder = Delivery(pipeline.worker, task_id)
+    holder.start()
+    # The handler is running and held at its barrier: every other delivery overlaps it.
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    others = [Delivery(pipeline.worker, task_id) for _ in range(3)]
+    for delivery in others:
+        delivery.start()
+    busy = [d.result() for d in others]
+    release_probe(probe)
 
-    class Empty(BaseModel):
-        pass
-
-    registry = TaskRegistry()
-
-    @registry.register("echo", Empty)
-    def counted(payload: Empty, ctx: Any) -> dict[str, int]:
-        runs.append(ctx.task_id)
-        gate.wait(5)
-        return {"runs": len(runs)}
-
-    worker = pipeline.with_registry(registry)
-    task_id = submit(pipeline, {"type": "echo", "payload": {}})
-    outcomes: list[Any] = []
-
-    def deliver() -> None:
-        try:
-            outcomes.append(worker.process(message(task_id)).outcome)
-        except TaskBusy as exc:
-            outcomes.append(exc)
-
-    threads = [threading.Thread(target=deliver) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads[1:]:
-        thread.join(0.5)
-    gate.set()
-    for thread in threads:
-        thread.join(60)
-
-    assert runs == [task_id]
-    assert outcomes.count(Outcome.SUCCEEDED) == 1
-    assert all(
-        o is Outcome.SUCCEEDED or isinstance(o, TaskBusy) or o is Outcome.SKIPPED for o in outcomes
-    )
-    assert pipeline.status.get("acme", task_id).attempts == 1
+    assert holder.result().outcome is Outcome.SUCCEEDED
+    # Busy duplicates are acknowledged (not nacked towards Pub/Sub's dead-letter policy).
+    assert [(b.outcome, b.detail) for b in busy] == [(Outcome.SKIPPED, "busy")] * 3
+    assert read_probe(probe)["attempts"] == [1]
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.SUCCEEDED, 1)
 
 
 def test_retryable_failure_is_retried_then_succeeds(pipeline: Pipeline) -> None:
@@ -169,28 +198,92 @@ def test_non_retryable_failure_fails_at_once(pipeline: Pipeline) -> None:
 
 def test_handler_timeout_is_a_retryable_failure(pipeline: Pipeline) -> None:
     task_id = submit(
-        pipeline, {"type": "sleep", "payload": {"seconds": 3}, "timeout_s": 1, "max_attempts": 1}
+        pipeline, {"type": "sleep", "payload": {"seconds": 30}, "timeout_s": 1, "max_attempts": 2}
+    )
+    with pytest.raises(TaskFailure):
+        pipeline.worker.process(message(task_id))
+    between = raw(pipeline, task_id)
+    assert (between["status"], between["attempts"], between["error_code"]) == (
+        "queued",
+        1,
+        "timeout",
     )
     assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
     view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.FAILED, 2)
     assert view.error is not None
     assert view.error.code == "timeout"
 
 
-def test_expired_lease_on_last_attempt_fails_the_task(pipeline: Pipeline) -> None:
-    task_id = submit(pipeline, {"type": "echo", "payload": {}, "max_attempts": 1})
-    now = datetime.now(UTC)
-    assert pipeline.repository.claim("acme", task_id, now).state is ClaimState.CLAIMED
-    # Another delivery while the lease is live must wait.
-    with pytest.raises(TaskBusy):
+def test_a_handler_that_ignores_its_deadline_is_stopped_before_its_retry(
+    pipeline: Pipeline,
+) -> None:
+    probe = marker()
+    body = {
+        "type": "probe",
+        "payload": {"marker": probe, "seconds": 60, "honour_cancel": False},
+        "timeout_s": 1,
+        "max_attempts": 2,
+    }
+    task_id = submit(pipeline, body)
+    with pytest.raises(TaskFailure):
         pipeline.worker.process(message(task_id))
-    # Much later the worker is presumed dead; no attempts remain.
-    later = now + timedelta(hours=1)
-    assert pipeline.repository.claim("acme", task_id, later).state is ClaimState.EXHAUSTED
+    first = read_probe(probe)
+    assert first["attempts"] == [1]
+    # The attempt is over only once its process is: the retry may start at once.
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    recorded = read_probe(probe)
+    assert recorded["attempts"] == [1, 2]
+    assert recorded["overlaps"] == []
+    assert raw(pipeline, task_id)["error_code"] == "timeout"
+
+
+def test_lease_expired_on_the_last_attempt_fails_and_dead_letters_through_the_worker(
+    pipeline: Pipeline,
+) -> None:
+    probe = marker()
+    body = {"type": "probe", "payload": {"marker": probe, "hold_attempts": 1}, "max_attempts": 1}
+    task_id = submit(pipeline, body)
+    holder = Delivery(pipeline.worker, task_id)
+    holder.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    busy = pipeline.worker.process(message(task_id))
+    assert (busy.outcome, busy.detail) == (Outcome.SKIPPED, "busy")
+    expire_lease(pipeline, task_id)  # as if its worker had died
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    release_probe(probe)
+    # The held attempt finishes late: its result is dropped, the failure stands.
+    late = holder.result()
+    assert (late.outcome, late.detail) == (Outcome.SKIPPED, "lease lost")
     view = pipeline.status.get("acme", task_id)
     assert view.status is TaskStatus.FAILED
     assert view.error is not None
     assert view.error.code == "lease-expired"
+    dead = pipeline.pull(pipeline.dead_letter_sub)
+    assert [(m["data"]["task_id"], m["attributes"]["reason"]) for m in dead] == [
+        (task_id, "lease-expired")
+    ]
+    assert raw(pipeline, task_id)["dead_letter_pending"] is False
+
+
+def test_late_result_of_a_reclaimed_attempt_is_dropped_and_the_new_one_stands(
+    pipeline: Pipeline,
+) -> None:
+    probe = marker()
+    body = {"type": "probe", "payload": {"marker": probe, "hold_attempts": 1}, "max_attempts": 2}
+    task_id = submit(pipeline, body)
+    slow = Delivery(pipeline.worker, task_id)
+    slow.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    expire_lease(pipeline, task_id)
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    release_probe(probe)
+    late = slow.result()
+    assert (late.outcome, late.detail) == (Outcome.SKIPPED, "lease lost")
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.SUCCEEDED, 2)
+    assert view.result is not None
+    assert view.result["attempt"] == 2
 
 
 def test_message_for_other_tenant_or_unknown_task_is_skipped(pipeline: Pipeline) -> None:
@@ -214,6 +307,43 @@ def test_idempotency_replays_and_rejects_a_changed_body(pipeline: Pipeline) -> N
     assert len(pipeline.pull(pipeline.tasks_sub)) == 2
     stored = pipeline.db.collection("idempotency_keys").get()
     assert all("key-1" not in json.dumps(d.to_dict(), default=repr) for d in stored)
+
+
+def test_concurrent_submits_with_one_key_make_one_task(pipeline: Pipeline) -> None:
+    body = {"type": "echo", "payload": {"once": True}}
+    results: list[Any] = []
+    start = threading.Barrier(8)
+
+    def send() -> None:
+        start.wait()
+        try:
+            results.append(pipeline.submit.submit("acme", body, "same-key"))
+        except Exception as exc:  # every thread's outcome is asserted below
+            results.append(exc)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(results) == 8
+    assert all(not isinstance(r, Exception) for r in results), results
+    assert len({r.task_id for r in results}) == 1
+    assert sorted(r.replayed for r in results) == [False] + [True] * 7
+    assert len(pipeline.db.collection("tasks").get()) == 1
+
+
+def test_an_idempotency_key_past_its_window_makes_a_new_task(pipeline: Pipeline) -> None:
+    body = {"type": "echo", "payload": {}}
+    first = pipeline.submit.submit("acme", body, "old-key")
+    for record in pipeline.db.collection("idempotency_keys").get():
+        # TTL deletion lags by up to a day: the record is still there, but expired.
+        record.reference.update({"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
+    second = pipeline.submit.submit("acme", body, "old-key")
+    assert second.task_id != first.task_id
+    assert not second.replayed
+    again = pipeline.submit.submit("acme", body, "old-key")
+    assert (again.task_id, again.replayed) == (second.task_id, True)
 
 
 def test_tenants_never_see_each_other(pipeline: Pipeline) -> None:
@@ -256,27 +386,37 @@ def test_listing_is_newest_first_and_paginates_without_gaps(pipeline: Pipeline) 
         pipeline.status.list("acme", {"status": "pending"})
 
 
-def test_failed_publish_is_flagged_and_redispatched(pipeline: Pipeline) -> None:
-    broken = PubSubTaskPublisher(
-        pipeline.publisher._client,
+def broken_publisher(p: Pipeline) -> PubSubTaskPublisher:
+    return PubSubTaskPublisher(
+        p.publisher._client,
         f"projects/{PROJECT}/topics/missing-topic",
         f"projects/{PROJECT}/topics/missing-dl",
     )
+
+
+def test_failed_publish_is_flagged_replayed_as_deferred_and_redispatched(
+    pipeline: Pipeline,
+) -> None:
     from shared.config import Settings
-    from shared.tasks.registry import builtin_registry
     from shared.tasks.submission import SubmitService
 
     service = SubmitService(
         pipeline.repository,
-        broken,
-        builtin_registry(),
+        broken_publisher(pipeline),
+        pipeline.registry,
         TaskSealer(pipeline.ring),
         Settings(project=PROJECT),
     )
-    submitted = service.submit("acme", {"type": "echo", "payload": {}})
+    submitted = service.submit("acme", {"type": "echo", "payload": {}}, "deferred-key")
     assert not submitted.dispatched
-    raw = pipeline.db.collection("tasks").document(submitted.task_id).get().to_dict()
-    assert raw["dispatch_pending"] is True
+    assert raw(pipeline, submitted.task_id)["dispatch_pending"] is True
+    # The idempotent replay tells the same truth: the dispatch is still deferred.
+    replay = service.submit("acme", {"type": "echo", "payload": {}}, "deferred-key")
+    assert (replay.task_id, replay.replayed, replay.dispatched) == (
+        submitted.task_id,
+        True,
+        False,
+    )
 
     swept = Redispatcher(
         pipeline.repository, pipeline.publisher, after=timedelta(minutes=5)
@@ -288,14 +428,54 @@ def test_failed_publish_is_flagged_and_redispatched(pipeline: Pipeline) -> None:
     assert again.sweep().found == 0
 
 
-def test_redispatch_finds_stale_queued_and_expired_leases(pipeline: Pipeline) -> None:
-    queued = submit(pipeline, {"type": "echo", "payload": {}})
-    running = submit(pipeline, {"type": "echo", "payload": {}})
+def test_redispatch_republishes_stale_and_expired_but_not_tasks_in_backoff(
+    pipeline: Pipeline,
+) -> None:
+    stale = submit(pipeline, {"type": "echo", "payload": {}})
+    running = submit(pipeline, {"type": "probe", "payload": {"marker": marker()}})
+    in_backoff = submit(pipeline, {"type": "fail", "payload": {"times": 1}})
+    with pytest.raises(TaskFailure):
+        pipeline.worker.process(message(in_backoff))  # queued again, awaiting Pub/Sub's retry
+    tasks = pipeline.db.collection("tasks")
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    tasks.document(stale).update({"updated_at": long_ago})
+    tasks.document(running).update(
+        {"status": "running", "attempts": 1, "lease_id": "dead", "lease_until": long_ago}
+    )
     pipeline.pull(pipeline.tasks_sub)
-    pipeline.repository.claim("acme", running, datetime.now(UTC) - timedelta(hours=1))
-    swept = Redispatcher(pipeline.repository, pipeline.publisher, after=timedelta(0)).sweep()
-    assert swept.published == 2
-    assert {m["data"]["task_id"] for m in pipeline.pull(pipeline.tasks_sub)} == {queued, running}
+
+    sweep = Redispatcher(pipeline.repository, pipeline.publisher, after=timedelta(minutes=15))
+    swept = sweep.sweep()
+    assert (swept.found, swept.published) == (2, 2)
+    assert {m["data"]["task_id"] for m in pipeline.pull(pipeline.tasks_sub)} == {stale, running}
+    # The expired lease is released, so the task is not republished every sweep
+    # while its new message is on its way; a new delivery claims attempt 2.
+    released = raw(pipeline, running)
+    assert (released["status"], released["lease_id"], released["attempts"]) == ("queued", None, 1)
+    assert sweep.sweep().found == 0
+    assert pipeline.worker.process(message(running)).outcome is Outcome.SUCCEEDED
+    assert pipeline.status.get("acme", running).attempts == 2
+
+
+def test_a_lost_dead_letter_is_sent_by_the_sweep_exactly_once(pipeline: Pipeline) -> None:
+    worker = Worker(
+        pipeline.repository, pipeline.registry, broken_publisher(pipeline), pipeline.runner
+    )
+    task_id = submit(pipeline, {"type": "fail", "payload": {"times": 5, "retryable": False}})
+    assert worker.process(message(task_id)).outcome is Outcome.FAILED
+    assert raw(pipeline, task_id)["dead_letter_pending"] is True
+    sweep = Redispatcher(pipeline.repository, pipeline.publisher, after=timedelta(minutes=15))
+    # Within its grace the worker is presumed to be sending it itself.
+    assert sweep.sweep().dead_lettered == 0
+    pipeline.db.collection("tasks").document(task_id).update(
+        {"updated_at": datetime.now(UTC) - timedelta(minutes=5)}
+    )
+    assert sweep.sweep().dead_lettered == 1
+    dead = pipeline.pull(pipeline.dead_letter_sub)
+    assert [m["data"]["task_id"] for m in dead] == [task_id]
+    assert raw(pipeline, task_id)["dead_letter_pending"] is False
+    assert sweep.sweep().dead_lettered == 0
+    assert pipeline.pull(pipeline.dead_letter_sub) == []
 
 
 def test_metrics_count_submissions_and_durations(pipeline: Pipeline) -> None:
@@ -304,8 +484,8 @@ def test_metrics_count_submissions_and_durations(pipeline: Pipeline) -> None:
     pipeline.worker.process(message(task_id))
     snapshot = metrics.collect(pipeline.db, ["echo", "sleep"])
     figures = metrics.render_json(snapshot)
-    text = json.dumps(figures)
-    assert figures, text
+    assert figures["aia_tasks_submitted_total"] == {"echo": 3, "sleep": 0}
+    assert figures["aia_task_duration_seconds"]["echo"]["count"] == 1
     exposition = metrics.render_prometheus(snapshot).decode()
     assert 'aia_tasks_submitted_total{type="echo"} 3.0' in exposition
     assert 'aia_task_duration_seconds_count{type="echo"} 1.0' in exposition
@@ -348,7 +528,20 @@ def test_rotation_rewraps_data_keys_and_old_data_stays_readable(pipeline: Pipeli
     documents = TaskDocuments(TaskSealer(thrice), TaskOpener(thrice), retention=timedelta(days=1))
     repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
     report = rewrap_all(repository, batch_size=3)
-    assert (report.rewrapped, report.unreadable) == (6, [ids[3]])
+    assert (report.rewrapped, report.unreadable) == (6, [(ids[3], "integrity")])
+
+    # A key no longer in the ring is reported too, instead of stopping the rotation.
+    ref = pipeline.db.collection("tasks").document(ids[5])
+    unknown = bytearray(ref.get().to_dict()["data_key"])
+    at = unknown.index(thrice.current_key_id.encode())
+    unknown[at + len(thrice.current_key_id) - 1] ^= 0x01  # still a valid id, not in the ring
+    ref.update({"data_key": bytes(unknown)})
+    fourth = rotate_keyring(thrice)
+    documents = TaskDocuments(TaskSealer(fourth), TaskOpener(fourth), retention=timedelta(days=1))
+    repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
+    report = rewrap_all(repository, batch_size=3)
+    assert sorted(report.unreadable) == sorted([(ids[3], "integrity"), (ids[5], "key-unavailable")])
+    assert report.rewrapped == 5
 
 
 def test_tampered_task_fails_plainly_and_is_dead_lettered(pipeline: Pipeline) -> None:
@@ -371,6 +564,25 @@ def test_tampered_task_fails_plainly_and_is_dead_lettered(pipeline: Pipeline) ->
     assert pipeline.worker.process(message(other, "globex")).outcome is Outcome.SUCCEEDED
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("type", "sleep"), ("max_attempts", 10), ("timeout_s", 540)]
+)
+def test_control_fields_are_bound_to_the_sealed_payload(
+    pipeline: Pipeline, field: str, value: Any
+) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {"seconds": 1}})
+    # A database writer steers the sealed payload elsewhere: it no longer opens.
+    pipeline.db.collection("tasks").document(task_id).update({field: value})
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    stored = raw(pipeline, task_id)
+    assert (stored["status"], stored["error_code"], stored["attempts"]) == (
+        "failed",
+        "integrity",
+        0,
+    )
+    assert [m["data"]["task_id"] for m in pipeline.pull(pipeline.dead_letter_sub)] == [task_id]
+
+
 def test_tampered_result_is_an_error_not_garbage(pipeline: Pipeline) -> None:
     task_id = submit(pipeline, {"type": "echo", "payload": {"v": 1}})
     pipeline.worker.process(message(task_id))
@@ -390,72 +602,164 @@ def test_a_payload_too_large_to_store_is_refused_before_writing(pipeline: Pipeli
 
 
 def test_a_result_too_large_to_store_fails_the_task_at_once(pipeline: Pipeline) -> None:
-    class Size(BaseModel):
-        n: int
-
-    registry = TaskRegistry()
-
-    @registry.register("echo", Size)
-    def inflate(payload: Size, ctx: Any) -> str:
-        return "y" * payload.n
-
-    worker = pipeline.with_registry(registry)
-    big = submit(pipeline, {"type": "echo", "payload": {"n": 1024 * 1024}})
-    assert worker.process(message(big)).outcome is Outcome.FAILED
+    big = submit(pipeline, {"type": "test.inflate", "payload": {"n": 1024 * 1024}})
+    assert pipeline.worker.process(message(big)).outcome is Outcome.FAILED
     view = pipeline.status.get("acme", big)
     assert (view.status, view.attempts) == (TaskStatus.FAILED, 1)
     assert view.error is not None
     assert view.error.code == "result-too-large"
-    small = submit(pipeline, {"type": "echo", "payload": {"n": 10}})
-    assert worker.process(message(small)).outcome is Outcome.SUCCEEDED
+    small = submit(pipeline, {"type": "test.inflate", "payload": {"n": 10}})
+    assert pipeline.worker.process(message(small)).outcome is Outcome.SUCCEEDED
 
 
-def test_a_ring_missing_the_data_key_is_retried_not_failed(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize(
+    ("task_type", "payload"), [("test.nested", {"n": 300}), ("test.not-json", {})]
+)
+def test_a_result_that_cannot_be_stored_fails_at_once_and_reads_stay_healthy(
+    pipeline: Pipeline, task_type: str, payload: dict[str, Any]
+) -> None:
+    task_id = submit(pipeline, {"type": task_type, "payload": payload})
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.FAILED, 1)
+    assert view.error is not None
+    assert view.error.code == "result-invalid"
+    assert pipeline.status.list("acme", {}).tasks[0].to_json()["status"] == "failed"
+
+
+def test_a_result_at_the_depth_limit_is_stored_and_read_back(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "test.nested", "payload": {"n": 63}})
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    view = pipeline.status.get("acme", task_id).to_json()
+    depth, value = 0, view["result"]
+    while isinstance(value, list):
+        depth, value = depth + 1, value[0] if value else None
+    assert depth == 64
+    assert json.dumps(pipeline.status.list("acme", {}).tasks[0].to_json())
+
+
+def test_a_payload_nested_too_deeply_is_refused_at_submit(pipeline: Pipeline) -> None:
+    payload: Any = {}
+    for _ in range(300):
+        payload = {"a": payload}
+    with pytest.raises(NestingTooDeep) as caught:
+        submit(pipeline, {"type": "echo", "payload": payload})
+    assert caught.value.status == 400
+    assert "64" in caught.value.detail
+    assert pipeline.db.collection("tasks").get() == []
+
+
+def test_a_deterministic_error_the_type_declares_is_not_retried(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "test.deterministic", "payload": {}, "max_attempts": 5})
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.FAILED, 1)
+    assert view.error is not None
+    assert view.error.message.startswith("ZeroDivisionError")
+
+
+def test_a_crashed_handler_process_is_a_retried_attempt(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "test.crash", "payload": {}, "max_attempts": 2})
+    with pytest.raises(TaskFailure):
+        pipeline.worker.process(message(task_id))
+    assert raw(pipeline, task_id)["error_code"] == "handler-crashed"
+    assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
+    # The pool replaced the dead process: other tasks still run.
+    echo = submit(pipeline, {"type": "echo", "payload": {"still": "fine"}})
+    assert pipeline.worker.process(message(echo)).outcome is Outcome.SUCCEEDED
+
+
+def test_a_ring_missing_the_data_key_is_retried_then_failed_after_the_grace(
+    pipeline: Pipeline,
+) -> None:
     # Mid-rotation deploy: submit already has the new ring, this worker the old one.
     newer = rotate_keyring(pipeline.ring)
     documents = TaskDocuments(TaskSealer(newer), TaskOpener(newer), retention=timedelta(days=1))
     new_repository = FirestoreTaskRepository(pipeline.db, documents, metric_shards=4)
     from shared.config import Settings
-    from shared.tasks.registry import builtin_registry
     from shared.tasks.submission import SubmitService
-    from shared.tasks.worker import Worker
 
     new_submit = SubmitService(
         new_repository,
         pipeline.publisher,
-        builtin_registry(),
+        pipeline.registry,
         TaskSealer(newer),
         Settings(project=PROJECT),
     )
-    task_id = new_submit.submit("acme", {"type": "echo", "payload": {"v": 1}}).task_id
+    soon = new_submit.submit("acme", {"type": "echo", "payload": {"v": 1}}).task_id
     with pytest.raises(KeyUnavailable):
-        pipeline.worker.process(message(task_id))
-    assert pipeline.status.get("acme", task_id).status is TaskStatus.QUEUED
+        pipeline.worker.process(message(soon))
+    assert pipeline.status.get("acme", soon).status is TaskStatus.QUEUED
+    assert raw(pipeline, soon)["key_wait_since"] is not None
     # Once the new ring reaches the worker the task runs normally.
-    new_worker = Worker(new_repository, builtin_registry(), pipeline.publisher)
-    assert new_worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    assert pipeline.worker_with(new_repository).process(message(soon)).outcome is Outcome.SUCCEEDED
+
+    # A key that never arrives: after the grace the task fails instead of looping.
+    never = new_submit.submit("acme", {"type": "echo", "payload": {"v": 2}}).task_id
+    strict = pipeline.worker_with(pipeline.repository, WorkerPolicy(key_grace=timedelta(hours=1)))
+    with pytest.raises(KeyUnavailable):
+        strict.process(message(never))
+    waiting = pipeline.db.collection("tasks").document(never)
+    waiting.update({"key_wait_since": datetime.now(UTC) - timedelta(hours=2)})
+    assert strict.process(message(never)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", never)
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "key-unavailable"
+    assert [m["data"]["task_id"] for m in pipeline.pull(pipeline.dead_letter_sub)] == [never]
+
+
+def test_an_undecodable_task_fails_after_a_bounded_number_of_deliveries(
+    pipeline: Pipeline,
+) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {}})
+    pipeline.db.collection("tasks").document(task_id).update({"data_key": "not bytes"})
+    policy = WorkerPolicy(max_start_failures=3)
+    worker = pipeline.worker_with(pipeline.repository, policy)
+    for _ in range(2):
+        with pytest.raises(StartDeferred):
+            worker.process(message(task_id))
+    assert worker.process(message(task_id)).outcome is Outcome.FAILED
+    view = pipeline.status.get("acme", task_id)
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "undeliverable"
+    assert [m["data"]["task_id"] for m in pipeline.pull(pipeline.dead_letter_sub)] == [task_id]
+    assert worker.process(message(task_id)).outcome is Outcome.SKIPPED
+
+
+def test_a_type_this_worker_lacks_is_retried_a_bounded_number_of_times(pipeline: Pipeline) -> None:
+    # A rolling deploy: submit knows test.inflate, this worker only the built-in types.
+    task_id = submit(pipeline, {"type": "test.inflate", "payload": {"n": 1}})
+    older = Worker(
+        pipeline.repository,
+        load_registry(BUILTIN_MODULES),
+        pipeline.publisher,
+        ProcessRunner(BUILTIN_MODULES),
+        policy=WorkerPolicy(max_start_failures=2),
+    )
+    with pytest.raises(StartDeferred):
+        older.process(message(task_id))
+    assert raw(pipeline, task_id)["attempts"] == 0
+    assert older.process(message(task_id)).outcome is Outcome.FAILED
+    error = pipeline.status.get("acme", task_id).error
+    assert error is not None
+    assert error.code == "undeliverable"
+    assert "test.inflate" in error.message
 
 
 def test_handler_error_text_stays_out_of_the_logs(
     pipeline: Pipeline, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Card(BaseModel):
-        card: str
-
-    registry = TaskRegistry()
-
-    @registry.register("echo", Card)
-    def charge(payload: Card, ctx: Any) -> None:
-        raise ValueError(f"card {payload.card} declined")
-
-    worker = pipeline.with_registry(registry)
     card = "4111-1111-1111-1111"
-    task_id = submit(pipeline, {"type": "echo", "payload": {"card": card}, "max_attempts": 2})
+    task_id = submit(
+        pipeline, {"type": "test.charge", "payload": {"card": card}, "max_attempts": 2}
+    )
     with caplog.at_level(logging.DEBUG):
         with pytest.raises(TaskFailure) as caught:
-            worker.process(message(task_id))
+            pipeline.worker.process(message(task_id))
         assert card not in str(caught.value)
-        assert worker.process(message(task_id)).outcome is Outcome.FAILED
+        assert pipeline.worker.process(message(task_id)).outcome is Outcome.FAILED
     logged = "\n".join(f"{r.getMessage()} {r.__dict__} {r.exc_text or ''}" for r in caplog.records)
     assert card not in logged
     error = pipeline.status.get("acme", task_id).error

@@ -296,13 +296,38 @@ def test_ids_and_field_are_bound_unambiguously() -> None:
 
 def test_sealed_field_layout_matches_the_documentation() -> None:
     data_key = bytes(range(32))
-    key = TaskKey("tenant-a", "task-1", "k-1", data_key, b"")
+    control = (("type", "echo"), ("max_attempts", "3"), ("timeout_s", "60"))
+    key = TaskKey("tenant-a", "task-1", "k-1", data_key, b"", control=control)
     blob = key.seal("result", PAYLOAD)
 
-    assert blob[:2] == b"\xad\x01"
+    assert blob[:2] == b"\xad\x02"
     nonce, sealed = blob[2:14], blob[14:]
-    plaintext = AESGCM(data_key).decrypt(nonce, sealed, _blob_aad("tenant-a", "task-1", "result"))
-    assert json.loads(plaintext) == PAYLOAD
+    bound = b"".join(_lp(name) + _lp(value) for name, value in control)
+    aad = (
+        b"AIA sealed field" + b"\xad\x02" + _lp("tenant-a") + _lp("task-1") + bound + _lp("result")
+    )
+    assert json.loads(AESGCM(data_key).decrypt(nonce, sealed, aad)) == PAYLOAD
+    # Another value of any control field makes the same blob fail to open.
+    for at in range(len(control)):
+        steered = tuple((n, v + "x" if i == at else v) for i, (n, v) in enumerate(control))
+        with pytest.raises(IntegrityError):
+            TaskKey("tenant-a", "task-1", "k-1", data_key, b"", control=steered).open(
+                "result", blob
+            )
+
+
+def test_version_1_blobs_written_before_control_binding_stay_readable() -> None:
+    data_key = bytes(range(32))
+    nonce = bytes(12)
+    legacy = (
+        b"\xad\x01"
+        + nonce
+        + AESGCM(data_key).encrypt(nonce, b'{"a":1}', _blob_aad("t", "x", "payload"))
+    )
+    control = (("type", "echo"),)
+    assert TaskKey("t", "x", "k-1", data_key, b"", control=control).open("payload", legacy) == {
+        "a": 1
+    }
 
 
 def test_authentic_blob_that_is_not_json_is_an_integrity_error() -> None:

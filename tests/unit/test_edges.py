@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -26,7 +25,6 @@ from shared.logs import CloudLoggingFormatter, bind, trace_id_from_headers
 from shared.security.apikeys import ApiKeys
 from shared.tasks.models import ApiKeyRecord
 from shared.tasks.repository import decode_page_token, encode_page_token
-from shared.tasks.worker import run_with_timeout
 
 
 class MemoryKeyStore:
@@ -133,13 +131,3 @@ def test_log_lines_are_cloud_logging_json_with_trace() -> None:
     assert line["logging.googleapis.com/trace"] == f"projects/proj/traces/{trace}"
     assert (line["path"], line["task_id"]) == ("/tasks", "t1")
     bind(None)
-
-
-def test_run_with_timeout_returns_raises_or_times_out() -> None:
-    assert run_with_timeout(lambda: 7, 1) == 7
-    with pytest.raises(ZeroDivisionError):
-        run_with_timeout(lambda: 1 / 0, 1)
-    started = time.monotonic()
-    with pytest.raises(TaskTimeout):
-        run_with_timeout(lambda: time.sleep(2), 0.2)
-    assert time.monotonic() - started < 1.5

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.errors import NonRetryable, RetryableError, ValidationFailed
-from shared.tasks.builtin import FailPayload, fail, summarize
+from shared.errors import ConfigurationError, NonRetryable, RetryableError, ValidationFailed
+from shared.tasks.builtin import summarize
+from shared.tasks.diagnostic import FailPayload, fail
 from shared.tasks.registry import TaskContext, builtin_registry
 
 finite = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e12, max_value=1e12)
@@ -94,5 +95,5 @@ def test_diagnostic_types_hide_when_switched_off() -> None:
     assert "fail" not in registry.names(include_diagnostic=False)
     with pytest.raises(ValidationFailed):
         registry.get("fail", include_diagnostic=False)
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ConfigurationError, match="registered twice"):
         registry.register("echo", FailPayload)(fail)

@@ -27,6 +27,10 @@ locals {
       collection = "tasks"
       fields     = [["status", "ASCENDING"], ["lease_until", "ASCENDING"]]
     }
+    dead_letter_pending = {
+      collection = "tasks"
+      fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
+    }
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
