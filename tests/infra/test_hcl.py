@@ -287,10 +287,12 @@ def test_retry_backoff_has_one_source(service: Module) -> None:
     """The subscriptions, the code and the sweep's lower bound all read var.retry_max_backoff_s."""
     backoff = service.variables["retry_max_backoff_s"]
     (bounds,) = backoff["validation"]
-    low, high = re.fullmatch(
+    match = re.fullmatch(
         r"\$\{var\.retry_max_backoff_s >= (\d+) && var\.retry_max_backoff_s <= (\d+)\}",
         bounds["condition"],
-    ).groups()  # type: ignore[union-attr]
+    )
+    assert match, bounds["condition"]
+    low, high = match.groups()
     # Within what the code accepts (it refuses more than its own maximum).
     code_max = next(
         m.le for m in Settings.model_fields["retry_max_backoff_s"].metadata if hasattr(m, "le")
@@ -313,9 +315,13 @@ def test_retry_backoff_has_one_source(service: Module) -> None:
     assert env["AIA_REDISPATCH_AFTER_S"] == "${tostring(local.redispatch_after_s)}"
     # No copy of the number anywhere it could drift from the variable.
     assert "retry_max_backoff_s" not in service.locals
-    for sub in service.resources["google_pubsub_subscription"].values():
-        for policy in sub.get("retry_policy", []):
-            assert policy["maximum_backoff"] == "${var.retry_max_backoff_s}s"
+    policies = {
+        name: policy["maximum_backoff"]
+        for name, sub in service.resources["google_pubsub_subscription"].items()
+        for policy in sub.get("retry_policy", [])
+    }
+    backoff_of_var = "${var.retry_max_backoff_s}s"
+    assert policies == {"worker_push": backoff_of_var, "backstop_push": backoff_of_var}
 
 
 def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
