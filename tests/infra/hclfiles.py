@@ -16,6 +16,9 @@ from tools.tfschema.venvs import REPO_ROOT
 
 TERRAFORM = REPO_ROOT / "terraform"
 MODULES = TERRAFORM / "modules"
+# The one root module; an environment is its tfvars and backend config only.
+DEPLOY = TERRAFORM / "deploy"
+EXAMPLES = TERRAFORM / "examples"
 ENVIRONMENTS = TERRAFORM / "environments"
 ENV_NAMES = ("dev", "staging", "prod")
 _OPTIONS = SerializationOptions(strip_string_quotes=True, explicit_blocks=False)
@@ -94,12 +97,19 @@ def module_dirs() -> list[Path]:
     return sorted(p for p in MODULES.iterdir() if p.is_dir())
 
 
-def env_dirs() -> list[Path]:
-    return [ENVIRONMENTS / name for name in ENV_NAMES]
+def root_dirs() -> list[Path]:
+    """Folders Terraform runs in: the deploy root and each example."""
+    return [DEPLOY, *sorted(p for p in EXAMPLES.iterdir() if p.is_dir())]
 
 
 def tfvars(env: str) -> dict[str, Any]:
-    return parse_file(ENVIRONMENTS / env / "terraform.tfvars")
+    values = parse_file(ENVIRONMENTS / env / "terraform.tfvars")
+    return {k: v for k, v in values.items() if not k.startswith("__")}
+
+
+def backend_config(env: str) -> dict[str, Any]:
+    values = parse_file(ENVIRONMENTS / env / "backend.hcl")
+    return {k: v for k, v in values.items() if not k.startswith("__")}
 
 
 def unquote(value: Any) -> Any:

@@ -40,3 +40,16 @@ PROJECT_LEVEL_ROLES = frozenset(
 USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status"})
 # Which key ring each function reads (AIA_KEYRING); the others read none.
 KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
+# The functions given the metrics bearer token (AIA_METRICS_TOKEN): they guard
+# /metrics and the detailed /health with it.
+METRICS_TOKEN = frozenset({"health", "metrics"})
+# The functions that authenticate tenants: the only readers of the API keys
+# database, and never writers (operators create keys with their own credentials).
+KEYS_READERS = frozenset({"submit_task", "task_status"})
+# Who publishes to each topic: the dead-letter topic is the application's alone
+# (the worker's final failures, and the sweep flushing their outbox); only the
+# Pub/Sub service agent publishes to the backstop.
+PUBLISHERS = {
+    "tasks": frozenset({"submit_task", "redispatch"}),
+    "dead_letter": frozenset({"process_task", "redispatch"}),
+}

@@ -1,4 +1,4 @@
-"""checkov over each environment root: 0 failed, every skip justified inline.
+"""checkov over the deploy root with each environment's tfvars: 0 failed, skips justified inline.
 
 checkov runs from its own virtualenv (`.venv-checkov-<hash>/`, made on first use
 from requirements-checkov.txt): its HCL parser is a different `hcl2` package
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.infra.hclfiles import ENV_NAMES, ENVIRONMENTS, TERRAFORM, parse_file
+from tests.infra.hclfiles import DEPLOY, ENV_NAMES, ENVIRONMENTS, TERRAFORM, parse_file
 from tools.tfschema.venvs import REPO_ROOT, ensure_venv
 
 pytestmark = pytest.mark.infra
@@ -29,8 +29,11 @@ def checkov_reports() -> dict[str, dict[str, Any]]:
     checkov = venv / "bin" / "checkov"
     procs = {
         env: subprocess.Popen(
-            [str(checkov), "-d", ".", "--config-file", str(CONFIG), "-o", "json"],
-            cwd=ENVIRONMENTS / env,
+            [
+                *(str(checkov), "-d", ".", "--config-file", str(CONFIG), "-o", "json"),
+                *("--var-file", str(ENVIRONMENTS / env / "terraform.tfvars")),
+            ],
+            cwd=DEPLOY,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

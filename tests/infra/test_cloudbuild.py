@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.infra.hclfiles import ENV_NAMES
 from tools.tfschema.venvs import REPO_ROOT
 
 pytestmark = pytest.mark.infra
@@ -125,6 +126,31 @@ def test_pipeline_order(config: dict[str, Any]) -> None:
     for command in ("terraform init", "terraform validate", "terraform plan", "-out="):
         assert command in plan
     assert "-backend-config=" in plan
+
+
+def test_plan_and_apply_run_the_deploy_root_with_the_environment_files(
+    config: dict[str, Any],
+) -> None:
+    steps = {step["id"]: step for step in config["steps"]}
+    plan = " ".join(strings(steps["plan"]))
+    for id_ in ("plan", "apply"):
+        assert steps[id_]["dir"] == "terraform/deploy", id_
+    backend = '-backend-config="../environments/${_ENV}/backend.hcl"'
+    var_file = '-var-file="../environments/${_ENV}/terraform.tfvars"'
+    assert backend in plan
+    assert var_file in plan
+    assert "-reconfigure" in plan  # never plan against the previous build's state
+    # Every environment the guard admits has both files where the steps look.
+    guard = " ".join(strings(steps["guard"]))
+    admitted = re.search(r'case "\$\{_ENV\}" in ([a-z|]+)\)', guard)
+    assert admitted, guard
+    envs = admitted.group(1).split("|")
+    assert sorted(envs) == sorted(ENV_NAMES)
+    root = REPO_ROOT / steps["plan"]["dir"]
+    for env in envs:
+        for path in (backend, var_file):
+            relative = path.split("=", 1)[1].strip('"').replace("${_ENV}", env)
+            assert (root / relative).is_file(), relative
 
 
 def test_apply_uses_a_saved_plan_and_prod_a_reviewed_one(config: dict[str, Any]) -> None:

@@ -13,24 +13,29 @@ from typing import Any
 import pytest
 
 from shared import queries
-from shared.config import ENVIRONMENT
+from shared.config import ENVIRONMENT, REDELIVERY_MARGIN_S, Settings
 from tests.infra.hclfiles import (
+    DEPLOY,
     ENV_NAMES,
     ENVIRONMENTS,
     MODULES,
     TERRAFORM,
     Module,
-    env_dirs,
+    backend_config,
     load_module,
     module_dirs,
+    root_dirs,
     tfvars,
     unquote,
 )
 from tests.infra.policy import (
     ALLOWED_ROLES,
     KEYRING,
+    KEYS_READERS,
+    METRICS_TOKEN,
     NOT_PLAIN_ENV,
     PROJECT_LEVEL_ROLES,
+    PUBLISHERS,
     USER_FACING,
 )
 from tools.package import discover_functions
@@ -101,11 +106,34 @@ def test_environment_variables_match_what_shared_reads(service: Module) -> None:
 def test_keyring_is_a_secret_for_the_functions_that_need_it(
     service: Module, functions: dict[str, dict[str, Any]]
 ) -> None:
-    secret_env = service.module_calls["function"]["secret_environment_variables"]
-    assert "AIA_KEYRING = local.keyring_secrets[each.value.keyring]" in secret_env
+    call = service.module_calls["function"]
+    assert call["secret_environment_variables"] == "${local.function_secrets[each.key]}"
+    secret_env = service.locals["function_secrets"]
+    assert (
+        "spec.keyring == null ? {} : {AIA_KEYRING = local.keyring_secrets[spec.keyring]}"
+        in secret_env
+    )
     assert {n: s["keyring"] for n, s in functions.items() if s["keyring"]} == KEYRING
     assert set(service.locals["keyring_secrets"]) == {"public", "private"}
     assert "AIA_KEYRING" not in service.locals["environment_variables"]
+
+
+def test_metrics_token_is_a_secret_for_health_and_metrics_only(
+    service: Module, functions: dict[str, dict[str, Any]]
+) -> None:
+    secret_env = service.locals["function_secrets"]
+    secret = "google_secret_manager_secret.metrics_token.secret_id"
+    assert f"spec.metrics_token ? {{AIA_METRICS_TOKEN = {secret}}} : {{}}" in secret_env
+    assert {n for n, s in functions.items() if s["metrics_token"] is True} == METRICS_TOKEN
+    assert all(s["metrics_token"] in (True, False) for s in functions.values())
+    # Secret-level IAM: the same functions, on this secret only.
+    access = service.resources["google_secret_manager_secret_iam_member"]["metrics_token_access"]
+    assert access["for_each"] == (
+        "${{for name, spec in local.functions : name => spec if spec.metrics_token}}"
+    )
+    assert access["secret_id"] == "${google_secret_manager_secret.metrics_token.secret_id}"
+    assert access["role"] == "roles/secretmanager.secretAccessor"
+    assert "AIA_METRICS_TOKEN" not in service.locals["environment_variables"]
 
 
 def test_no_secret_values_in_state() -> None:
@@ -118,7 +146,7 @@ def test_no_secret_values_in_state() -> None:
 # References
 
 
-@pytest.mark.parametrize("path", [*module_dirs(), *env_dirs()], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*module_dirs(), *root_dirs()], ids=lambda p: p.name)
 def test_references_resolve(path: Path) -> None:
     module = load_module(path)
     declared = {(t, n) for t, named in module.resources.items() for n in named}
@@ -140,7 +168,7 @@ def test_references_resolve(path: Path) -> None:
 
 
 def test_module_call_arguments_are_module_variables() -> None:
-    for path in [*module_dirs(), *env_dirs()]:
+    for path in [*module_dirs(), *root_dirs()]:
         for name, call in load_module(path).module_calls.items():
             target = load_module((path / call["source"]).resolve())
             meta = {"source", "for_each", "count", "depends_on", "providers", "version"}
@@ -164,13 +192,25 @@ def test_topics_and_secrets_named_by_functions_exist(
 
 
 def test_functions_publish_only_where_they_must(functions: dict[str, dict[str, Any]]) -> None:
-    publishes = {n: s["publishes"] for n, s in functions.items() if s["publishes"]}
-    assert publishes == {
-        "submit_task": ["tasks"],
-        "process_task": ["dead_letter"],
-        "redispatch": ["tasks"],
-    }
+    publishers: dict[str, set[str]] = {}
+    for name, spec in functions.items():
+        for topic in spec["publishes"]:
+            publishers.setdefault(topic, set()).add(name)
+    assert publishers == PUBLISHERS
     assert {n for n, s in functions.items() if s["user_facing"]} == USER_FACING
+
+
+def test_only_functions_publish_to_the_dead_letter_topic(service: Module) -> None:
+    """Pub/Sub's own forwarding goes to the backstop: a dead letter is the worker's verdict."""
+    grants = service.resources["google_pubsub_topic_iam_member"]
+    assert set(grants) == {"publish", "view", "pubsub_agent_backstop_publisher"}
+    publish = grants["publish"]
+    assert publish["for_each"] == "${local.publish_grants}"
+    assert publish["topic"] == "${local.topics[each.value.topic].name}"
+    assert grants["view"]["role"] == "roles/pubsub.viewer"
+    assert grants["pubsub_agent_backstop_publisher"]["topic"] == (
+        "${google_pubsub_topic.backstop.name}"
+    )
 
 
 # Pub/Sub
@@ -186,13 +226,14 @@ def test_worker_push_subscription(service: Module) -> None:
     assert oidc["service_account_email"] == "${google_service_account.push_invoker.email}"
     assert oidc["audience"] == push["push_endpoint"]
     assert sub["retry_policy"] == [
-        {"minimum_backoff": "10s", "maximum_backoff": "${local.retry_max_backoff_s}s"}
+        {"minimum_backoff": "10s", "maximum_backoff": "${var.retry_max_backoff_s}s"}
     ]
-    # The same local reaches the code, whose settings refuse a sweep shorter than it.
+    # The same variable reaches the code, whose settings refuse a sweep shorter than it.
     env = service.locals["environment_variables"]
-    assert env["AIA_RETRY_MAX_BACKOFF_S"] == "${tostring(local.retry_max_backoff_s)}"
+    assert env["AIA_RETRY_MAX_BACKOFF_S"] == "${tostring(var.retry_max_backoff_s)}"
+    # Pub/Sub gives up on a message into the backstop, never into the dead letters.
     dlp = sub["dead_letter_policy"][0]
-    assert dlp["dead_letter_topic"] == "${google_pubsub_topic.dead_letter.id}"
+    assert dlp["dead_letter_topic"] == "${google_pubsub_topic.backstop.id}"
     # The worker's own timeout must not exceed the ack deadline.
     functions = service.locals["functions"]
     assert functions["process_task"]["timeout"] <= sub["ack_deadline_seconds"]
@@ -201,20 +242,86 @@ def test_worker_push_subscription(service: Module) -> None:
     assert "event_trigger" not in fn
 
 
+def test_backstop_redelivers_to_the_worker(service: Module) -> None:
+    subs = service.resources["google_pubsub_subscription"]
+    worker, backstop = subs["worker_push"], subs["backstop_push"]
+    topic = service.resources["google_pubsub_topic"]["backstop"]
+    assert topic["name"] == "${var.tasks_topic}-backstop"
+    assert backstop["topic"] == "${google_pubsub_topic.backstop.id}"
+    # Same endpoint, identity, audience and backoff as the worker subscription.
+    assert backstop["push_config"] == worker["push_config"]
+    assert backstop["retry_policy"] == worker["retry_policy"]
+    assert backstop["ack_deadline_seconds"] == 600
+    # Nothing after the backstop: it retries until the worker acks.
+    assert "dead_letter_policy" not in backstop
+    assert backstop["expiration_policy"] == [{"ttl": ""}]
+
+
 def test_dead_letters_are_retained_and_pubsub_agent_may_forward(service: Module) -> None:
     hold = service.resources["google_pubsub_subscription"]["dead_letter_hold"]
     assert hold["topic"] == "${google_pubsub_topic.dead_letter.id}"
     assert "push_config" not in hold
-    members = service.resources["google_pubsub_topic_iam_member"]
-    agent = members["pubsub_agent_dead_letter_publisher"]
-    assert agent["member"] == "${local.pubsub_agent}"
-    assert agent["role"] == "roles/pubsub.publisher"
-    assert agent["topic"] == "${google_pubsub_topic.dead_letter.name}"
-    sub = service.resources["google_pubsub_subscription_iam_member"]
-    sub_agent = sub["pubsub_agent_worker_subscriber"]
-    assert sub_agent["role"] == "roles/pubsub.subscriber"
-    assert sub_agent["subscription"] == "${google_pubsub_subscription.worker_push.name}"
     assert "gcp-sa-pubsub" in service.locals["pubsub_agent"]
+    # Every grant to the service agent, by what it lets the agent do.
+    agent_grants = {
+        (type_, body["role"], body.get("topic") or body.get("subscription") or "")
+        for module, type_, _, body in _iam_resources()
+        if module == "task_service" and body["member"] == "${local.pubsub_agent}"
+    }
+    assert agent_grants == {
+        (
+            "google_pubsub_topic_iam_member",
+            "roles/pubsub.publisher",
+            "${google_pubsub_topic.backstop.name}",
+        ),
+        (
+            "google_pubsub_subscription_iam_member",
+            "roles/pubsub.subscriber",
+            "${google_pubsub_subscription.worker_push.name}",
+        ),
+        ("google_service_account_iam_member", "roles/iam.serviceAccountTokenCreator", ""),
+    }
+
+
+def test_retry_backoff_has_one_source(service: Module) -> None:
+    """The subscriptions, the code and the sweep's lower bound all read var.retry_max_backoff_s."""
+    backoff = service.variables["retry_max_backoff_s"]
+    (bounds,) = backoff["validation"]
+    match = re.fullmatch(
+        r"\$\{var\.retry_max_backoff_s >= (\d+) && var\.retry_max_backoff_s <= (\d+)\}",
+        bounds["condition"],
+    )
+    assert match, bounds["condition"]
+    low, high = match.groups()
+    # Within what the code accepts (it refuses more than its own maximum).
+    code_max = next(
+        m.le for m in Settings.model_fields["retry_max_backoff_s"].metadata if hasattr(m, "le")
+    )
+    assert int(low) == 10
+    assert int(high) <= code_max
+    assert backoff["default"] <= int(high)
+    after = service.variables["redispatch_after_s"]
+    assert after["default"] is None
+    (rule,) = after["validation"]
+    # The code's own margin, against the variable, not a copy of its value.
+    assert rule["condition"] == (
+        "${var.redispatch_after_s == null ? true : "
+        f"var.redispatch_after_s > var.retry_max_backoff_s + {REDELIVERY_MARGIN_S:g}}}"
+    )
+    assert service.locals["redispatch_after_s"] == (
+        "${coalesce(var.redispatch_after_s, var.retry_max_backoff_s + 300)}"
+    )
+    env = service.locals["environment_variables"]
+    assert env["AIA_REDISPATCH_AFTER_S"] == "${tostring(local.redispatch_after_s)}"
+    # No copy of the number anywhere it could drift from the variable.
+    assert "retry_max_backoff_s" not in service.locals
+    policies = {
+        name: policy["maximum_backoff"]
+        for name, sub in service.resources["google_pubsub_subscription"].items()
+        for policy in sub.get("retry_policy", [])
+    }
+    backoff_of_var = "${var.retry_max_backoff_s}s"
+    assert policies == {"worker_push": backoff_of_var, "backstop_push": backoff_of_var}
 
 
 def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
@@ -267,6 +374,9 @@ def test_index_resource_uses_the_list(service: Module) -> None:
     index = service.resources["google_firestore_index"]["this"]
     assert index["for_each"] == "${local.composite_indexes}"
     assert index["database"] == "${google_firestore_database.this.name}"
+    # Every index is on a tasks-database collection: api_keys lives elsewhere.
+    collections = {i["collection"] for i in service.locals["composite_indexes"].values()}
+    assert queries.API_KEYS not in collections
 
 
 def test_ttl_policies(service: Module) -> None:
@@ -291,6 +401,33 @@ def test_firestore_database(service: Module) -> None:
     assert "google_firestore_backup_schedule" in service.resources
 
 
+def test_keys_database(service: Module) -> None:
+    databases = service.resources["google_firestore_database"]
+    assert set(databases) == {"this", "keys"}
+    tasks, keys = databases["this"], databases["keys"]
+    assert keys["name"] == "${var.name_prefix}-keys"
+    # Protected and located exactly as the tasks database, per environment.
+    for setting in (
+        "location_id",
+        "type",
+        "point_in_time_recovery_enablement",
+        "delete_protection_state",
+        "deletion_policy",
+    ):
+        assert keys[setting] == tasks[setting], setting
+    env = service.locals["environment_variables"]
+    assert env["AIA_KEYS_DATABASE"] == "${google_firestore_database.keys.name}"
+    assert env["AIA_FIRESTORE_DATABASE"] == "${google_firestore_database.this.name}"
+    # No TTL and no index on the keys database; a daily backup like the tasks'.
+    on_keys = {
+        (type_, name)
+        for type_, named in service.resources.items()
+        for name, body in named.items()
+        if body.get("database") == "${google_firestore_database.keys.name}"
+    }
+    assert on_keys == {("google_firestore_backup_schedule", "keys_daily")}
+
+
 # IAM
 
 
@@ -307,12 +444,13 @@ def _iam_resources() -> list[tuple[str, str, str, dict[str, Any]]]:
 
 def test_iam_roles_come_from_the_allow_list(functions: dict[str, dict[str, Any]]) -> None:
     roles: set[str] = {spec["firestore"] for spec in functions.values()}
+    roles |= {spec["keys_firestore"] for spec in functions.values() if spec["keys_firestore"]}
     for module, type_, name, body in _iam_resources():
         assert not type_.endswith(("_iam_binding", "_iam_policy")), (
             f"{module}: {type_}.{name}: authoritative IAM would drop others' grants"
         )
         role = body["role"]
-        if role == "${each.value.firestore}":
+        if role in ("${each.value.firestore}", "${each.value.keys_firestore}"):
             continue
         if role == "${each.value}":
             roles.update(re.findall(r'"(roles/[^"]+)"', body["for_each"]))
@@ -325,14 +463,68 @@ def test_iam_roles_come_from_the_allow_list(functions: dict[str, dict[str, Any]]
 
 def test_project_level_grants_are_limited(service: Module) -> None:
     grants = service.resources["google_project_iam_member"]
-    firestore = grants["firestore"]
-    assert firestore["condition"][0]["expression"].startswith("resource.name == ")
-    assert "databases/${var.firestore_database}" in firestore["condition"][0]["expression"]
     builder = grants["builder"]["for_each"]
     assert set(re.findall(r'"(roles/[^"]+)"', builder)) <= PROJECT_LEVEL_ROLES
-    for module, type_, name, _ in _iam_resources():
-        if type_ == "google_project_iam_member":
-            assert (module, name) in {("task_service", "firestore"), ("task_service", "builder")}
+    assert "condition" not in grants["builder"]
+    project_grants = {
+        (module, name)
+        for module, type_, name, _ in _iam_resources()
+        if type_ == "google_project_iam_member"
+    }
+    assert project_grants == {
+        ("task_service", "firestore"),
+        ("task_service", "firestore_keys"),
+        ("task_service", "builder"),
+    }
+
+
+# Each Firestore grant resource, the databases its condition may name, and the
+# for_each it must have (evaluated below over local.functions).
+_DATABASE_CONDITION = re.compile(
+    r'resource\.name == "projects/\$\{var\.project_id\}/databases/'
+    r'\$\{google_firestore_database\.(\w+)\.name\}"'
+)
+_FIRESTORE_GRANTS = {
+    "firestore": ("this", "firestore", "${local.functions}"),
+    "firestore_keys": (
+        "keys",
+        "keys_firestore",
+        "${{for name, spec in local.functions : name => spec if spec.keys_firestore != null}}",
+    ),
+}
+
+
+def test_firestore_grants_are_each_on_one_database(
+    service: Module, functions: dict[str, dict[str, Any]]
+) -> None:
+    """Every function's Firestore grant names one database; none may write the keys."""
+    grants = service.resources["google_project_iam_member"]
+    examined: list[tuple[str, str, str]] = []
+    for resource, body in grants.items():
+        if resource == "builder":
+            continue
+        database, field, for_each = _FIRESTORE_GRANTS[resource]
+        assert body["for_each"] == for_each, resource
+        assert body["role"] == f"${{each.value.{field}}}", resource
+        (condition,) = body["condition"]
+        named = _DATABASE_CONDITION.findall(condition["expression"])
+        assert named == [database], (resource, condition["expression"])
+        assert _DATABASE_CONDITION.fullmatch(condition["expression"]), resource
+        # The for_each above, evaluated: one member per function with a role here.
+        for function, spec in functions.items():
+            if spec[field] is not None:
+                examined.append((function, database, spec[field]))
+    assert len(examined) == len(functions) + len(KEYS_READERS), examined
+    assert {f for f, db, _ in examined if db == "this"} == set(functions)
+    on_keys = {(f, role) for f, db, role in examined if db == "keys"}
+    assert on_keys == {(f, "roles/datastore.viewer") for f in KEYS_READERS}
+    # Nothing else grants a Firestore role (say, at project level without a condition).
+    datastore_roles = {
+        body["role"]
+        for _, type_, name, body in _iam_resources()
+        if "datastore" in body["role"] and name not in _FIRESTORE_GRANTS
+    }
+    assert datastore_roles == set()
 
 
 def test_all_users_only_where_a_variable_asks(service: Module) -> None:
@@ -424,7 +616,7 @@ def test_module_layout(path: Path) -> None:
         assert (path / name).is_file(), f"{path.name}/{name} missing"
 
 
-@pytest.mark.parametrize("path", [*module_dirs(), *env_dirs()], ids=lambda p: str(p.name))
+@pytest.mark.parametrize("path", [*module_dirs(), *root_dirs()], ids=lambda p: str(p.name))
 def test_variables_typed_and_described(path: Path) -> None:
     module = load_module(path)
     for name, spec in module.variables.items():
@@ -456,26 +648,52 @@ def test_enums_are_validated(module: str) -> None:
         assert "validation" in variables[name], f"{module}: var.{name} needs validation"
 
 
-def test_environments_differ_by_variables_only() -> None:
-    dev = ENVIRONMENTS / "dev"
+def test_environments_hold_only_what_differs() -> None:
+    """An environment is a tfvars file and a backend prefix; the root exists once."""
+    assert sorted(p.name for p in ENVIRONMENTS.iterdir()) == sorted(ENV_NAMES)
     for env in ENV_NAMES:
-        root = ENVIRONMENTS / env
-        files = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
-        expected = ["backend.tf", "main.tf", "outputs.tf", "terraform.tfvars"]
-        assert files == sorted([*expected, "variables.tf", "versions.tf"]), env
-        for name in ("main.tf", "variables.tf", "outputs.tf", "versions.tf"):
-            assert (root / name).read_text() == (dev / name).read_text(), f"{env}/{name}"
-        backend = (root / "backend.tf").read_text()
-        assert backend == (dev / "backend.tf").read_text().replace("aia/dev", f"aia/{env}")
+        files = sorted(p.name for p in (ENVIRONMENTS / env).iterdir())
+        assert files == ["backend.hcl", "terraform.tfvars"], env
+        assert backend_config(env) == {"prefix": f"aia/{env}"}, env
         assert tfvars(env)["environment"] == env
-        assert len(load_module(root).module_calls) == 1, "each root is one module call"
+    assert not list(ENVIRONMENTS.rglob("*.tf")), "environment folders hold no Terraform code"
+    deploy = load_module(DEPLOY)
+    assert list(deploy.module_calls) == ["aia"], "the root is one module call"
+    assert deploy.module_calls["aia"]["source"] == "../modules/task_service"
+    (backend,) = [
+        b
+        for f in deploy.files.values()
+        for t in f.get("terraform", [])
+        for b in t.get("backend", [])
+    ]
+    assert backend == {"gcs": {}}, "the prefix and bucket come from -backend-config"
 
 
 def test_tfvars_set_only_declared_variables() -> None:
-    declared = set(load_module(ENVIRONMENTS / "dev").variables)
+    declared = load_module(DEPLOY).variables
+    required = {n for n, v in declared.items() if "default" not in v}
     for env in ENV_NAMES:
-        values = {k for k in tfvars(env) if not k.startswith("__")}
-        assert values <= declared, f"{env}: {values - declared}"
+        values = set(tfvars(env))
+        assert values <= set(declared), f"{env}: {values - set(declared)}"
+        # app_version and bundle_dir have defaults; everything required is in the file.
+        assert required <= values, f"{env} misses {required - values}"
+
+
+def test_deploy_root_passes_on_every_variable() -> None:
+    deploy = load_module(DEPLOY)
+    used = {name for type_, name in deploy.references() if type_ == "var"}
+    assert set(deploy.variables) == used, set(deploy.variables) ^ used
+
+
+def test_state_is_tied_to_its_environment() -> None:
+    guard = load_module(DEPLOY).resources["terraform_data"]["environment"]
+    identity = "${var.environment}/${var.project_id}"
+    assert guard["input"] == identity
+    (lifecycle,) = guard["lifecycle"]
+    # Ignoring input keeps what the state was created for; the postcondition compares.
+    assert lifecycle["ignore_changes"] == ["input"]
+    (check,) = lifecycle["postcondition"]
+    assert check["condition"] == f'${{self.output == "{identity}"}}'
 
 
 def test_prod_values_in_tfvars() -> None:

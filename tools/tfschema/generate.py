@@ -16,6 +16,7 @@ with their value types. This module reads those back into the JSON format of
 from __future__ import annotations
 
 import argparse
+import fcntl
 import io
 import json
 import re
@@ -35,7 +36,8 @@ WHEEL = "cdktn-provider-google"
 WHEEL_VERSION = "21.1.0"
 SCHEMA_FILE = Path(__file__).with_name("google.schema.json")
 TERRAFORM_DIR = REPO_ROOT / "terraform"
-CACHE_DIR = Path.home() / ".cache" / "aia-tfschema"
+# Git-ignored and dropped by `make clean`, like the tool virtualenvs.
+CACHE_DIR = REPO_ROOT / ".venv-wheels"
 
 _TYPE_RE = re.compile(r'^\s*(resource|data)\s+"(google_[a-z0-9_]+)"', re.MULTILINE)
 _CLASS_RE = re.compile(r"^class (\w+) extends ([\w.]+) \{\n(.*?)^\}", re.MULTILINE | re.DOTALL)
@@ -332,19 +334,30 @@ def _lib_dir(type_name: str, *, data: bool) -> str:
 
 
 def fetch_wheel(cache: Path = CACHE_DIR) -> Path:
-    """The wheel from the local cache, downloaded once with pip (no install)."""
-    cache.mkdir(parents=True, exist_ok=True)
+    """The pinned wheel from the cache, downloaded once with pip (no install, ~67 MB)."""
     pattern = f"cdktn_provider_google-{WHEEL_VERSION}-*.whl"
     found = sorted(cache.glob(pattern))
-    if not found:
-        subprocess.run(
-            [
-                *(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"),
-                *("--dest", str(cache), f"{WHEEL}=={WHEEL_VERSION}"),
-            ],
-            check=True,
-        )
+    if found:
+        return found[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    # Parallel test sessions share the cache: one downloads, the others wait,
+    # and the wheel appears under its name only once complete.
+    with (cache / ".download.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         found = sorted(cache.glob(pattern))
+        if not found:
+            with tempfile.TemporaryDirectory(dir=cache) as partial:
+                subprocess.run(
+                    [
+                        *(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps"),
+                        *("--disable-pip-version-check", "--dest", partial),
+                        f"{WHEEL}=={WHEEL_VERSION}",
+                    ],
+                    check=True,
+                )
+                for wheel in Path(partial).glob(pattern):
+                    wheel.replace(cache / wheel.name)
+            found = sorted(cache.glob(pattern))
     if not found:
         raise SchemaError(f"pip did not leave {pattern} in {cache}")
     return found[0]

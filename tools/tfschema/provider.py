@@ -1,6 +1,6 @@
 """An offline stand-in for the google provider: its real schema, no API calls.
 
-Run by Terraform (from the filesystem mirror that `tools.tfschema.mirror` writes)
+Run by Terraform (through the dev override that `tools.tfschema.offline` writes)
 in its own virtualenv, which has the `tf` package (the Terraform plugin protocol
 in Python). It serves `google.schema.json`, so `terraform validate` and `terraform
 test` check every argument, block, type and reference against the real provider's

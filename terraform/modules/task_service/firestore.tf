@@ -52,6 +52,22 @@ resource "google_firestore_database" "this" {
   depends_on = [google_project_service.this]
 }
 
+# API key records (the api_keys collection), apart from the tasks: the
+# functions serving tenants may only read this database (iam.tf). Protected
+# like the tasks database; no TTL: a key lives until it is revoked.
+resource "google_firestore_database" "keys" {
+  project     = var.project_id
+  name        = "${var.name_prefix}-keys"
+  location_id = var.firestore_location
+  type        = "FIRESTORE_NATIVE"
+
+  point_in_time_recovery_enablement = var.point_in_time_recovery ? "POINT_IN_TIME_RECOVERY_ENABLED" : "POINT_IN_TIME_RECOVERY_DISABLED"
+  delete_protection_state           = var.delete_protection ? "DELETE_PROTECTION_ENABLED" : "DELETE_PROTECTION_DISABLED"
+  deletion_policy                   = var.delete_protection ? "ABANDON" : "DELETE"
+
+  depends_on = [google_project_service.this]
+}
+
 resource "google_firestore_index" "this" {
   for_each = local.composite_indexes
 
@@ -89,6 +105,14 @@ resource "google_firestore_field" "ttl" {
 resource "google_firestore_backup_schedule" "daily" {
   project   = var.project_id
   database  = google_firestore_database.this.name
+  retention = var.backup_retention
+
+  daily_recurrence {}
+}
+
+resource "google_firestore_backup_schedule" "keys_daily" {
+  project   = var.project_id
+  database  = google_firestore_database.keys.name
   retention = var.backup_retention
 
   daily_recurrence {}

@@ -1,6 +1,6 @@
 # Identities and least-privilege grants. Every role here is on the allow-list
 # in tests/infra; project-level grants are limited to roles that exist only at
-# project level, and Firestore grants are conditioned on this database.
+# project level, and each Firestore grant is conditioned on one database.
 
 locals {
   pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
@@ -28,7 +28,7 @@ resource "google_service_account" "function" {
 }
 
 # Firestore has no per-database IAM resource: grant at project level, limited
-# by condition to this database.
+# by condition to one database each.
 resource "google_project_iam_member" "firestore" {
   for_each = local.functions
 
@@ -38,8 +38,24 @@ resource "google_project_iam_member" "firestore" {
 
   condition {
     title       = "aia-database-only"
-    description = "Only the AIA Firestore database."
-    expression  = "resource.name == \"projects/${var.project_id}/databases/${var.firestore_database}\""
+    description = "Only the AIA tasks database."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.this.name}\""
+  }
+}
+
+# Read-only, and only for the functions that authenticate tenants: no function
+# can write a key record, so none can mint a key for a tenant.
+resource "google_project_iam_member" "firestore_keys" {
+  for_each = { for name, spec in local.functions : name => spec if spec.keys_firestore != null }
+
+  project = var.project_id
+  role    = each.value.keys_firestore
+  member  = google_service_account.function[each.key].member
+
+  condition {
+    title       = "aia-keys-database-only"
+    description = "Only the AIA API keys database."
+    expression  = "resource.name == \"projects/${var.project_id}/databases/${google_firestore_database.keys.name}\""
   }
 }
 
@@ -75,11 +91,12 @@ resource "google_service_account_iam_member" "pubsub_agent_mints_push_tokens" {
   member             = local.pubsub_agent
 }
 
-# The Pub/Sub service agent forwards undeliverable messages to the dead-letter
-# topic and must be able to ack them on the source subscription.
-resource "google_pubsub_topic_iam_member" "pubsub_agent_dead_letter_publisher" {
+# The Pub/Sub service agent forwards messages out of the worker subscription
+# (its dead-letter policy) to the backstop topic and must be able to ack them
+# on the source subscription. It may not publish to the dead-letter topic.
+resource "google_pubsub_topic_iam_member" "pubsub_agent_backstop_publisher" {
   project = var.project_id
-  topic   = google_pubsub_topic.dead_letter.name
+  topic   = google_pubsub_topic.backstop.name
   role    = "roles/pubsub.publisher"
   member  = local.pubsub_agent
 }

@@ -10,12 +10,12 @@
 locals {
   labels = merge(var.labels, { app = "aia", environment = var.environment })
 
-  # Every variable shared/config.py reads, except AIA_KEYRING (a secret, below)
-  # and AIA_KEYRING_FILE (local development only).
+  # Every variable shared/config.py reads, except the secrets AIA_KEYRING and
+  # AIA_METRICS_TOKEN (below) and AIA_KEYRING_FILE (local development only).
   environment_variables = {
     GOOGLE_CLOUD_PROJECT    = var.project_id
     AIA_FIRESTORE_DATABASE  = google_firestore_database.this.name
-    AIA_KEYS_DATABASE       = google_firestore_database.this.name
+    AIA_KEYS_DATABASE       = google_firestore_database.keys.name
     AIA_TASKS_TOPIC         = google_pubsub_topic.tasks.name
     AIA_DEAD_LETTER_TOPIC   = google_pubsub_topic.dead_letter.name
     AIA_VERSION             = var.app_version
@@ -24,14 +24,15 @@ locals {
     AIA_METRICS_SHARDS      = tostring(var.metrics_shards)
     AIA_HEALTH_TIMEOUT_S    = tostring(var.health_timeout_s)
     AIA_LOG_LEVEL           = var.log_level
-    AIA_RETRY_MAX_BACKOFF_S = tostring(local.retry_max_backoff_s)
-    AIA_REDISPATCH_AFTER_S  = tostring(var.redispatch_after_s)
+    AIA_RETRY_MAX_BACKOFF_S = tostring(var.retry_max_backoff_s)
+    AIA_REDISPATCH_AFTER_S  = tostring(local.redispatch_after_s)
     AIA_TASK_RETENTION_DAYS = tostring(var.task_retention_days)
   }
 
-  # One value for the worker subscription's retry policy and for the sweep's
-  # reasoning in shared/config.py (redispatch_after_s must exceed it).
-  retry_max_backoff_s = 600
+  # var.retry_max_backoff_s is the one value behind both push subscriptions'
+  # retry policies and AIA_RETRY_MAX_BACKOFF_S; the sweep waits 5 minutes more
+  # unless told otherwise (var.redispatch_after_s validates against the same).
+  redispatch_after_s = coalesce(var.redispatch_after_s, var.retry_max_backoff_s + 300)
 
   public_base_url = (
     var.public_base_url != "" ? var.public_base_url :
@@ -39,69 +40,82 @@ locals {
   )
 
   # invokers: who calls it besides users (keys of invoker_identities);
-  # firestore: project role (conditioned on this database); publishes/views:
-  # topic keys below; keyring: which key ring secret the function reads.
+  # firestore: its role on the tasks database; keys_firestore: its role on the
+  # API keys database, read-only and only where tenants are authenticated
+  # (operators create keys with their own credentials); publishes/views: topic
+  # keys below; keyring: which key ring secret it reads; metrics_token: whether
+  # it guards its answers with the metrics bearer token.
   functions = {
     health = {
-      invokers    = []
-      description = "Liveness (?probe=live) and readiness: Firestore and the tasks topic."
-      user_facing = true
-      firestore   = "roles/datastore.viewer"
-      publishes   = []
-      views       = ["tasks"]
-      keyring     = null
-      timeout     = 10
-      memory      = "256Mi"
-      cpu         = "0.333"
-      concurrency = 1
+      invokers       = []
+      description    = "Liveness (?probe=live) and readiness: Firestore and the tasks topic."
+      user_facing    = true
+      firestore      = "roles/datastore.viewer"
+      keys_firestore = null
+      publishes      = []
+      views          = ["tasks"]
+      keyring        = null
+      metrics_token  = true
+      timeout        = 10
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 1
     }
     metrics = {
-      invokers    = []
-      description = "Task counters in Prometheus text or JSON."
-      user_facing = true
-      firestore   = "roles/datastore.viewer"
-      publishes   = []
-      views       = []
-      keyring     = null
-      timeout     = 30
-      memory      = "256Mi"
-      cpu         = "0.333"
-      concurrency = 1
+      invokers       = []
+      description    = "Task counters in Prometheus text or JSON."
+      user_facing    = true
+      firestore      = "roles/datastore.viewer"
+      keys_firestore = null
+      publishes      = []
+      views          = []
+      keyring        = null
+      metrics_token  = true
+      timeout        = 30
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 1
     }
     submit_task = {
-      invokers    = []
-      description = "Validates, seals and stores a task, then publishes its id."
-      user_facing = true
-      firestore   = "roles/datastore.user"
-      publishes   = ["tasks"]
-      views       = []
-      keyring     = "public"
-      timeout     = 30
-      memory      = "512Mi"
-      cpu         = "1"
-      concurrency = 8
+      invokers       = []
+      description    = "Validates, seals and stores a task, then publishes its id."
+      user_facing    = true
+      firestore      = "roles/datastore.user"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = ["tasks"]
+      views          = []
+      keyring        = "public"
+      metrics_token  = false
+      timeout        = 30
+      memory         = "512Mi"
+      cpu            = "1"
+      concurrency    = 8
     }
     task_status = {
-      invokers    = []
-      description = "A task's status and result, or a page of the caller's tasks."
-      user_facing = true
-      firestore   = "roles/datastore.viewer"
-      publishes   = []
-      views       = []
-      keyring     = "private"
-      timeout     = 30
-      memory      = "512Mi"
-      cpu         = "1"
-      concurrency = 8
+      invokers       = []
+      description    = "A task's status and result, or a page of the caller's tasks."
+      user_facing    = true
+      firestore      = "roles/datastore.viewer"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = []
+      views          = []
+      keyring        = "private"
+      metrics_token  = false
+      timeout        = 30
+      memory         = "512Mi"
+      cpu            = "1"
+      concurrency    = 8
     }
     process_task = {
-      invokers    = ["pubsub_push"]
-      description = "The worker: runs a task delivered by the push subscription."
-      user_facing = false
-      firestore   = "roles/datastore.user"
-      publishes   = ["dead_letter"]
-      views       = []
-      keyring     = "private"
+      invokers       = ["pubsub_push"]
+      description    = "The worker: runs a task delivered by the push subscription."
+      user_facing    = false
+      firestore      = "roles/datastore.user"
+      keys_firestore = null
+      publishes      = ["dead_letter"]
+      views          = []
+      keyring        = "private"
+      metrics_token  = false
       # The push subscription's ack deadline is 600 s, its maximum.
       timeout     = 600
       memory      = "1Gi"
@@ -109,17 +123,21 @@ locals {
       concurrency = 1
     }
     redispatch = {
-      invokers    = ["scheduler"]
-      description = "Every minute: republishes tasks stuck queued or with expired leases."
-      user_facing = false
-      firestore   = "roles/datastore.user"
-      publishes   = ["tasks"]
-      views       = []
-      keyring     = null
-      timeout     = 120
-      memory      = "256Mi"
-      cpu         = "0.333"
-      concurrency = 1
+      invokers       = ["scheduler"]
+      description    = "Every minute: republishes tasks stuck queued or with expired leases."
+      user_facing    = false
+      firestore      = "roles/datastore.user"
+      keys_firestore = null
+      # The sweep also flushes the dead-letter outbox of tasks whose final
+      # publish failed.
+      publishes     = ["tasks", "dead_letter"]
+      views         = []
+      keyring       = null
+      metrics_token = false
+      timeout       = 120
+      memory        = "256Mi"
+      cpu           = "0.333"
+      concurrency   = 1
     }
   }
 
@@ -136,6 +154,14 @@ locals {
   keyring_secrets = {
     public  = google_secret_manager_secret.keyring["public"].secret_id
     private = google_secret_manager_secret.keyring["private"].secret_id
+  }
+
+  # Secret environment variables of each function: variable => secret id.
+  function_secrets = {
+    for name, spec in local.functions : name => merge(
+      spec.keyring == null ? {} : { AIA_KEYRING = local.keyring_secrets[spec.keyring] },
+      spec.metrics_token ? { AIA_METRICS_TOKEN = google_secret_manager_secret.metrics_token.secret_id } : {},
+    )
   }
 
   # Who may invoke each function. Keys are static (service accounts created in
@@ -213,7 +239,7 @@ module "function" {
     var.load_balancer.enabled ? "ALLOW_INTERNAL_AND_GCLB" : "ALLOW_ALL"
   )
   environment_variables        = local.environment_variables
-  secret_environment_variables = each.value.keyring == null ? {} : { AIA_KEYRING = local.keyring_secrets[each.value.keyring] }
+  secret_environment_variables = local.function_secrets[each.key]
   invoker_members              = local.function_invokers[each.key]
   labels                       = local.labels
 
@@ -221,6 +247,7 @@ module "function" {
   depends_on = [
     google_project_service.this,
     google_secret_manager_secret_iam_member.keyring_access,
+    google_secret_manager_secret_iam_member.metrics_token_access,
     google_storage_bucket_iam_member.builder_reads_sources,
     google_project_iam_member.builder,
   ]

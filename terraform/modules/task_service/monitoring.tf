@@ -22,7 +22,43 @@ resource "google_monitoring_alert_policy" "dead_letters" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "Tasks failed for good and wait in `${google_pubsub_subscription.dead_letter_hold.name}`. Pull the subscription to inspect them; see docs/deploy.md."
+    content   = "Tasks failed for good (the worker's decision: Pub/Sub itself never publishes here) and wait in `${google_pubsub_subscription.dead_letter_hold.name}`. Pull the subscription to inspect them; see docs/deploy.md."
+  }
+
+  notification_channels = var.notification_channels
+  user_labels           = local.labels
+
+  depends_on = [google_project_service.this]
+}
+
+# Messages the worker subscription gave up on keep being delivered from the
+# backstop; one still there after an hour means the worker cannot finish it
+# (a dependency down, or a bug), not that the task failed.
+resource "google_monitoring_alert_policy" "backstop" {
+  project      = var.project_id
+  display_name = "AIA ${var.environment}: tasks stuck in the backstop"
+  combiner     = "OR"
+  severity     = "WARNING"
+
+  conditions {
+    display_name = "backstop's oldest unacked message > 1 h"
+
+    condition_threshold {
+      filter          = "resource.type = \"pubsub_subscription\" AND resource.labels.subscription_id = \"${google_pubsub_subscription.backstop_push.name}\" AND metric.type = \"pubsub.googleapis.com/subscription/oldest_unacked_message_age\""
+      comparison      = "COMPARISON_GT"
+      threshold_value = 3600
+      duration        = "300s"
+
+      aggregations {
+        alignment_period   = "60s"
+        per_series_aligner = "ALIGN_MAX"
+      }
+    }
+  }
+
+  documentation {
+    mime_type = "text/markdown"
+    content   = "Deliveries of a task failed ${var.max_delivery_attempts} times on `${google_pubsub_subscription.worker_push.name}` and keep failing from `${google_pubsub_subscription.backstop_push.name}`. Check process_task's logs and /health; the task is retried until the worker acks it."
   }
 
   notification_channels = var.notification_channels

@@ -33,12 +33,27 @@ output "keyring_secrets" {
   value       = { for ring, secret in google_secret_manager_secret.keyring : ring => secret.secret_id }
 }
 
+output "metrics_token_secret" {
+  description = "Secret Manager secret id to add the metrics bearer token to (docs/deploy.md)."
+  value       = google_secret_manager_secret.metrics_token.secret_id
+}
+
+output "backstop_subscription" {
+  description = "Full id of the subscription that redelivers what the worker subscription gave up on."
+  value       = google_pubsub_subscription.backstop_push.id
+}
+
 output "source_bucket" {
   description = "Bucket holding the uploaded bundles."
   value       = google_storage_bucket.sources.name
 }
 
 output "firestore_database" {
-  description = "Firestore database id."
+  description = "Id of the Firestore database holding the tasks (AIA_FIRESTORE_DATABASE)."
   value       = google_firestore_database.this.name
+}
+
+output "keys_database" {
+  description = "Id of the Firestore database holding the API keys (AIA_KEYS_DATABASE)."
+  value       = google_firestore_database.keys.name
 }

@@ -190,15 +190,29 @@ variable "health_timeout_s" {
   }
 }
 
-variable "redispatch_after_s" {
-  description = "Seconds a task may wait queued, or a lease be expired, before redispatch republishes it (AIA_REDISPATCH_AFTER_S)."
+variable "retry_max_backoff_s" {
+  description = "Maximum retry backoff in seconds of the worker and backstop push subscriptions (AIA_RETRY_MAX_BACKOFF_S)."
   type        = number
-  default     = 900
+  default     = 600
 
   validation {
-    # shared/config.py refuses the same: a task in Pub/Sub backoff must not be republished.
-    condition     = var.redispatch_after_s > 600 + 5
-    error_message = "redispatch_after_s must exceed the worker subscription's maximum backoff (600 s) + 5 s."
+    # Pub/Sub's bounds: the minimum backoff is 10 s and no backoff exceeds 600 s.
+    condition     = var.retry_max_backoff_s >= 10 && var.retry_max_backoff_s <= 600
+    error_message = "retry_max_backoff_s must be between 10 and 600."
+  }
+}
+
+variable "redispatch_after_s" {
+  description = "Seconds a task may wait queued, or a lease be expired, before redispatch republishes it (AIA_REDISPATCH_AFTER_S); null means retry_max_backoff_s + 300."
+  type        = number
+  default     = null
+
+  validation {
+    # shared/config.py refuses the same (REDELIVERY_MARGIN_S = 5): a task in
+    # Pub/Sub's backoff must not be republished beside its scheduled redelivery.
+    # Referring to another variable here needs Terraform 1.9.
+    condition     = var.redispatch_after_s == null ? true : var.redispatch_after_s > var.retry_max_backoff_s + 5
+    error_message = "redispatch_after_s must exceed retry_max_backoff_s + 5 s."
   }
 }
 

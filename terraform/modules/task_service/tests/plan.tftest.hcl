@@ -28,6 +28,11 @@ run "defaults_are_private_and_protected" {
   }
 
   assert {
+    condition     = google_firestore_database.keys.delete_protection_state == "DELETE_PROTECTION_ENABLED" && google_firestore_database.keys.point_in_time_recovery_enablement == "POINT_IN_TIME_RECOVERY_ENABLED"
+    error_message = "The keys database is protected like the tasks database."
+  }
+
+  assert {
     condition     = length(module.gateway) == 0
     error_message = "The load balancer is opt-in."
   }
@@ -53,7 +58,32 @@ run "worker_subscription" {
 
   assert {
     condition     = google_pubsub_subscription.worker_push.dead_letter_policy[0].max_delivery_attempts == 10
-    error_message = "Dead-letter after 10 deliveries by default."
+    error_message = "Hand over to the backstop after 10 deliveries by default."
+  }
+
+  assert {
+    condition     = google_pubsub_topic.backstop.name == "aia-tasks-backstop"
+    error_message = "The backstop topic is named after the tasks topic."
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.backstop_push.ack_deadline_seconds == 600 && length(google_pubsub_subscription.backstop_push.dead_letter_policy) == 0
+    error_message = "The backstop redelivers with the worker's ack deadline and never dead-letters."
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.backstop_push.retry_policy == google_pubsub_subscription.worker_push.retry_policy
+    error_message = "The backstop retries as the worker subscription does."
+  }
+
+  assert {
+    condition     = google_pubsub_topic_iam_member.pubsub_agent_backstop_publisher.topic == google_pubsub_topic.backstop.name
+    error_message = "The Pub/Sub service agent publishes to the backstop topic."
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_RETRY_MAX_BACKOFF_S"] == "600" && local.environment_variables["AIA_REDISPATCH_AFTER_S"] == "900"
+    error_message = "By default the sweep waits 900 s, 300 s past the 600 s maximum backoff."
   }
 
   assert {
@@ -98,6 +128,114 @@ run "secrets_only_where_needed" {
     condition     = google_secret_manager_secret_iam_member.keyring_access["process_task"].secret_id == google_secret_manager_secret.keyring["private"].secret_id
     error_message = "process_task reads the private ring."
   }
+
+  assert {
+    condition     = toset(keys(google_secret_manager_secret_iam_member.metrics_token_access)) == toset(["health", "metrics"])
+    error_message = "Only health and metrics read the metrics token."
+  }
+
+  assert {
+    condition     = alltrue([for name in ["health", "metrics"] : local.function_secrets[name] == { AIA_METRICS_TOKEN = google_secret_manager_secret.metrics_token.secret_id }])
+    error_message = "health and metrics get the token as AIA_METRICS_TOKEN, and no key ring."
+  }
+
+  assert {
+    condition     = alltrue([for name, env in local.function_secrets : !contains(keys(env), "AIA_METRICS_TOKEN") if !contains(["health", "metrics"], name)])
+    error_message = "No other function gets the metrics token."
+  }
+}
+
+run "keys_database_is_read_only_for_functions" {
+  command = plan
+
+  assert {
+    condition     = google_firestore_database.keys.name == "aia-keys" && google_firestore_database.keys.location_id == google_firestore_database.this.location_id
+    error_message = "The keys database is named from name_prefix, beside the tasks database."
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_KEYS_DATABASE"] == "aia-keys" && local.environment_variables["AIA_FIRESTORE_DATABASE"] == "(default)"
+    error_message = "Functions are told which database holds which collection."
+  }
+
+  assert {
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status"])
+    error_message = "Only the functions that authenticate tenants may read the keys database."
+  }
+
+  assert {
+    condition     = alltrue([for grant in google_project_iam_member.firestore_keys : grant.role == "roles/datastore.viewer" && grant.condition[0].expression == "resource.name == \"projects/aia-test-project/databases/aia-keys\""])
+    error_message = "Keys database grants are read-only and conditioned on that database."
+  }
+
+  assert {
+    condition     = alltrue([for grant in google_project_iam_member.firestore : grant.condition[0].expression == "resource.name == \"projects/aia-test-project/databases/(default)\""])
+    error_message = "Tasks database grants are conditioned on the tasks database."
+  }
+}
+
+run "backoff_has_one_source" {
+  command = plan
+
+  variables {
+    retry_max_backoff_s = 60
+  }
+
+  assert {
+    condition     = google_pubsub_subscription.worker_push.retry_policy[0].maximum_backoff == "60s" && google_pubsub_subscription.backstop_push.retry_policy[0].maximum_backoff == "60s"
+    error_message = "Both push subscriptions take their maximum backoff from retry_max_backoff_s."
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_RETRY_MAX_BACKOFF_S"] == "60" && local.environment_variables["AIA_REDISPATCH_AFTER_S"] == "360"
+    error_message = "The code is told the same backoff, and the sweep defaults to 300 s past it."
+  }
+}
+
+run "redispatch_after_is_checked_against_the_backoff_given" {
+  command = plan
+
+  # Below 600 + 5: accepted only because the validation reads retry_max_backoff_s.
+  variables {
+    retry_max_backoff_s = 60
+    redispatch_after_s  = 66
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_REDISPATCH_AFTER_S"] == "66"
+    error_message = "An explicit redispatch_after_s is passed through."
+  }
+}
+
+run "rejects_redispatch_within_the_backoff" {
+  command = plan
+
+  variables {
+    redispatch_after_s = 605
+  }
+
+  expect_failures = [var.redispatch_after_s]
+}
+
+run "rejects_redispatch_within_a_smaller_backoff" {
+  command = plan
+
+  variables {
+    retry_max_backoff_s = 60
+    redispatch_after_s  = 65
+  }
+
+  expect_failures = [var.redispatch_after_s]
+}
+
+run "rejects_backoff_beyond_pubsub" {
+  command = plan
+
+  variables {
+    retry_max_backoff_s = 601
+  }
+
+  expect_failures = [var.retry_max_backoff_s]
 }
 
 run "public_behind_the_load_balancer" {

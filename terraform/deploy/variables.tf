@@ -9,7 +9,7 @@ variable "region" {
 }
 
 variable "environment" {
-  description = "dev, staging or prod."
+  description = "dev, staging or prod: the folder under ../environments/ whose files were given."
   type        = string
 }
 

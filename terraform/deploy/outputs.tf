@@ -18,6 +18,21 @@ output "keyring_secrets" {
   value       = module.aia.keyring_secrets
 }
 
+output "metrics_token_secret" {
+  description = "Secret to add the metrics bearer token to (docs/deploy.md)."
+  value       = module.aia.metrics_token_secret
+}
+
+output "keys_database" {
+  description = "Firestore database of the API keys: where `aia keys create` writes (AIA_KEYS_DATABASE)."
+  value       = module.aia.keys_database
+}
+
+output "firestore_database" {
+  description = "Firestore database of the tasks (AIA_FIRESTORE_DATABASE)."
+  value       = module.aia.firestore_database
+}
+
 output "dead_letter_subscription" {
   description = "Subscription holding dead-lettered tasks."
   value       = module.aia.dead_letter_subscription

@@ -1,0 +1,2 @@
+# State of prod: gs://<state bucket>/aia/prod/ (the bucket is given at init, docs/deploy.md).
+prefix = "aia/prod"
