@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,14 +80,13 @@ class Sketch:
     negative: Counter[int] = field(default_factory=Counter)
 
     @classmethod
-    def of(cls, values: Iterable[float]) -> Sketch:
-        index, log2, per = math.ceil, math.log2, _PER_LOG2
-        items = list(values)
+    def of(cls, values: Sequence[float]) -> Sketch:
+        index, log2, per = math.ceil, math.log2, _PER_LOG2  # locals: this loop is the cost
         sketch = cls(
-            positive=Counter([index(log2(x) * per) for x in items if x > 0]),
-            negative=Counter([index(log2(-x) * per) for x in items if x < 0]),
+            positive=Counter([index(log2(x) * per) for x in values if x > 0]),
+            negative=Counter([index(log2(-x) * per) for x in values if x < 0]),
         )
-        sketch.zero = len(items) - sketch.positive.total() - sketch.negative.total()
+        sketch.zero = len(values) - sketch.positive.total() - sketch.negative.total()
         sketch._fit()
         return sketch
 

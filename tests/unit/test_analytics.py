@@ -355,6 +355,22 @@ def test_wide_data_collapses_buckets_keeps_the_bound_and_the_size() -> None:
     check_merged(chunks, merge(partials), accuracy(whole))
 
 
+def test_data_across_the_whole_float_range_collapses_to_the_coarsest_level() -> None:
+    # Every eighth of a binade from the smallest subnormal to the largest float, both signs.
+    magnitudes = [2.0 ** (k / 8) for k in range(-8592, 8192)] + [BIGGEST]
+    values = [s * m for m in magnitudes for s in (1.0, -1.0)]
+    partial = summarize_chunk(values)
+    assert partial["sketch"]["level"] == 7
+    assert len(json.dumps(partial)) <= KIB64
+    # The top bucket reaches past the largest float: its estimate is clamped to max.
+    merged = merge([partial])
+    assert merged["max"] == BIGGEST
+    assert merged["stdev"] is not None
+    ordered = sorted(values)
+    for key, percent in PERCENTS.items():
+        assert within_sketch_bound(merged[key], ordered, percent, accuracy(partial)), key
+
+
 def test_the_largest_valid_partial_fits_in_64_kib() -> None:
     # Worst case: every bucket in use, at the indices with the most digits (level 0, the
     # subnormal end), counts as large as a total of 2**53 allows when spread evenly
@@ -443,7 +459,12 @@ def removing(key: str) -> Callable[[dict[str, Any]], Any]:
             setting(["sketch", "positive"], [[i, 1] for i in range(2049)]),
             "partials[0].sketch.positive",
         ),
+        (
+            setting(["sketch", "positive"], [[i, 1] for i in range(MAX_BUCKETS)]),
+            "partials[0].sketch",
+        ),
         (setting(["sketch", "positive", 2, 0], 40), "partials[0].sketch"),
+        (lambda p: summarize_chunk([2.0, 2.0]) | {"m2": p["m2"]}, "partials[0].m2"),
     ],
 )
 def test_malformed_partials_are_refused_naming_the_field(
@@ -471,8 +492,20 @@ def test_merge_refuses_more_than_2_to_the_53_values_together() -> None:
         merge([zeros, zeros])
 
 
-def test_summarize_chunk_refuses_no_values_and_non_finite_ones() -> None:
+class Huge(Sequence[float]):
+    """Claims more values than a partial may hold, without holding them."""
+
+    def __len__(self) -> int:
+        return MAX_COUNT + 1
+
+    def __getitem__(self, index: Any) -> Any:
+        raise AssertionError("the length alone must be refused")
+
+
+def test_summarize_chunk_refuses_no_values_too_many_and_non_finite_ones() -> None:
     with pytest.raises(ValueError, match="at least one"):
         summarize_chunk([])
+    with pytest.raises(ValueError, match="at most"):
+        summarize_chunk(Huge())
     with pytest.raises(ValueError, match="finite"):
         summarize_chunk([1.0, math.inf])
