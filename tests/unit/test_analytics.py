@@ -50,12 +50,18 @@ any_float = st.floats(allow_nan=False, allow_infinity=False)
 extreme = st.sampled_from([BIGGEST, -BIGGEST, 1e308, -1e308, 5e-324, -5e-324, 2.0**-1022, 0.0])
 
 
+def ulps_away(x: float, k: int) -> float:
+    for _ in range(abs(k)):
+        x = math.nextafter(x, math.copysign(math.inf, k))
+    return x
+
+
 @st.composite
 def clustered(draw: st.DrawFn) -> list[float]:
-    """A few ulps around one value: the mean's own rounding error rivals the spread."""
-    base = draw(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e307, max_value=1e307))
+    """A few ulps around one value, up to the largest: the mean's rounding rivals the spread."""
+    base = draw(st.one_of(any_float, extreme))
     steps = draw(st.lists(st.integers(-6, 6), min_size=1, max_size=40))
-    return [base + k * math.ulp(base) for k in steps]
+    return [y for y in (ulps_away(base, k) for k in steps) if math.isfinite(y)] or [base]
 
 
 value_lists = st.one_of(
@@ -350,6 +356,10 @@ def test_wide_data_collapses_buckets_keeps_the_bound_and_the_size() -> None:
     partials = [summarize_chunk(c) for c in chunks]
     whole = combine(partials)
     assert whole["sketch"]["level"] == 6
+    # Merging a collapsed partial with uncollapsed ones lands on the same buckets.
+    first = combine(partials[:4])
+    assert 0 < first["sketch"]["level"] < 6
+    assert combine([*partials[4:], first])["sketch"] == whole["sketch"]
     assert len(whole["sketch"]["positive"]) + len(whole["sketch"]["negative"]) <= MAX_BUCKETS
     assert all(len(json.dumps(p)) <= KIB64 for p in [*partials, whole])
     check_merged(chunks, merge(partials), accuracy(whole))
