@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.analytics.summary import summarize
 from shared.tasks.registry import TaskContext, task_type
 
 
@@ -44,40 +44,6 @@ class SummaryPayload(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     values: list[FiniteNumber] = Field(min_length=1, max_length=1_000_000)
-
-
-def _quantile(ordered: list[float], q: float) -> float:
-    # Linear interpolation between closest ranks (statistics "inclusive", numpy "linear").
-    h = (len(ordered) - 1) * q
-    lo = math.floor(h)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (h - lo) * (ordered[hi] - ordered[lo])
-
-
-def _sample_stdev(values: list[float], mean: float) -> float:
-    # Corrected two-pass: the second term cancels the rounding error of `mean`,
-    # which matters when the spread is tiny next to the magnitude.
-    deviations = [x - mean for x in values]
-    squares = math.fsum(d * d for d in deviations)
-    drift = math.fsum(deviations)
-    return math.sqrt(max(squares - drift * drift / len(values), 0.0) / (len(values) - 1))
-
-
-def summarize(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    n = len(ordered)
-    mean = math.fsum(ordered) / n
-    stdev = _sample_stdev(ordered, mean) if n > 1 else None
-    return {
-        "count": n,
-        "min": ordered[0],
-        "max": ordered[-1],
-        "mean": mean,
-        "stdev": stdev,
-        "p50": _quantile(ordered, 0.5),
-        "p90": _quantile(ordered, 0.9),
-        "p99": _quantile(ordered, 0.99),
-    }
 
 
 @task_type("analytics.summary", SummaryPayload)
