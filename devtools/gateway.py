@@ -54,6 +54,8 @@ def route(method: str, path: str) -> str | None:
     if path == "/tasks":
         # One path, two functions: creating is submit_task, listing is task_status.
         return "submit_task" if method == "POST" else "task_status"
+    if path.startswith("/tasks/") and path.endswith(":replay"):
+        return "submit_task"
     if _TASK_ID.match(path):
         return "task_status"
     return None
