@@ -73,10 +73,14 @@ OWNED_ENV = (
     "AIA_PUBLIC_BASE_URL",
     "AIA_REDISPATCH_AFTER_S",
     "AIA_RETRY_MAX_BACKOFF_S",
+    "AIA_KEYS_DATABASE",
+    "AIA_DIAGNOSTIC_DIR",
     "AIA_BASE_URL",
     "AIA_API_KEY",
     RUN_MARKER_ENV,
 )
+
+KEYS_DATABASE = "aia-keys"
 
 log = logging.getLogger("aia.stack")
 
@@ -176,6 +180,9 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": ps.extra["PUBSUB_EMULATOR_HOST"],
             "AIA_BASE_URL": base_url,
             "AIA_KEYRING_FILE": str(self.keyring_path),
+            # As in production: API keys in a database of their own.
+            "AIA_KEYS_DATABASE": KEYS_DATABASE,
+            "AIA_DIAGNOSTIC_DIR": str(self.opts.state_dir / "diagnostic"),
         }
         self._check_stop()
 
