@@ -180,7 +180,12 @@ class E2E:
         self.ledger.revoked.add(key)
 
     def metrics(self) -> dict[MetricKey, float]:
-        resp = requests.get(f"{self.stack.base_url}/metrics", timeout=10)
+        token = self.stack.env["AIA_METRICS_TOKEN"]
+        resp = requests.get(
+            f"{self.stack.base_url}/metrics",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert resp.status_code == 200, resp.text
         return parse_metrics(resp.text)
 

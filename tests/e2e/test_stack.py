@@ -39,9 +39,11 @@ def _problem(resp: requests.Response, status: int) -> dict[str, Any]:
 # --- the stack itself ---------------------------------------------------------------
 
 
-def test_health_answers_ok_without_credentials(e2e: E2E) -> None:
+def test_health_answers_operators_and_liveness_without_credentials(e2e: E2E) -> None:
+    operator = {"Authorization": f"Bearer {e2e.stack.env['AIA_METRICS_TOKEN']}"}
     for path in ("/health", "/"):
-        resp = requests.get(e2e.stack.base_url + path, timeout=10)
+        assert requests.get(e2e.stack.base_url + path, timeout=10).status_code == 401
+        resp = requests.get(e2e.stack.base_url + path, headers=operator, timeout=10)
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["status"] == "ok", body
@@ -382,7 +384,12 @@ def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
         assert sample(samples, "aia_tasks", status="running", type=task_type) == 0
 
     resp = requests.get(
-        e2e.stack.base_url + "/metrics", headers={"Accept": "application/json"}, timeout=10
+        e2e.stack.base_url + "/metrics",
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {e2e.stack.env['AIA_METRICS_TOKEN']}",
+        },
+        timeout=10,
     )
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("application/json")
