@@ -569,7 +569,9 @@ def _kill_proc_group(proc: subprocess.Popen[Any]) -> None:
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in OWNED_ENV}
     env.update(extra)
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    # The checkout first (shared/, tasks/), then whatever the user adds (their task modules).
+    extra_path = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), extra_path) if p)
     return env
 
 

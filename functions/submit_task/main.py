@@ -12,6 +12,8 @@ from shared.config import get_settings
 from shared.tasks.models import TaskView
 
 REPLAY = re.compile(r"/tasks/(?P<task_id>[^/]+):replay")
+# At start-up: a broken task module stops the function here, not on a request.
+providers.task_registry()
 
 
 @functions_framework.http
