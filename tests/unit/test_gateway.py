@@ -205,12 +205,21 @@ def test_relays_an_early_answer_to_an_unread_body(gateway: GatewayServer) -> Non
 
 
 def test_keeps_the_client_connection_alive(gateway: GatewayServer) -> None:
+    # http.client reconnects silently after a close, so watch the socket itself:
+    # every answer must come back on the one connection opened first.
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-    for path in ("/health", "/metrics", "/nope", "/tasks/1?mode=chunked"):
+    conn.connect()
+    sock = conn.sock
+    local = sock.getsockname()
+    paths = ("/health", "/metrics", "/nope", "/tasks/1?mode=chunked", "/health")
+    for path in paths:
         conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
-        assert resp.status in (202, 404)
+        assert resp.status == (404 if path == "/nope" else 202)
+        assert not resp.will_close, f"{path}: the gateway asked to close the connection"
+        assert conn.sock is sock, f"{path}: answered on a new connection"
+        assert sock.getsockname() == local
     conn.close()
 
 
