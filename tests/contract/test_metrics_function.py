@@ -13,6 +13,8 @@ from shared.operations import metrics
 from shared.operations.metrics import MetricsSnapshot, record_duration, record_submitted
 from shared.queries import TASKS
 from shared.tasks.registry import builtin_registry
+from tests.support.problems import assert_problem
+from tests.support.routes import assert_serves_only
 
 from .conftest import function_client
 
@@ -44,26 +46,10 @@ def no_firestore(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_unknown_path_is_404_problem_without_touching_firestore(
+def test_only_its_routes_and_methods_are_served_without_touching_firestore(
     client: FlaskClient, no_firestore: list[str]
 ) -> None:
-    response = client.get("/metrics/extra")
-    assert response.status_code == 404
-    assert response.content_type == "application/problem+json"
-    body = response.get_json()
-    assert {"type", "title", "status", "detail"} <= set(body)
-    assert body["status"] == 404
-    assert no_firestore == []
-
-
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-def test_other_methods_are_405_with_allow(
-    client: FlaskClient, no_firestore: list[str], method: str
-) -> None:
-    response = client.open("/metrics", method=method)
-    assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, HEAD"
-    assert response.content_type == "application/problem+json"
+    assert_serves_only(client, path="/metrics", unknown="/metrics/extra")
     assert no_firestore == []
 
 
@@ -74,10 +60,8 @@ def test_firestore_unavailable_is_503_problem(
         raise Unavailable("Firestore did not answer")
 
     monkeypatch.setattr(metrics, "collect_current", collect)
-    response = client.get("/metrics")
-    assert response.status_code == 503
-    assert response.content_type == "application/problem+json"
-    assert response.get_json()["detail"] == "Firestore did not answer"
+    body = assert_problem(client.get("/metrics"), 503)
+    assert body["detail"] == "Firestore did not answer"
 
 
 @pytest.fixture

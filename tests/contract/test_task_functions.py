@@ -12,6 +12,9 @@ import pytest
 
 from shared import providers
 from shared.security.keyring import KeyRing
+from tests.support.problems import assert_problem
+from tests.support.pubsub import Received
+from tests.support.pubsub import pull as pubsub_pull
 
 from .conftest import PROJECT, function_client
 
@@ -20,19 +23,6 @@ pytestmark = pytest.mark.integration
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json(force=True)
-    assert body["status"] == status
-    assert body["title"]
-    assert body["detail"]
-    assert body["type"].startswith("https://")
-    if field is not None:
-        assert body["field"] == field
-    return body
 
 
 def push_body(data: dict[str, Any] | bytes) -> dict[str, Any]:
@@ -48,13 +38,8 @@ def push_body(data: dict[str, Any] | bytes) -> dict[str, Any]:
     }
 
 
-def pull(name: str) -> list[Any]:
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    sub = f"projects/{PROJECT}/subscriptions/{name}-observer"
-    response = subscriber.pull(subscription=sub, max_messages=10, timeout=5)
-    return [m.message for m in response.received_messages]
+def pull(name: str) -> list[Received]:
+    return pubsub_pull(f"projects/{PROJECT}/subscriptions/{name}-observer")
 
 
 def test_submit_accepts_a_valid_task(api_key: Callable[[str], str]) -> None:
