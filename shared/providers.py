@@ -149,6 +149,9 @@ def reset() -> None:
     """Forget every cached provider, client and setting (stopping the worker's processes)."""
     if worker.cache_info().currsize:
         worker().close()
+    from shared.operations.metrics import forget_cached
+
+    forget_cached()
     for provider in (
         task_registry,
         keyring,

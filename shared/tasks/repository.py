@@ -576,7 +576,19 @@ class FirestoreTaskRepository:
             changes.update(self._docs.plain_error(error.code))
         else:
             changes.update({"error": None, "error_code": error.code})
-        return self._conditional(snapshot, changes)
+        failed_precondition, _, _ = _google_errors()
+        batch = self._db.batch()
+        batch.update(
+            self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
+        )
+        metrics.record_outcome(
+            batch, self._db, str(snapshot.get("type")), TaskStatus.FAILED.value, shards=self._shards
+        )
+        try:
+            batch.commit(**WORKER_CALL.kwargs())
+        except failed_precondition:
+            return False
+        return True
 
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None:
         """Count a delivery that could not start the task; None if the document moved on."""

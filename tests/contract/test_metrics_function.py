@@ -71,7 +71,7 @@ def recorded(emulators_clean: dict[str, str]) -> None:
     for i in range(3):
         batch.set(db.collection(TASKS).document(f"e{i}"), {"status": "succeeded", "type": "echo"})
         record_submitted(batch, db, "echo", shards=4)
-        record_duration(batch, db, "echo", 0.02 * (i + 1), shards=4)
+        record_duration(batch, db, "echo", 0.02 * (i + 1), shards=4, outcome="succeeded")
     batch.set(db.collection(TASKS).document("s0"), {"status": "running", "type": "sleep"})
     record_submitted(batch, db, "sleep", shards=4)
     batch.commit()
@@ -88,12 +88,15 @@ def test_exposition_reports_counts_counters_and_histograms(path: str) -> None:
 
     tasks = {(s.labels["status"], s.labels["type"]): s.value for s in families["aia_tasks"].samples}
     names = builtin_registry().names()
-    assert set(tasks) == {
-        (s, t) for s in ("queued", "running", "succeeded", "failed") for t in names
-    }
-    assert tasks[("succeeded", "echo")] == 3
+    assert set(tasks) == {(s, t) for s in ("queued", "running") for t in names}
     assert tasks[("running", "sleep")] == 1
     assert tasks[("queued", "echo")] == 0
+    finished = {
+        (s.labels["status"], s.labels["type"]): s.value
+        for s in families["aia_tasks_finished"].samples
+    }
+    assert set(finished) == {(s, t) for s in ("succeeded", "failed") for t in names}
+    assert finished[("succeeded", "echo")] == 3
 
     submitted = {s.labels["type"]: s.value for s in families["aia_tasks_submitted"].samples}
     assert submitted["echo"] == 3
@@ -121,7 +124,7 @@ def test_accept_json_returns_the_same_figures() -> None:
     assert response.content_type == "application/json"
     assert response.headers["Vary"] == "Accept"
     body = response.get_json()
-    assert body["aia_tasks"]["succeeded"]["echo"] == 3
+    assert body["aia_tasks_finished_total"]["succeeded"]["echo"] == 3
     assert body["aia_tasks"]["running"]["sleep"] == 1
     assert body["aia_tasks_submitted_total"]["echo"] == 3
     echo = body["aia_task_duration_seconds"]["echo"]
@@ -136,6 +139,9 @@ def test_accept_json_returns_the_same_figures() -> None:
                 assert body["aia_tasks"][sample.labels["status"]][sample.labels["type"]] == (
                     sample.value
                 )
+            elif sample.name == "aia_tasks_finished_total":
+                finished = body["aia_tasks_finished_total"]
+                assert finished[sample.labels["status"]][sample.labels["type"]] == sample.value
             elif sample.name == "aia_tasks_submitted_total":
                 assert body["aia_tasks_submitted_total"][sample.labels["type"]] == sample.value
 
