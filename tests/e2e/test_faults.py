@@ -92,21 +92,18 @@ def test_a_worker_killed_mid_task_recovers_on_attempt_2_and_new_tasks_run(
     task_id = submit(client, body)
     first = started(stack, marker, [1])
     handler_pid = first["starts"][0][2]
-    killed_at = time.monotonic()
     stack.kill_function("process_task")
     # The handler process dies with its worker: nothing holds the task's code running.
     eventually(lambda: pid_alive(handler_pid), lambda alive: not alive)
     stack.wait_restarted("process_task", 1)
     # The lease runs out, the sweep republishes, attempt 2 runs and succeeds.
     done = client.wait_for(task_id, timeout_s=90)
-    recovery_s = time.monotonic() - killed_at
     assert (done["status"], done["attempts"]) == ("succeeded", 2), done
     recorded = read_probe(marker, probe_base(stack))
     assert recorded["attempts"] == [1, 2]
     assert recorded["overlaps"] == []
     fresh = submit(client, {"type": "echo", "payload": {"after": "restart"}})
     assert client.wait_for(fresh)["status"] == "succeeded"
-    (stack.state_dir / "recovery.json").write_text(json.dumps({"recovery_s": recovery_s}))
 
 
 def test_frozen_pubsub_defers_the_dispatch_and_the_task_still_runs(
