@@ -48,6 +48,8 @@ class Settings(BaseModel):
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     keyring: SecretStr | None = None
     keyring_file: Path | None = None
+    # How long an instance trusts an API key record it read: also the revocation bound.
+    api_key_cache_s: float = Field(default=30.0, ge=0, le=300)
     # Bearer token guarding /metrics and the detailed /health; unset leaves them open (local).
     metrics_token: SecretStr | None = None
     # The worker subscription's maximum retry backoff (Terraform passes the same value to both).
@@ -104,6 +106,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_LOG_LEVEL": "log_level",
     "AIA_KEYRING": "keyring",
     "AIA_KEYRING_FILE": "keyring_file",
+    "AIA_API_KEY_CACHE_S": "api_key_cache_s",
     "AIA_METRICS_TOKEN": "metrics_token",
     "AIA_RETRY_MAX_BACKOFF_S": "retry_max_backoff_s",
     "AIA_REDISPATCH_AFTER_S": "redispatch_after_s",

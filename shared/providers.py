@@ -93,7 +93,9 @@ def task_publisher(wait_s: float = PUBLISH_WAIT_S) -> PubSubTaskPublisher:
 def api_keys() -> ApiKeys:
     from shared.security.apikeys import ApiKeys, FirestoreApiKeyStore
 
-    return ApiKeys(FirestoreApiKeyStore(keys_firestore_client()))
+    return ApiKeys(
+        FirestoreApiKeyStore(keys_firestore_client()), cache_s=get_settings().api_key_cache_s
+    )
 
 
 @functools.cache

@@ -6,6 +6,10 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -65,10 +69,45 @@ class FirestoreApiKeyStore:
 
 
 class ApiKeys:
-    """Issues, checks and revokes keys against an `ApiKeyStore`."""
+    """Issues, checks and revokes keys against an `ApiKeyStore`.
 
-    def __init__(self, store: ApiKeyStore) -> None:
+    A key record read from the store is remembered for `cache_s` seconds, so a
+    busy client costs one read per instance per `cache_s` instead of one per
+    request. That is also the bound on revocation: a revoked key keeps working
+    on an instance that read it before the revocation for at most `cache_s`.
+    Only keys that exist are remembered; a miss is read every time.
+    """
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        *,
+        cache_s: float = 0.0,
+        max_cached: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._store = store
+        self._cache_s = cache_s
+        self._max_cached = max_cached
+        self._clock = clock
+        self._cache: OrderedDict[str, tuple[float, ApiKeyRecord]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _record(self, key_id: str) -> ApiKeyRecord | None:
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(key_id)
+            if hit is not None and now - hit[0] < self._cache_s:
+                self._cache.move_to_end(key_id)
+                return hit[1]
+        record = self._store.get(key_id)
+        if record is not None and self._cache_s > 0:
+            with self._lock:
+                self._cache[key_id] = (now, record)
+                self._cache.move_to_end(key_id)
+                while len(self._cache) > self._max_cached:
+                    self._cache.popitem(last=False)
+        return record
 
     def create(self, tenant_id: str) -> tuple[str, str]:
         """A new key for `tenant_id`: returns (key_id, key). The key is never stored."""
@@ -96,7 +135,7 @@ class ApiKeys:
         if not match:
             raise Unauthorized("API key is malformed", token_given=True)
         key_id, secret = match.groups()
-        record = self._store.get(key_id)
+        record = self._record(key_id)
         # Compare even when the record is missing so timing says nothing about ids.
         expected = record.secret_hash if record else _hash_secret("")
         valid = hmac.compare_digest(expected, _hash_secret(secret))

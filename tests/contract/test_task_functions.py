@@ -81,7 +81,10 @@ def test_submit_requires_a_valid_bearer_key(
     assert (error in challenge) if error else ("error=" not in challenge)
 
 
-def test_revoked_key_is_refused(api_key: Callable[[str], str]) -> None:
+def test_revoked_key_is_refused(
+    api_key: Callable[[str], str], configure: Callable[..., None]
+) -> None:
+    configure(AIA_API_KEY_CACHE_S="0")  # the cache's bound is tested on its own
     key = api_key("acme")
     client = function_client("submit_task")
     body = {"type": "echo", "payload": {}}

@@ -9,12 +9,15 @@ import pytest
 
 from devtools.procs import group_alive
 from devtools.stack_process import start_stack
-from tests.e2e.support import E2E, Ledger, PubSubRest
+from tests.e2e.support import API_KEY_CACHE_S, E2E, Ledger, PubSubRest
 
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
-    stack = start_stack(tmp_path_factory.mktemp("stack"))
+    # A short API-key cache, so the revocation bound can be waited out in a test.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AIA_API_KEY_CACHE_S", str(API_KEY_CACHE_S))
+        stack = start_stack(tmp_path_factory.mktemp("stack"))
     port = int(stack.base_url.rsplit(":", 1)[1])
     try:
         yield E2E(

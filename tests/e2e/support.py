@@ -20,6 +20,8 @@ from tests.support.pubsub import Received, pull
 
 T = TypeVar("T")
 DEADLINE_S = 30.0
+# The session stack's AIA_API_KEY_CACHE_S: how long a revoked key may keep working.
+API_KEY_CACHE_S = 2.0
 
 
 def eventually(

@@ -15,7 +15,7 @@ import requests
 
 from devtools.client import AiaClient
 from devtools.stack import REPO_ROOT
-from tests.e2e.support import E2E, eventually, mentions, sample
+from tests.e2e.support import API_KEY_CACHE_S, E2E, eventually, mentions, sample
 from tests.support.problems import assert_problem
 from tests.support.pubsub import Received
 
@@ -110,12 +110,22 @@ def test_bad_keys_are_401(e2e: E2E, key: str) -> None:
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_revoked_key_is_401(e2e: E2E) -> None:
+def test_a_revoked_key_stops_working_within_the_cache_bound_everywhere(e2e: E2E) -> None:
     key = e2e.create_key(_tenant("revoked"))
     client = e2e.client(key)
     task_id = client.submit({"type": "echo", "payload": {"n": 1}}).json()["task_id"]
     assert client.task(task_id).status_code == 200
     e2e.revoke_key(key)
+    # Both functions (separate instances, each with its own cache) refuse it once the
+    # bound has passed; the deadline leaves room for a loaded machine, not for the bound.
+    eventually(
+        lambda: client.task(task_id).status_code, lambda s: s == 401, timeout_s=API_KEY_CACHE_S + 10
+    )
+    eventually(
+        lambda: client.submit({"type": "echo", "payload": {}}).status_code,
+        lambda s: s == 401,
+        timeout_s=API_KEY_CACHE_S + 10,
+    )
     assert_problem(client.task(task_id), 401)
     assert_problem(client.tasks(), 401)
     assert_problem(client.submit({"type": "echo", "payload": {}}), 401)

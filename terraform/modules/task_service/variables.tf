@@ -260,3 +260,14 @@ variable "task_modules" {
     error_message = "task_modules must be dotted Python module names."
   }
 }
+
+variable "api_key_cache_s" {
+  description = "Seconds an instance trusts an API key record it read (AIA_API_KEY_CACHE_S): one read per key per instance per period, and the bound on how long a revoked key keeps working."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.api_key_cache_s >= 0 && var.api_key_cache_s <= 300
+    error_message = "api_key_cache_s must be 0-300."
+  }
+}
