@@ -10,14 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
-TERMINAL = frozenset({"succeeded", "failed"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class TaskStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
+    SCHEDULED = "scheduled"  # waits for its run_at (a delay or a cron slot)
+    QUEUED = "queued"  # ready: dispatched, or waiting for a worker
+    RUNNING = "running"  # an attempt holds the lease
+    WAITING = "waiting"  # handed its work to children; no worker held while they run
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:

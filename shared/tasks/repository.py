@@ -450,7 +450,7 @@ class FirestoreTaskRepository:
         snapshot = self._read(task_id, WORKER_CALL)
         if snapshot is None or snapshot.get("tenant_id") != tenant_id:
             return Opened(None)
-        if snapshot.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+        if TaskStatus(snapshot.status).terminal:
             return Opened(snapshot)
         try:
             key = self._docs.key_of(task_id, snapshot.doc)
@@ -524,7 +524,7 @@ class FirestoreTaskRepository:
             )
         if error is not None:
             changes.update(self._docs.seal_error(lease.key, error))
-        terminal = status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED)
+        terminal = status.terminal
         if terminal:
             changes["finished_at"] = now
         if status is TaskStatus.FAILED:

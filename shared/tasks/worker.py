@@ -119,7 +119,7 @@ class Worker:
         if snapshot is None:
             log.info("delivery for an unknown task", extra={"task_id": message.task_id})
             return Processed(Outcome.SKIPPED, "missing")
-        if snapshot.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+        if TaskStatus(snapshot.status).terminal:
             return Processed(Outcome.SKIPPED, "terminal")
         lease_until = snapshot.get("lease_until")
         if snapshot.status == TaskStatus.RUNNING and lease_until is not None and lease_until > now:

@@ -88,14 +88,14 @@ def test_exposition_reports_counts_counters_and_histograms(path: str) -> None:
 
     tasks = {(s.labels["status"], s.labels["type"]): s.value for s in families["aia_tasks"].samples}
     names = builtin_registry().names()
-    assert set(tasks) == {(s, t) for s in ("queued", "running") for t in names}
+    assert set(tasks) == {(s, t) for s in metrics.LIVE_STATUSES for t in names}
     assert tasks[("running", "sleep")] == 1
     assert tasks[("queued", "echo")] == 0
     finished = {
         (s.labels["status"], s.labels["type"]): s.value
         for s in families["aia_tasks_finished"].samples
     }
-    assert set(finished) == {(s, t) for s in ("succeeded", "failed") for t in names}
+    assert set(finished) == {(s, t) for s in metrics.FINISHED_STATUSES for t in names}
     assert finished[("succeeded", "echo")] == 3
 
     submitted = {s.labels["type"]: s.value for s in families["aia_tasks_submitted"].samples}

@@ -15,6 +15,7 @@ import requests
 
 from devtools.client import AiaClient
 from devtools.stack import REPO_ROOT
+from shared.operations.metrics import FINISHED_STATUSES, LIVE_STATUSES
 from tests.e2e.support import API_KEY_CACHE_S, E2E, eventually, mentions, sample
 from tests.support.problems import assert_problem
 from tests.support.pubsub import Received
@@ -370,11 +371,10 @@ def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
     for task_type, n in submitted.items():
         assert sample(samples, "aia_tasks_submitted_total", type=task_type) == n, task_type
         accounted = sum(
-            sample(samples, "aia_tasks", status=status, type=task_type)
-            for status in ("queued", "running")
+            sample(samples, "aia_tasks", status=status, type=task_type) for status in LIVE_STATUSES
         ) + sum(
             sample(samples, "aia_tasks_finished_total", status=status, type=task_type)
-            for status in ("succeeded", "failed")
+            for status in FINISHED_STATUSES
         )
         assert accounted == n, task_type
         assert sample(samples, "aia_tasks", status="queued", type=task_type) == 0

@@ -13,6 +13,8 @@ from shared.clients import firestore_client
 from shared.operations.metrics import (
     BUCKETS,
     DURATION,
+    FINISHED_STATUSES,
+    LIVE_STATUSES,
     SUBMITTED,
     collect,
     record_duration,
@@ -74,9 +76,9 @@ def test_concurrent_writers_lose_no_count(emulators_clean: dict[str, str]) -> No
 
 def test_empty_counts_come_back_as_ints(emulators_clean: dict[str, str]) -> None:
     snapshot = collect(firestore_client(), TYPES)
-    assert len(snapshot.tasks) == 2 * len(TYPES)  # queued and running, per type
+    assert len(snapshot.tasks) == len(LIVE_STATUSES) * len(TYPES)
     assert set(snapshot.tasks.values()) == {0}
-    assert len(snapshot.finished) == 2 * len(TYPES)  # succeeded and failed, per type
+    assert len(snapshot.finished) == len(FINISHED_STATUSES) * len(TYPES)
     assert set(snapshot.finished.values()) == {0}
     assert all(type(n) is int for n in snapshot.finished.values())
     assert all(type(n) is int for n in snapshot.tasks.values())
@@ -99,12 +101,15 @@ def test_live_counts_follow_task_status_and_finished_ones_follow_outcomes(
 
     body = render_json(collect(db, TYPES))
     assert body["aia_tasks"] == {
+        "scheduled": {"echo": 0, "sleep": 0},
         "queued": {"echo": 1, "sleep": 0},
         "running": {"echo": 2, "sleep": 0},
+        "waiting": {"echo": 0, "sleep": 0},
     }
     assert body["aia_tasks_finished_total"] == {
         "succeeded": {"echo": 1, "sleep": 0},
         "failed": {"echo": 3, "sleep": 1},
+        "cancelled": {"echo": 0, "sleep": 0},
     }
 
 

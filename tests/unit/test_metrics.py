@@ -242,22 +242,21 @@ def test_collect_counts_live_pairs_as_ints_finished_from_shards_and_reads_shards
 
     # Only what waits or runs is aggregated: history never grows a scrape's cost.
     assert set(db.count_queries) == {
-        (("status", s), ("type", t)) for s in ("queued", "running") for t in ("echo", "fail")
+        (("status", s), ("type", t)) for s in metrics.LIVE_STATUSES for t in ("echo", "fail")
     }
-    assert len(db.count_queries) == 4
-    assert db.timeouts == [3.0] * 5
+    assert "succeeded" not in metrics.LIVE_STATUSES
+    assert len(db.count_queries) == 2 * len(metrics.LIVE_STATUSES)
+    assert db.timeouts == [3.0] * (len(db.count_queries) + 1)
     assert snapshot.tasks == {
-        ("queued", "echo"): 2,
-        ("queued", "fail"): 0,
-        ("running", "echo"): 0,
-        ("running", "fail"): 0,
+        (s, t): 2 if (s, t) == ("queued", "echo") else 0
+        for s in metrics.LIVE_STATUSES
+        for t in ("echo", "fail")
     }
     assert all(type(n) is int for n in snapshot.tasks.values())
     assert snapshot.finished == {
-        ("succeeded", "echo"): 1,
-        ("succeeded", "fail"): 0,
-        ("failed", "echo"): 0,
-        ("failed", "fail"): 1,
+        (s, t): int((s, t) in {("succeeded", "echo"), ("failed", "fail")})
+        for s in metrics.FINISHED_STATUSES
+        for t in ("echo", "fail")
     }
     assert snapshot.submitted == {"echo": 3, "fail": 0}
     assert snapshot.durations["echo"].count == 2
@@ -320,14 +319,19 @@ def _snapshot() -> MetricsSnapshot:
     return MetricsSnapshot(
         types=("analytics.summary", "echo"),
         tasks={
-            (s, t): (5 if (s, t) == ("succeeded", "echo") else 0)
-            for s in ("queued", "running", "succeeded", "failed")
+            (s, t): (1 if (s, t) == ("running", "echo") else 0)
+            for s in metrics.LIVE_STATUSES
             for t in ("analytics.summary", "echo")
         },
         submitted={"analytics.summary": 0, "echo": 6},
         durations={
             "analytics.summary": DurationHistogram((0,) * len(BUCKETS), 0, 0.0),
             "echo": DurationHistogram(tuple(counts), 4, 400.06),
+        },
+        finished={
+            (s, t): (5 if (s, t) == ("succeeded", "echo") else 0)
+            for s in metrics.FINISHED_STATUSES
+            for t in ("analytics.summary", "echo")
         },
     )
 
@@ -340,8 +344,10 @@ def test_prometheus_exposition_parses_back_to_the_snapshot() -> None:
     gauges = {
         (s.labels["status"], s.labels["type"]): s.value for s in families["aia_tasks"].samples
     }
-    assert gauges[("succeeded", "echo")] == 5
-    assert len(gauges) == 8
+    assert gauges[("running", "echo")] == 1
+    assert len(gauges) == 2 * len(metrics.LIVE_STATUSES)
+    assert families["aia_tasks_finished"].type == "counter"
+    assert 'aia_tasks_finished_total{status="succeeded",type="echo"} 5.0' in text
 
     assert families["aia_tasks_submitted"].type == "counter"
     assert 'aia_tasks_submitted_total{type="echo"} 6.0' in text
@@ -366,8 +372,9 @@ def test_prometheus_exposition_parses_back_to_the_snapshot() -> None:
 def test_json_carries_the_same_figures_as_the_exposition() -> None:
     snapshot = _snapshot()
     body = render_json(snapshot)
-    assert body["aia_tasks"]["succeeded"]["echo"] == 5
-    assert body["aia_tasks"]["queued"] == {"analytics.summary": 0, "echo": 0}
+    assert body["aia_tasks_finished_total"]["succeeded"]["echo"] == 5
+    assert body["aia_tasks"]["running"] == {"analytics.summary": 0, "echo": 1}
+    assert "succeeded" not in body["aia_tasks"]
     assert body["aia_tasks_submitted_total"] == {"analytics.summary": 0, "echo": 6}
     echo = body["aia_task_duration_seconds"]["echo"]
     assert echo["count"] == 4
