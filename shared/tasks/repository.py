@@ -49,6 +49,7 @@ from shared.errors import (
 from shared.limits import loads_bounded
 from shared.operations import metrics
 from shared.tasks.documents import PLAIN_ERRORS, TaskDocuments
+from shared.tasks.events import NoEvents, TaskEvents
 from shared.tasks.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
@@ -154,6 +155,8 @@ class StuckTask:
 
 
 class TaskRepository(Protocol):
+    events: TaskEvents  # what follows a terminal transition, staged in its commit
+
     def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created: ...
     def get(self, tenant_id: str, task_id: str) -> Task: ...
     def list_tasks(
@@ -225,11 +228,19 @@ def _google_errors() -> tuple[type[BaseException], type[BaseException], type[Bas
 
 
 class FirestoreTaskRepository:
-    def __init__(self, db: Any, documents: TaskDocuments | None, *, metric_shards: int) -> None:
+    def __init__(
+        self,
+        db: Any,
+        documents: TaskDocuments | None,
+        *,
+        metric_shards: int,
+        events: TaskEvents | None = None,
+    ) -> None:
         self._db = db
         self._documents = documents
         self._shards = metric_shards
         self._tasks = db.collection(queries.TASKS)
+        self.events: TaskEvents = events or NoEvents()
 
     @property
     def _docs(self) -> TaskDocuments:
@@ -535,6 +546,8 @@ class FirestoreTaskRepository:
         for _ in range(_MAX_CONFLICTS):
             batch = self._db.batch()
             batch.update(ref, changes, option=self._after(version))
+            if terminal:
+                self.events.stage(batch, lease.task, status)
             metrics.record_duration(
                 batch,
                 self._db,
@@ -584,6 +597,8 @@ class FirestoreTaskRepository:
         metrics.record_outcome(
             batch, self._db, str(snapshot.get("type")), TaskStatus.FAILED.value, shards=self._shards
         )
+        task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
+        self.events.stage(batch, task, TaskStatus.FAILED)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:

@@ -173,6 +173,8 @@ class Worker:
     ) -> object:
         if not self._repository.fail_unstarted(opened, error, now):
             return _RELOAD
+        if opened.task is not None:
+            self._repository.events.flush(opened.task, TaskStatus.FAILED)
         log.warning(
             "task failed before an attempt", extra={"task_id": message.task_id, "code": error.code}
         )
@@ -211,6 +213,7 @@ class Worker:
             else:
                 if not owned:
                     return Processed(Outcome.SKIPPED, "lease lost")
+                self._repository.events.flush(task, TaskStatus.SUCCEEDED)
                 log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
                 return Processed(Outcome.SUCCEEDED)
         assert error is not None
@@ -235,6 +238,7 @@ class Worker:
         if not owned:
             return Processed(Outcome.SKIPPED, "lease lost")
         if final:
+            self._repository.events.flush(task, TaskStatus.FAILED)
             self._dead_letter(message, error.code)
             return Processed(Outcome.FAILED, error.code)
         raise TaskFailure(f"attempt {task.attempts} failed ({error.code}); will be retried")

@@ -1,0 +1,47 @@
+"""What happens beside a task reaching a terminal status: a port for features that follow it.
+
+The repository calls `stage` inside the very commit that makes a task terminal,
+so whatever a feature records there (an outbox entry for a webhook, a join
+count for a parent) is stored exactly when the outcome is, never lost between
+the two. The worker calls `flush` once that commit returned, for the fast path
+(a publish); a sweep covers a flush that never ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from shared.tasks.models import Task, TaskStatus
+
+
+class TaskEvents(Protocol):
+    def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
+        """Add writes to `batch`, the commit that records `task` as `status` (terminal)."""
+
+    def flush(self, task: Task, status: TaskStatus) -> None:
+        """After that commit: deliver what `stage` recorded (best effort; never raises)."""
+
+
+class NoEvents:
+    """Nothing follows a task: the default."""
+
+    def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
+        return None
+
+    def flush(self, task: Task, status: TaskStatus) -> None:
+        return None
+
+
+class AllEvents:
+    """Several features following tasks, in order."""
+
+    def __init__(self, *followers: TaskEvents) -> None:
+        self._followers = followers
+
+    def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
+        for follower in self._followers:
+            follower.stage(batch, task, status)
+
+    def flush(self, task: Task, status: TaskStatus) -> None:
+        for follower in self._followers:
+            follower.flush(task, status)
