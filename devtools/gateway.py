@@ -54,7 +54,7 @@ def route(method: str, path: str) -> str | None:  # noqa: PLR0911 - one answer p
     if path == "/tasks":
         # One path, two functions: creating is submit_task, listing is task_status.
         return "submit_task" if method == "POST" else "task_status"
-    if path.startswith("/tasks/") and path.endswith(":replay"):
+    if path.startswith("/tasks/") and path.endswith((":replay", ":cancel")):
         return "submit_task"
     if _TASK_ID.match(path):
         return "task_status"

@@ -68,10 +68,21 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+    progress: dict[str, Any] | None = None  # None when absent or not decrypted for this read
+    cancel_requested: bool = False
 
     @property
     def attempts_left(self) -> int:
         return self.max_attempts - (self.attempts - self.attempt_base)
+
+
+class Progress(BaseModel):
+    """The latest progress a handler reported (`ctx.progress`)."""
+
+    fraction: float = Field(ge=0, le=1)
+    message: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    updated_at: datetime
 
 
 class TaskView(BaseModel):
@@ -87,6 +98,8 @@ class TaskView(BaseModel):
     finished_at: datetime | None
     result: Any = None
     error: TaskError | None = None
+    progress: Progress | None = None
+    cancel_requested: bool = False
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -101,6 +114,8 @@ class TaskView(BaseModel):
             finished_at=task.finished_at,
             result=task.result if task.status is TaskStatus.SUCCEEDED else None,
             error=task.error if task.status is TaskStatus.FAILED else None,
+            progress=Progress.model_validate(task.progress) if task.progress else None,
+            cancel_requested=task.cancel_requested,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +126,10 @@ class TaskView(BaseModel):
             body["result"] = self.result
         if self.status is not TaskStatus.FAILED:
             body.pop("error")
+        if self.progress is None:
+            body.pop("progress")
+        if not self.cancel_requested:
+            body.pop("cancel_requested")
         return body
 
 

@@ -24,6 +24,7 @@ P = TypeVar("P", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 BUILTIN_MODULES: tuple[str, ...] = ("shared.tasks.builtin", "shared.tasks.diagnostic")
+MAX_PROGRESS_MESSAGE = 500
 _MARK = "__aia_task_type__"
 
 
@@ -59,6 +60,14 @@ class TaskContext:
     def remaining_s(self) -> float:
         """Seconds left before the deadline (never negative)."""
         return max(0.0, self.deadline - time.time())
+
+    def progress(self, fraction: float, message: str | None = None, **metadata: Any) -> None:
+        """Report how far the attempt got (0-1); stored at most once a second, latest wins."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction must be within 0-1, got {fraction!r}")
+        if message is not None and len(message) > MAX_PROGRESS_MESSAGE:
+            message = message[:MAX_PROGRESS_MESSAGE]
+        self.emit(("progress", float(fraction), message, metadata))
 
 
 Handler = Callable[[Any, TaskContext], Any]

@@ -274,17 +274,20 @@ class ProcessRunner:
         except OSError:
             child.kill()
             return _crashed("the handler process was gone before the attempt started", events)
-        stop_at: float | None = None
+        told_to_stop = False  # ctx.cancelled is true in the child
+        was_cancelled = False
+        kill_at = spec.deadline + STOP_GRACE_S
         while True:
             now = time.time()
-            if stop_at is None and (
-                now >= spec.deadline or (cancelled is not None and cancelled())
-            ):
-                child.cancel.set()  # ctx.cancelled turns true; the handler may still return
-                stop_at = now + STOP_GRACE_S
-            wait = (stop_at if stop_at is not None else spec.deadline) - now
+            if not was_cancelled and cancelled is not None and cancelled():
+                # Cancelled: the handler is told at once and may return early; one that
+                # ignores it is still stopped at its deadline, as a timeout would be.
+                was_cancelled = True
+            if not told_to_stop and (was_cancelled or now >= spec.deadline):
+                child.cancel.set()
+                told_to_stop = True
             try:
-                ready = child.conn.poll(max(0.0, min(wait, 0.25)))
+                ready = child.conn.poll(max(0.0, min(kill_at - now, 0.25)))
                 message = child.conn.recv() if ready else None
             except (EOFError, OSError):
                 child.kill()
@@ -296,38 +299,21 @@ class ProcessRunner:
                     if on_event is not None:
                         on_event(body)
                     continue
-                if stop_at is not None:
-                    # Returned after being told to stop: the attempt still ran out of time
-                    # (or was cancelled); its late result is not trusted.
-                    self._checkin(child)
-                    return self._stopped(spec, cancelled, events)
                 self._checkin(child)
+                if was_cancelled:
+                    return _cancelled(events)
+                if now >= spec.deadline:
+                    # Returned only after its deadline: the attempt ran out of time,
+                    # and its late result is not trusted.
+                    return _timed_out(spec, events)
                 return _with_events(body, events)
-            if stop_at is not None and time.time() >= stop_at:
+            if time.time() >= kill_at:
                 child.kill()
                 log.warning(
                     "handler process killed",
                     extra={"task_id": spec.task_id, "attempt": spec.attempt},
                 )
-                return self._stopped(spec, cancelled, events)
-
-    @staticmethod
-    def _stopped(
-        spec: AttemptSpec, cancelled: Callable[[], bool] | None, events: list[tuple[Any, ...]]
-    ) -> AttemptOutcome:
-        if cancelled is not None and cancelled() and time.time() < spec.deadline:
-            return AttemptOutcome(
-                error_code="cancelled",
-                error_message="the task was cancelled while this attempt ran",
-                retryable=False,
-                events=tuple(events),
-            )
-        return AttemptOutcome(
-            error_code="timeout",
-            error_message=f"attempt {spec.attempt} did not finish before its deadline",
-            retryable=True,
-            events=tuple(events),
-        )
+                return _cancelled(events) if was_cancelled else _timed_out(spec, events)
 
     def close(self) -> None:
         """Stop every idle child (tests, and instance shutdown)."""
@@ -335,6 +321,24 @@ class ProcessRunner:
             idle, self._idle = self._idle, []
         for child in idle:
             child.kill()
+
+
+def _cancelled(events: list[tuple[Any, ...]]) -> AttemptOutcome:
+    return AttemptOutcome(
+        error_code="cancelled",
+        error_message="the task was cancelled while this attempt ran",
+        retryable=False,
+        events=tuple(events),
+    )
+
+
+def _timed_out(spec: AttemptSpec, events: list[tuple[Any, ...]]) -> AttemptOutcome:
+    return AttemptOutcome(
+        error_code="timeout",
+        error_message=f"attempt {spec.attempt} did not finish before its deadline",
+        retryable=True,
+        events=tuple(events),
+    )
 
 
 def _crashed(message: str, events: list[tuple[Any, ...]]) -> AttemptOutcome:

@@ -135,3 +135,7 @@ class SubmitService:
             # Already queued or running again: the earlier replay's dispatch stands.
             return Replayed(task, dispatched=not task.dispatch_pending)
         return Replayed(task, dispatched=self._dispatch(task))
+
+    def cancel(self, tenant_id: str, task_id: str) -> Task:
+        """Cancel a task: it never starts if it has not, and a running attempt is told to stop."""
+        return self._repository.cancel(tenant_id, task_id, datetime.now(UTC))

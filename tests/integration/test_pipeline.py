@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared.errors import (
+    Conflict,
     IdempotencyMismatch,
     IntegrityError,
     KeyUnavailable,
@@ -766,3 +767,110 @@ def test_handler_error_text_stays_out_of_the_logs(
     error = pipeline.status.get("acme", task_id).error
     assert error is not None
     assert card in error.message  # the client still reads why it failed
+
+
+def test_a_queued_task_cancelled_never_starts(pipeline: Pipeline) -> None:
+    probe = marker()
+    task_id = submit(pipeline, {"type": "probe", "payload": {"marker": probe}})
+    with pytest.raises(NotFound):
+        pipeline.submit.cancel("globex", task_id)  # another tenant's is nobody's
+    cancelled = pipeline.submit.cancel("acme", task_id)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert pipeline.submit.cancel("acme", task_id).status is TaskStatus.CANCELLED  # idempotent
+    outcome = pipeline.worker.process(message(task_id))
+    assert (outcome.outcome, outcome.detail) == (Outcome.SKIPPED, "terminal")
+    assert read_probe(probe)["attempts"] == []
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.CANCELLED, 0)
+    assert pipeline.pull(pipeline.dead_letter_sub) == []
+
+
+def test_a_running_task_sees_cancelled_and_its_late_result_is_discarded(
+    pipeline: Pipeline,
+) -> None:
+    probe = marker()
+    body = {"type": "probe", "payload": {"marker": probe, "hold_attempts": 1}}
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    asked = pipeline.submit.cancel("acme", task_id)
+    assert (asked.status, asked.cancel_requested) == (TaskStatus.RUNNING, True)
+    # The well-behaved handler stops on ctx.cancelled (it would otherwise hold forever).
+    assert running.result().outcome is Outcome.CANCELLED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.CANCELLED, 1)
+    assert view.result is None
+    assert pipeline.pull(pipeline.dead_letter_sub) == []
+    with pytest.raises(Conflict):
+        pipeline.submit.cancel("acme", submit_and_run(pipeline))
+
+
+def test_a_handler_ignoring_cancellation_is_stopped_at_its_deadline(pipeline: Pipeline) -> None:
+    probe = marker()
+    body = {
+        "type": "probe",
+        "payload": {"marker": probe, "seconds": 60, "honour_cancel": False},
+        "timeout_s": 2,
+    }
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    pipeline.submit.cancel("acme", task_id)
+    assert running.result().outcome is Outcome.CANCELLED
+    assert pipeline.status.get("acme", task_id).status is TaskStatus.CANCELLED
+    _, _, pid = read_probe(probe)["starts"][0]
+    assert not _alive(pid)
+
+
+def test_a_result_that_lands_as_the_cancel_arrives_is_discarded(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {"v": 1}})
+    opened = pipeline.repository.load("acme", task_id)
+    now = datetime.now(UTC)
+    lease = pipeline.repository.take_lease(opened, now, now + timedelta(minutes=1))
+    assert lease is not None
+    pipeline.submit.cancel("acme", task_id)  # between the handler's return and the write
+    stored = pipeline.repository.finish(
+        lease, status=TaskStatus.SUCCEEDED, result={"v": 1}, duration_s=0.01, until=time.time() + 30
+    )
+    assert stored is TaskStatus.CANCELLED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.result) == (TaskStatus.CANCELLED, None)
+
+
+def test_progress_is_stored_coalesced_and_shown_in_the_view(pipeline: Pipeline) -> None:
+    probe = marker()
+    body = {
+        "type": "probe",
+        "payload": {"marker": probe, "seconds": 2.5, "progress_reports": 5000},
+    }
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    seen = until(lambda: pipeline.status.get("acme", task_id).progress)
+    assert 0 < seen.fraction <= 1
+    assert seen.message is not None
+    assert seen.message.startswith("step ")
+    assert running.result().outcome is Outcome.SUCCEEDED
+    final = pipeline.status.get("acme", task_id).to_json()
+    assert final["progress"]["fraction"] == 1.0
+    assert final["progress"]["metadata"] == {"step": 5000}
+    # Sealed like the payload: a database reader learns nothing from it.
+    assert b"step" not in raw(pipeline, task_id)["progress"]
+
+
+def submit_and_run(p: Pipeline) -> str:
+    task_id = submit(p, {"type": "echo", "payload": {}})
+    assert p.worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    return task_id
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
