@@ -6,21 +6,15 @@ import flask
 import functions_framework
 
 from shared import http
+from shared.api.dispatch import route_of
 from shared.dashboard import INDEX, SECURITY_HEADERS, asset
-from shared.errors import NotFound
 
 
 @functions_framework.http
 @http.endpoint
 def dashboard(request: flask.Request) -> flask.Response:
-    path = request.path.rstrip("/") or "/"
-    # "/" too: a function's own URL reaches it at the root, the gateway at /dashboard.
-    if path in ("/", "/dashboard"):
-        name = INDEX
-    elif path.startswith("/dashboard/"):
-        name = path.removeprefix("/dashboard/")
-    else:
-        raise NotFound(f"no route for {request.path}")
-    http.require_method(request, "GET", "HEAD")
+    # A function's own URL reaches it at the root, the gateway at /dashboard.
+    route = route_of(request, "dashboard", root="/dashboard")
+    name = INDEX if route.operation_id == "dashboard" else request.path.rsplit("/", 1)[1]
     body, content_type = asset(name)
     return flask.Response(body, 200, content_type=content_type, headers=SECURITY_HEADERS)

@@ -6,15 +6,15 @@ import flask
 import functions_framework
 
 from shared import http
+from shared.api.dispatch import route_of
 from shared.api.serving import openapi_json
 
 
 @functions_framework.http
 @http.endpoint
 def openapi(request: flask.Request) -> flask.Response:
-    # "/" too: a function's own URL reaches it at the root, the gateway at /openapi.json.
-    http.require_path(request, "/", "/openapi.json")
-    http.require_method(request, "GET", "HEAD")
+    # A function's own URL reaches it at the root, the gateway at /openapi.json.
+    route_of(request, "openapi", root="/openapi.json")
     return flask.Response(
         openapi_json(),
         200,

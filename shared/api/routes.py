@@ -458,20 +458,21 @@ def normalize(path: str) -> str:
     return path if path == "/" else path.rstrip("/") or "/"
 
 
+def _serving(path: str) -> list[Route]:
+    """Routes of the path: a literal path shadows the templates it also matches."""
+    path = normalize(path)
+    literal = [r for r in ROUTES if "{" not in r.path and r.path == path]
+    return literal or [r for r in ROUTES if r.matches(path)]
+
+
 def find(method: str, path: str) -> Route | None:
     """The route answering `method path`, if the table has one."""
-    path = normalize(path)
-    candidates = [r for r in ROUTES if r.method == method and r.matches(path)]
-    # A literal route wins over a template matching the same path (/tasks/counts).
-    return min(candidates, key=lambda r: r.path.count("{"), default=None)
+    return next((r for r in _serving(path) if r.method == method), None)
 
 
 def allowed_methods(path: str) -> tuple[str, ...]:
     """Every method the table serves at `path` (what a 405's Allow header lists)."""
-    path = normalize(path)
-    literal = [r for r in ROUTES if "{" not in r.path and r.path == path]
-    matching = literal or [r for r in ROUTES if r.matches(path)]
-    return tuple(sorted({r.method for r in matching}))
+    return tuple(sorted({r.method for r in _serving(path)}))
 
 
 # Routing, the same way in the dev gateway and the load balancer: a URL map matches a

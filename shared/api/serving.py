@@ -1,4 +1,4 @@
-"""The document as the openapi function serves it: built once per instance, for its settings."""
+"""The document as the openapi function serves it: built once per instance and settings."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from shared.config import get_settings
 from shared.tasks.registry import builtin_registry
 
 
-@functools.cache
 def openapi_json() -> bytes:
     settings = get_settings()
+    # The same switch submit obeys: a type refused at submit is not offered here.
+    return _render(settings.diagnostic_tasks, settings.version, settings.public_base_url)
+
+
+@functools.cache
+def _render(diagnostic: bool, version: str, server_url: str) -> bytes:
     document = build(
-        builtin_registry(),
-        # The same switch submit obeys: a type refused at submit is not offered here.
-        diagnostic=settings.diagnostic_tasks,
-        version=settings.version,
-        server_url=settings.public_base_url,
+        builtin_registry(), diagnostic=diagnostic, version=version, server_url=server_url
     )
     return json.dumps(document, separators=(",", ":")).encode()

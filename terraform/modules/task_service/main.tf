@@ -40,7 +40,7 @@ locals {
   )
 
   # invokers: who calls it besides users (keys of invoker_identities);
-  # firestore: its role on the tasks database; keys_firestore: its role on the
+  # firestore: its role on the tasks database (null: none); keys_firestore: its role on the
   # API keys database, read-only and only where tenants are authenticated
   # (operators create keys with their own credentials); publishes/views: topic
   # keys below; keyring: which key ring secret it reads; metrics_token: whether
@@ -121,6 +121,37 @@ locals {
       memory      = "1Gi"
       cpu         = "1"
       concurrency = 1
+    }
+    # The two below touch no data: no Firestore role, no key ring, no topic.
+    openapi = {
+      invokers       = []
+      description    = "The OpenAPI 3.1 document of the public API, for this deployment's task types."
+      user_facing    = true
+      firestore      = null
+      keys_firestore = null
+      publishes      = []
+      views          = []
+      keyring        = null
+      metrics_token  = false
+      timeout        = 10
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 1
+    }
+    dashboard = {
+      invokers       = []
+      description    = "The tenants' dashboard: static files; the page calls the API with the tenant's key."
+      user_facing    = true
+      firestore      = null
+      keys_firestore = null
+      publishes      = []
+      views          = []
+      keyring        = null
+      metrics_token  = false
+      timeout        = 10
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 1
     }
     redispatch = {
       invokers       = ["scheduler"]
@@ -266,6 +297,8 @@ module "gateway" {
     metrics     = module.function["metrics"].service
     submit_task = module.function["submit_task"].service
     task_status = module.function["task_status"].service
+    openapi     = module.function["openapi"].service
+    dashboard   = module.function["dashboard"].service
   }
 
   depends_on = [google_project_service.this]
