@@ -84,6 +84,13 @@ class _Handler(BaseHTTPRequestHandler):
     # http.server dispatches on these exact names.
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
 
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) goes to the function too: it answers the
+        # 405 with Allow, where http.server alone would say 501.
+        if name.startswith("do_"):
+            return self._proxy
+        raise AttributeError(name)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s - %s", self.address_string(), format % args)
 

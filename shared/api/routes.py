@@ -416,7 +416,16 @@ ROUTES: tuple[Route, ...] = (
         summary="The dashboard's script and style sheet",
         auth=Auth.NONE,
         tag="meta",
-        params=(Param("asset", "path", "A file of the page", {"type": "string"}, True),),
+        params=(
+            Param(
+                "asset",
+                "path",
+                "A file of the page",
+                # shared.dashboard.ASSETS (a unit test keeps them equal).
+                {"type": "string", "enum": ["app.js", "index.html", "style.css"]},
+                True,
+            ),
+        ),
         answers=(
             Answer(
                 200,

@@ -117,7 +117,7 @@ class _Upstream(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_POST = do_PUT = do_HEAD = do_GET  # noqa: N815
+    do_POST = do_PUT = do_HEAD = do_TRACE = do_QUERY = do_PROPFIND = do_GET  # noqa: N815
 
 
 @pytest.fixture(scope="module")
@@ -273,3 +273,11 @@ def test_function_refusing_connections_is_502() -> None:
 def test_taken_port_fails_to_bind(gateway: GatewayServer) -> None:
     with pytest.raises(OSError, match="in use"):
         GatewayServer("127.0.0.1", gateway.port)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "QUERY", "PROPFIND"])
+def test_any_method_reaches_the_function(gateway: GatewayServer, method: str) -> None:
+    """The function decides (405 with Allow); the gateway never answers 501 itself."""
+    resp, data = _request(gateway, method, "/tasks/1")
+    assert resp.status == 202
+    assert json.loads(data)["method"] == method

@@ -222,7 +222,7 @@ def test_headers_are_described_where_they_occur(document: dict[str, Any]) -> Non
     assert not_allowed["headers"]["Allow"]["required"] is True
 
 
-SAMPLES = {
+SAMPLES: dict[str, dict[str, Any]] = {
     "echo": {"anything": [1, "two", {"three": None}]},
     "sleep": {"seconds": 0.5},
     "analytics.summary": {"values": [1, 2.5, -3]},
@@ -350,3 +350,10 @@ def test_route_of_answers_the_tables_404_and_405(
             route_of(request, function, root="/openapi.json")
     else:
         assert route_of(request, function, root="/openapi.json").operation_id == outcome
+
+
+def test_dashboard_asset_names_are_the_files_served() -> None:
+    from shared.dashboard import ASSETS
+
+    (param,) = next(r for r in routes.ROUTES if r.operation_id == "dashboardAsset").params
+    assert sorted(param.schema["enum"]) == sorted(ASSETS)
