@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -75,10 +76,15 @@ OWNED_ENV = (
     "AIA_PUBLIC_BASE_URL",
     "AIA_REDISPATCH_AFTER_S",
     "AIA_RETRY_MAX_BACKOFF_S",
+    "AIA_KEYS_DATABASE",
+    "AIA_DIAGNOSTIC_DIR",
+    "AIA_METRICS_TOKEN",
     "AIA_BASE_URL",
     "AIA_API_KEY",
     RUN_MARKER_ENV,
 )
+
+KEYS_DATABASE = "aia-keys"
 
 log = logging.getLogger("aia.stack")
 
@@ -178,6 +184,11 @@ class Stack:
             "PUBSUB_EMULATOR_HOST": ps.extra["PUBSUB_EMULATOR_HOST"],
             "AIA_BASE_URL": base_url,
             "AIA_KEYRING_FILE": str(self.keyring_path),
+            # As in production: API keys in a database of their own.
+            "AIA_KEYS_DATABASE": KEYS_DATABASE,
+            "AIA_DIAGNOSTIC_DIR": str(self.opts.state_dir / "diagnostic"),
+            # As in production: /metrics and the detailed /health need the operators' token.
+            "AIA_METRICS_TOKEN": self._metrics_token(),
         }
         self._check_stop()
 
@@ -213,6 +224,15 @@ class Stack:
     def _check_stop(self) -> None:
         if self.stop_event.is_set():
             raise Stopping
+
+    def _metrics_token(self) -> str:
+        """The operators' token, kept across restarts of the stack (like the key ring)."""
+        path = self.opts.state_dir / "metrics-token"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(secrets.token_urlsafe(32))
+        return path.read_text(encoding="utf-8").strip()
 
     def _ensure_keyring(self) -> None:
         ring = self.keyring_path
@@ -551,7 +571,9 @@ def _kill_proc_group(proc: subprocess.Popen[Any]) -> None:
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in OWNED_ENV}
     env.update(extra)
-    env["PYTHONPATH"] = str(REPO_ROOT)
+    # The checkout first (shared/, tasks/), then whatever the user adds (their task modules).
+    extra_path = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), extra_path) if p)
     return env
 
 

@@ -1,5 +1,6 @@
 """`aia`: the operator's command line — API keys, key rings, data-key rotation, redispatch.
 
+The client commands (submit, status, list, wait, dlq) are the SDK's (`aia_client.cli`).
 Against the running local stack it needs no flags: it reads `.aia/dev.env`.
 """
 
@@ -19,6 +20,16 @@ DEV_ENV_CANDIDATES = (
     Path(".aia") / "dev.env",
     Path(__file__).resolve().parent.parent / ".aia" / "dev.env",
 )
+
+
+# Served by the SDK's command line, imported only when one of them runs.
+CLIENT_COMMANDS = {
+    "submit": "submit a task",
+    "status": "show one task",
+    "list": "list tasks, newest first",
+    "wait": "wait for a task, showing progress",
+    "dlq": "tasks that failed for good: list, replay",
+}
 
 
 def load_dev_env(path: Path) -> None:
@@ -142,10 +153,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     redispatch = tasks.add_parser("redispatch", help="publish stuck tasks again")
     redispatch.set_defaults(run=_redispatch)
+
+    for name, text in CLIENT_COMMANDS.items():
+        # Listed for --help only: main() hands these to the SDK before parsing.
+        groups.add_parser(name, help=f"{text} (aia {name} --help)", add_help=False)
     return parser
 
 
+def _client_main(argv: list[str]) -> int:
+    try:
+        from aia_client.cli import dev_env_files
+        from aia_client.cli import main as client_main
+    except ImportError:
+        print("aia: client commands need the SDK: pip install -e './sdk[cli]'", file=sys.stderr)
+        return 2
+    # Nearest to the caller first, then this checkout's, as for the operator commands.
+    return client_main(argv, dev_env=[*dev_env_files(Path.cwd()), DEV_ENV_CANDIDATES[-1]])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in CLIENT_COMMANDS:
+        return _client_main(argv)
     args = build_parser().parse_args(argv)
     for candidate in DEV_ENV_CANDIDATES:
         load_dev_env(candidate)

@@ -7,7 +7,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from shared.errors import ConfigurationError
 
@@ -29,6 +37,9 @@ class Settings(BaseModel):
     dead_letter_topic: str = Field(default="aia-tasks-dead-letter", min_length=3)
     version: str = "dev"
     diagnostic_tasks: bool = True
+    # The team's own task modules or packages; empty means the top-level `tasks`
+    # package beside `shared/`, if the checkout (or bundle) has one.
+    task_modules: tuple[str, ...] = ()
     # Where the diagnostic `probe` task records what runs at once (tests read it).
     diagnostic_dir: Path | None = None
     public_base_url: str = ""
@@ -44,6 +55,13 @@ class Settings(BaseModel):
     # Longer than Pub/Sub's largest retry backoff, so only lost messages are republished.
     redispatch_after_s: float = Field(default=900.0, gt=0)
     task_retention_days: int = Field(default=30, ge=1, le=3650)
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @model_validator(mode="after")
     def _sweep_waits_out_backoff(self) -> Settings:
@@ -78,6 +96,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_DEAD_LETTER_TOPIC": "dead_letter_topic",
     "AIA_VERSION": "version",
     "AIA_DIAGNOSTIC_TASKS": "diagnostic_tasks",
+    "AIA_TASK_MODULES": "task_modules",
     "AIA_DIAGNOSTIC_DIR": "diagnostic_dir",
     "AIA_PUBLIC_BASE_URL": "public_base_url",
     "AIA_METRICS_SHARDS": "metrics_shards",
@@ -111,3 +130,14 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 def get_settings() -> Settings:
     """Settings of this instance, read once on first use."""
     return load_settings(os.environ)
+
+
+def task_modules() -> tuple[str, ...]:
+    """Only `AIA_TASK_MODULES`, for loading task types at start-up before other settings.
+
+    A broken task module must stop a function from starting; the rest of the
+    settings keep being validated on first use, where a mistake is a problem
+    answer naming the variable.
+    """
+    value = Settings._comma_separated(os.environ.get("AIA_TASK_MODULES", ""))
+    return tuple(value) if isinstance(value, tuple) else ()

@@ -76,6 +76,18 @@ class MethodNotAllowed(AIAError):
         self.allowed = allowed
 
 
+class Conflict(AIAError):
+    status = 409
+    title = "Conflict with the resource's state"
+    code = "conflict"
+    retryable = False
+
+
+class NotReplayable(Conflict):
+    title = "Task cannot be replayed"
+    code = "not-replayable"
+
+
 class PayloadTooLarge(AIAError):
     status = 413
     title = "Request body too large"

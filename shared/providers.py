@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.clients import (
@@ -18,7 +19,7 @@ from shared.clients import (
     reset_clients,
     topic_path,
 )
-from shared.config import get_settings
+from shared.config import get_settings, task_modules
 
 # Background paths (a worker's dead letter, the sweep) may wait longer than a client.
 BACKGROUND_PUBLISH_WAIT_S = 5.0
@@ -28,10 +29,26 @@ if TYPE_CHECKING:
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
+    from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository
     from shared.tasks.status import StatusService
     from shared.tasks.submission import SubmitService
     from shared.tasks.worker import Worker
+
+
+@functools.cache
+def task_registry() -> TaskRegistry:
+    """AIA's built-in types and the team's own (`AIA_TASK_MODULES`, or the `tasks` package)."""
+    from shared.tasks.registry import BUILTIN_MODULES, load_registry
+
+    team = task_modules() or _team_package()
+    return load_registry((*BUILTIN_MODULES, *team))
+
+
+def _team_package() -> tuple[str, ...]:
+    # Beside shared/ (the checkout, or a deploy bundle), never a same-named installed package.
+    root = Path(__file__).resolve().parent.parent
+    return ("tasks",) if (root / "tasks" / "__init__.py").is_file() else ()
 
 
 @functools.cache
@@ -82,13 +99,12 @@ def api_keys() -> ApiKeys:
 @functools.cache
 def submit_service() -> SubmitService:
     from shared.security.crypto import TaskSealer
-    from shared.tasks.registry import builtin_registry
     from shared.tasks.submission import SubmitService
 
     return SubmitService(
         task_repository(),
         task_publisher(),
-        builtin_registry(),
+        task_registry(),
         TaskSealer(keyring()),
         get_settings(),
     )
@@ -103,11 +119,10 @@ def status_service() -> StatusService:
 
 @functools.cache
 def worker() -> Worker:
-    from shared.tasks.registry import builtin_registry
     from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
 
-    registry = builtin_registry()
+    registry = task_registry()
     return Worker(
         task_repository(),
         registry,
@@ -134,7 +149,11 @@ def reset() -> None:
     """Forget every cached provider, client and setting (stopping the worker's processes)."""
     if worker.cache_info().currsize:
         worker().close()
+    from shared.operations.metrics import forget_cached
+
+    forget_cached()
     for provider in (
+        task_registry,
         keyring,
         task_repository,
         task_publisher,

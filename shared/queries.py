@@ -46,6 +46,7 @@ LIST_TASKS_BY_STATUS = QuerySpec(TASKS, ("tenant_id", "status"), _NEWEST_FIRST)
 LIST_TASKS_BY_TYPE = QuerySpec(TASKS, ("tenant_id", "type"), _NEWEST_FIRST)
 LIST_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("tenant_id", "status", "type"), _NEWEST_FIRST)
 COUNT_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("status", "type"))
+COUNT_TENANT_TASKS_BY_STATUS = QuerySpec(TASKS, ("tenant_id", "status"))
 # Tasks waiting longer than they should: publish failed, message lost, or worker died.
 STALE_QUEUED = QuerySpec(
     TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
@@ -66,6 +67,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS_BY_TYPE,
     LIST_TASKS_BY_STATUS_TYPE,
     COUNT_TASKS_BY_STATUS_TYPE,
+    COUNT_TENANT_TASKS_BY_STATUS,
     STALE_QUEUED,
     DISPATCH_PENDING,
     EXPIRED_LEASES,

@@ -9,6 +9,7 @@ import pytest
 
 from devtools.emulators import emulators, reset_firestore, reset_pubsub
 from shared.clients import reset_clients
+from shared.operations.metrics import forget_cached
 
 TEST_PROJECT = "aia-test"
 
@@ -38,6 +39,7 @@ def emulators_clean(emulator_env: dict[str, str]) -> dict[str, str]:
     reset_firestore(emulator_env["FIRESTORE_EMULATOR_HOST"], TEST_PROJECT)
     reset_pubsub(emulator_env["PUBSUB_EMULATOR_HOST"])
     reset_clients()
+    forget_cached()  # a scrape cached before the wipe would describe the old data
     return emulator_env
 
 

@@ -1,7 +1,8 @@
 """Build one deploy bundle per function: `build/<name>/` and a reproducible `build/<name>.zip`.
 
 A bundle is exactly what Cloud Functions receives: the function's `main.py`, the
-`shared/` package (no tests, no caches) and the pinned `requirements.txt`. The
+`shared/` package and the team's `tasks/` package if there is one (no tests, no
+caches), and the pinned `requirements.txt`. The
 zip has fixed timestamps, permissions and entry order, so the same sources give
 byte-identical archives and Terraform, which names the uploaded object by the
 zip's SHA-256, redeploys only the functions whose bundle changed.
@@ -26,6 +27,8 @@ from typing import Literal
 SignatureType = Literal["http", "cloudevent"]
 
 SHARED_PACKAGE = "shared"
+# The team's own task types (optional): bundled beside shared/ so both find them.
+TASKS_PACKAGE = "tasks"
 REQUIREMENTS = "requirements.txt"
 MANIFEST = "manifest.json"
 # 1980-01-01, the earliest time a zip entry can carry.
@@ -97,10 +100,14 @@ def bundle_files(root: Path, name: str) -> dict[str, Path]:
         raise PackagingError(f"{SHARED_PACKAGE}/__init__.py does not exist at {root}")
 
     files = {"main.py": main_py, REQUIREMENTS: requirements}
-    for path in sorted(shared.rglob("*")):
-        relative = path.relative_to(root)
-        if path.is_file() and _is_bundled(relative.relative_to(SHARED_PACKAGE)):
-            files[relative.as_posix()] = path
+    packages = [shared]
+    if (root / TASKS_PACKAGE / "__init__.py").is_file():
+        packages.append(root / TASKS_PACKAGE)
+    for package in packages:
+        for path in sorted(package.rglob("*")):
+            relative = path.relative_to(root)
+            if path.is_file() and _is_bundled(relative.relative_to(package.name)):
+                files[relative.as_posix()] = path
     return files
 
 

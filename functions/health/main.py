@@ -14,6 +14,10 @@ from shared.operations.health import check_health
 def health(request: flask.Request) -> flask.Response:
     http.require_path(request, "/", "/health")
     http.require_method(request, "GET", "HEAD")
-    body, status = check_health(probe=request.args.get("probe"))
+    probe = request.args.get("probe")
+    if probe != "live":
+        # The liveness probe stays anonymous; dependency detail is for operators.
+        http.require_operator(request)
+    body, status = check_health(probe=probe)
     # Probes must see the live state, never a cached answer.
     return http.json_response(body, status, {"Cache-Control": "no-store"})

@@ -18,6 +18,8 @@ def metrics(request: flask.Request) -> flask.Response:
     # "/" too: a function's own URL reaches it at the root, the gateway at /metrics.
     http.require_path(request, "/", "/metrics")
     http.require_method(request, "GET", "HEAD")
+    # Every tenant's volume is in here: operators (and their scrapers) only.
+    http.require_operator(request)
     snapshot = task_metrics.collect_current()
     # Text wins ties and wildcards: Prometheus and curl get the exposition format.
     if request.accept_mimetypes.best_match(["text/plain", JSON], default="text/plain") == JSON:

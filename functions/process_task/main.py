@@ -7,6 +7,9 @@ from cloudevents.http import CloudEvent
 
 from shared import events, providers
 
+# At start-up: a broken task module stops the function here, not on a delivery.
+providers.task_registry()
+
 
 @functions_framework.cloud_event
 def process_task(cloud_event: CloudEvent) -> None:

@@ -1,4 +1,4 @@
-"""task_status: GET /tasks/{task_id} and GET /tasks — the caller's tasks only."""
+"""task_status: GET /tasks/{task_id}, GET /tasks and GET /tasks/counts — the caller's tasks only."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def task_status(request: flask.Request) -> flask.Response:
             page.model_dump(mode="json", exclude_none=True)
             | {"tasks": [view.to_json() for view in page.tasks]}
         )
+    if parts == ["tasks", "counts"]:
+        return http.json_response({"counts": providers.status_service().counts(tenant_id)})
     if len(parts) == 2 and parts[0] == "tasks":
         return http.json_response(providers.status_service().get(tenant_id, parts[1]).to_json())
     raise NotFound(f"no route for {request.path}")

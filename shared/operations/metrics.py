@@ -2,9 +2,12 @@
 
 Each (metric, task type, shard) has one document in `METRIC_SHARDS`; writers
 pick a shard at random and apply `Increment` transforms inside the caller's
-batch or transaction, so concurrent instances never read-modify-write and no
-document takes more than about `1/shards` of the write rate. Task counts by
-status come from Firestore count aggregations, never from reading tasks.
+batch, so concurrent instances never read-modify-write and no document takes
+more than about `1/shards` of the write rate. Finished tasks (by how they
+ended) are counted there too; only the tasks still waiting or running are
+counted by Firestore count aggregations, whose cost grows with what they count
+— bounded by the backlog, never by history. A scrape is cached for a few
+seconds per instance, so many scrapers cost one collection.
 
 Importing this module imports neither a Google client nor prometheus_client:
 the submit path and the worker only pay for what they use.
@@ -16,9 +19,12 @@ import bisect
 import math
 import random
 import re
-from collections.abc import Iterable, Iterator, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -53,6 +59,10 @@ BUCKETS: tuple[float, ...] = (
 )
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
+# Counted live by aggregation (a backlog); terminal statuses come from counters.
+LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus if not s.terminal)
+FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus if s.terminal)
+CACHE_S = 5.0
 
 # Bucket fields are keyed by their bound in whole milliseconds: a plain
 # identifier needs no field-path quoting, and a stored bound that is later
@@ -118,9 +128,17 @@ def record_duration(
     index = bisect.bisect_left(BUCKETS, seconds)
     if index < len(BUCKETS):
         data["buckets"] = {_bucket_field(BUCKETS[index]): Increment(1)}
-    if outcome is not None:
-        # Finished attempts by how they ended: counted here, never by scanning tasks.
+    if outcome in FINISHED_STATUSES:
+        # Finished tasks by how they ended: counted here, never by scanning tasks.
         data["outcomes"] = {outcome: Increment(1)}
+    writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
+
+
+def record_outcome(writer: Any, db: Any, task_type: str, outcome: str, *, shards: int) -> None:
+    """Count a task that finished without an attempt (e.g. failed unopened)."""
+    from google.cloud.firestore import Increment
+
+    data = {"metric": DURATION, "type": task_type, "outcomes": {outcome: Increment(1)}}
     writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
 
 
@@ -151,9 +169,10 @@ class MetricsSnapshot:
     """Every figure one scrape reports."""
 
     types: tuple[str, ...]
-    tasks: Mapping[tuple[str, str], int]  # (status, type) -> tasks now in that status
+    tasks: Mapping[tuple[str, str], int]  # (live status, type) -> tasks now in that status
     submitted: Mapping[str, int]
     durations: Mapping[str, DurationHistogram]
+    finished: Mapping[tuple[str, str], int] = dataclass_field(default_factory=dict)
 
 
 def _as_int(value: Any) -> int:
@@ -163,9 +182,10 @@ def _as_int(value: Any) -> int:
 
 def fold_shards(
     docs: Iterable[Mapping[str, Any]],
-) -> tuple[dict[str, int], dict[str, DurationHistogram]]:
-    """Sum shard documents into submitted counts and histograms per type."""
+) -> tuple[dict[str, int], dict[str, DurationHistogram], dict[tuple[str, str], int]]:
+    """Sum shard documents into submitted counts, histograms and finished counts per type."""
     submitted: dict[str, int] = {}
+    finished: dict[tuple[str, str], int] = {}
     counts: dict[str, list[int]] = {}
     totals: dict[str, tuple[int, float]] = {}
     for doc in docs:
@@ -175,6 +195,11 @@ def fold_shards(
         if metric == SUBMITTED:
             submitted[task_type] = submitted.get(task_type, 0) + _as_int(doc.get("value"))
         elif metric == DURATION:
+            outcomes = doc.get("outcomes")
+            for status, value in (outcomes if isinstance(outcomes, dict) else {}).items():
+                if status in FINISHED_STATUSES:
+                    key = (status, task_type)
+                    finished[key] = finished.get(key, 0) + _as_int(value)
             per_bucket = counts.setdefault(task_type, [0] * len(BUCKETS))
             buckets = doc.get("buckets")
             for field, value in (buckets if isinstance(buckets, dict) else {}).items():
@@ -192,7 +217,7 @@ def fold_shards(
         t: DurationHistogram(counts=tuple(c), count=totals[t][0], total=totals[t][1])
         for t, c in counts.items()
     }
-    return submitted, durations
+    return submitted, durations, finished
 
 
 def _count(db: Any, status: str, task_type: str, timeout_s: float) -> int:
@@ -215,7 +240,7 @@ def collect(
     """Read every shard (one stream) and count tasks per (status, type), concurrently."""
     from google.api_core.exceptions import GoogleAPICallError, RetryError
 
-    pairs = [(s, t) for s in STATUSES for t in task_types]
+    pairs = [(s, t) for s in LIVE_STATUSES for t in task_types]
     shard_future = _POOL.submit(_shard_docs, db, timeout_s)
     count_futures: dict[tuple[str, str], Future[int]] = {
         pair: _POOL.submit(_count, db, pair[0], pair[1], timeout_s) for pair in pairs
@@ -236,7 +261,7 @@ def collect(
         raise Unavailable(f"Firestore did not answer the metrics queries within {timeout_s:g} s")
     docs = shard_future.result()
     tasks = {pair: future.result() for pair, future in count_futures.items()}
-    submitted, durations = fold_shards(docs)
+    submitted, durations, finished = fold_shards(docs)
     # Types seen in shards but no longer registered keep their history visible.
     types = tuple(sorted(set(task_types) | set(submitted) | set(durations)))
     return MetricsSnapshot(
@@ -244,17 +269,36 @@ def collect(
         tasks=tasks,
         submitted={t: submitted.get(t, 0) for t in types},
         durations={t: durations.get(t, EMPTY_HISTOGRAM) for t in types},
+        finished={(s, t): finished.get((s, t), 0) for s in FINISHED_STATUSES for t in types},
     )
 
 
-def collect_current() -> MetricsSnapshot:
-    """Snapshot of this deployment: its Firestore and the task types it accepts."""
-    from shared.clients import firestore_client
-    from shared.config import get_settings
-    from shared.tasks.registry import builtin_registry
+_cache_lock = threading.Lock()
+_cached: tuple[float, MetricsSnapshot] | None = None
 
-    names = builtin_registry().names(include_diagnostic=get_settings().diagnostic_tasks)
-    return collect(firestore_client(), names)
+
+def collect_current(*, clock: Callable[[], float] = time.monotonic) -> MetricsSnapshot:
+    """Snapshot of this deployment, at most `CACHE_S` old: concurrent scrapes share one."""
+    global _cached  # noqa: PLW0603 - one cached snapshot per instance
+    with _cache_lock:
+        if _cached is not None and clock() - _cached[0] < CACHE_S:
+            return _cached[1]
+        from shared import providers
+        from shared.clients import firestore_client
+        from shared.config import get_settings
+
+        registry = providers.task_registry()
+        names = registry.names(include_diagnostic=get_settings().diagnostic_tasks)
+        snapshot = collect(firestore_client(), names)
+        _cached = (clock(), snapshot)
+        return snapshot
+
+
+def forget_cached() -> None:
+    """Drop the cached snapshot (tests, or after a configuration change)."""
+    global _cached  # noqa: PLW0603 - one cached snapshot per instance
+    with _cache_lock:
+        _cached = None
 
 
 def _le(bound: float) -> str:
@@ -270,11 +314,21 @@ def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     )
 
     tasks = GaugeMetricFamily(
-        "aia_tasks", "Tasks currently in each status, by type.", labels=["status", "type"]
+        "aia_tasks",
+        "Tasks currently waiting or running, by status and type.",
+        labels=["status", "type"],
     )
     for (status, task_type), n in sorted(snapshot.tasks.items()):
         tasks.add_metric([status, task_type], n)
     yield tasks
+    finished = CounterMetricFamily(
+        "aia_tasks_finished",
+        "Tasks that finished, by final status and type.",
+        labels=["status", "type"],
+    )
+    for (status, task_type), n in sorted(snapshot.finished.items()):
+        finished.add_metric([status, task_type], n)
+    yield finished
     submitted = CounterMetricFamily(
         "aia_tasks_submitted", "Tasks accepted by submit, by type.", labels=["type"]
     )
@@ -309,11 +363,15 @@ def render_prometheus(snapshot: MetricsSnapshot) -> bytes:
 
 def render_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
     """The same figures as `render_prometheus`, keyed by metric name."""
-    tasks: dict[str, dict[str, int]] = {s: {} for s in STATUSES}
+    tasks: dict[str, dict[str, int]] = {s: {} for s in LIVE_STATUSES}
     for (status, task_type), n in sorted(snapshot.tasks.items()):
         tasks.setdefault(status, {})[task_type] = n
+    finished: dict[str, dict[str, int]] = {s: {} for s in FINISHED_STATUSES}
+    for (status, task_type), n in sorted(snapshot.finished.items()):
+        finished.setdefault(status, {})[task_type] = n
     return {
         "aia_tasks": tasks,
+        "aia_tasks_finished_total": finished,
         "aia_tasks_submitted_total": dict(sorted(snapshot.submitted.items())),
         "aia_task_duration_seconds": {
             task_type: {

@@ -16,6 +16,7 @@ from shared.tasks.models import ApiKeyRecord
 KEY_PREFIX = "aia"
 TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _KEY_PATTERN = re.compile(r"^aia_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
+_KEY_ID_PATTERN = re.compile(r"[0-9a-f]{16}")
 
 
 def _hash_secret(secret: str) -> str:
@@ -85,6 +86,8 @@ class ApiKeys:
         return key_id, f"{KEY_PREFIX}_{key_id}_{secret}"
 
     def revoke(self, key_id: str) -> None:
+        if not _KEY_ID_PATTERN.fullmatch(key_id):
+            raise NotFound(f"no API key {key_id!r}: key ids are 16 hex digits")
         self._store.revoke(key_id, datetime.now(UTC))
 
     def authenticate(self, key: str) -> str:

@@ -68,6 +68,7 @@ X25519_BYTES: Final = 32
 HYBRID_BODY_BYTES: Final = MLKEM768_CIPHERTEXT_BYTES + X25519_BYTES + DATA_KEY_BYTES + TAG_BYTES
 # Fernet token of a 64-byte plaintext: version 1, time 8, IV 16, CBC 80, HMAC 32.
 FERNET_BODY_BYTES: Final = 1 + 8 + 16 + 80 + 32
+_BODY_BYTES: Final = {HYBRID: HYBRID_BODY_BYTES, FERNET: FERNET_BODY_BYTES}
 
 # Sealed field blob: magic, version, nonce, AES-GCM ciphertext and tag.
 # Version 2 also binds the task's control fields (what steers its execution);
@@ -368,7 +369,9 @@ def _parse_header(
         key_id = wrapped[4:body_at].decode("ascii")
     except UnicodeDecodeError:
         raise fail("malformed wrapped data key") from None
-    if not KEY_ID_PATTERN.fullmatch(key_id) or len(wrapped) <= body_at:
+    # The body's length is fixed per scheme: a changed key-id length byte shifts it, and
+    # must read as tamper, not as a (retryable) key this ring lacks.
+    if not KEY_ID_PATTERN.fullmatch(key_id) or len(wrapped) - body_at != _BODY_BYTES[scheme]:
         raise fail("malformed wrapped data key")
     return key_id, scheme, body_at
 

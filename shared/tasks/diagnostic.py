@@ -56,10 +56,12 @@ class ProbePayload(BaseModel):
     hold_attempts: int = Field(default=0, ge=0, le=10)
 
 
-def probe_dir(marker: str) -> Path:
-    from shared.config import get_settings
+def probe_dir(marker: str, base: Path | None = None) -> Path:
+    """Where probes of `marker` record; `base` overrides the configured directory."""
+    if base is None:
+        from shared.config import get_settings
 
-    base = get_settings().diagnostic_dir or Path(tempfile.gettempdir()) / "aia-diagnostic"
+        base = get_settings().diagnostic_dir or Path(tempfile.gettempdir()) / "aia-diagnostic"
     path = base / marker
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -89,14 +91,14 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def release_probe(marker: str) -> None:
+def release_probe(marker: str, base: Path | None = None) -> None:
     """Let every holding probe of `marker` finish."""
-    (probe_dir(marker) / "release").touch()
+    (probe_dir(marker, base) / "release").touch()
 
 
-def read_probe(marker: str) -> dict[str, Any]:
+def read_probe(marker: str, base: Path | None = None) -> dict[str, Any]:
     """What a probe recorded: attempts (in order), overlaps seen, the highest concurrency."""
-    directory = probe_dir(marker)
+    directory = probe_dir(marker, base)
     with _locked(directory):
         lines = (
             (directory / "events.jsonl").read_text().splitlines()
@@ -107,7 +109,11 @@ def read_probe(marker: str) -> dict[str, Any]:
     starts = [e for e in events if e["event"] == "start"]
     return {
         "attempts": [e["attempt"] for e in starts],
-        "overlaps": [e for e in starts if e["running_beside"]],
+        "starts": [(e["task_id"], e["attempt"], e["pid"]) for e in starts],
+        # Another attempt of the same task still running when this one started.
+        "overlaps": [
+            e for e in starts if any(b["task_id"] == e["task_id"] for b in e["running_beside"])
+        ],
         "max_concurrency": max((len(e["running_beside"]) + 1 for e in starts), default=0),
     }
 
@@ -118,7 +124,7 @@ def probe(payload: ProbePayload, ctx: TaskContext) -> dict[str, Any]:
     me = os.getpid()
     with _locked(directory):
         beside = [
-            int(p.name)
+            {"pid": int(p.name), "task_id": p.read_text()}
             for p in directory.iterdir()
             if p.name.isdigit() and int(p.name) != me and _alive(int(p.name))
         ]

@@ -35,6 +35,7 @@ _PLAIN_FIELDS = (
     "lease_until",
     "dispatch_pending",
     "dead_letter_pending",
+    "attempt_base",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -115,6 +116,18 @@ class TaskDocuments:
             values["error"] = TaskError(code=code, message=PLAIN_ERRORS[code])
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
+        values["attempt_base"] = int(values.get("attempt_base") or 0)
+        return Task.model_validate(values)
+
+    @staticmethod
+    def plain(task_id: str, doc: dict[str, Any]) -> Task:
+        """A Task from the document's plain fields alone (no key needed, no data opened)."""
+        values: dict[str, Any] = {name: doc.get(name) for name in _PLAIN_FIELDS}
+        values["task_id"] = task_id
+        values["status"] = TaskStatus(doc["status"])
+        values["dispatch_pending"] = bool(values.get("dispatch_pending"))
+        values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
+        values["attempt_base"] = int(values.get("attempt_base") or 0)
         return Task.model_validate(values)
 
     @staticmethod

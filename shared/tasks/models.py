@@ -53,6 +53,8 @@ class Task(BaseModel):
     attempts: int = 0
     max_attempts: int
     timeout_s: int
+    # Attempts made before the last replay: each replay grants max_attempts afresh.
+    attempt_base: int = 0
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None = None
@@ -63,6 +65,10 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+
+    @property
+    def attempts_left(self) -> int:
+        return self.max_attempts - (self.attempts - self.attempt_base)
 
 
 class TaskView(BaseModel):

@@ -9,6 +9,7 @@ the children run.
 from __future__ import annotations
 
 import importlib
+import pkgutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -170,8 +171,27 @@ class TaskRegistry:
 
 
 def load_registry(modules: Sequence[str]) -> TaskRegistry:
-    """Import `modules` and collect every `@task_type` they declare; fail loudly on a bad one."""
-    registry = TaskRegistry(modules)
+    """Import `modules` (a package: every module in it) and collect their `@task_type`s.
+
+    A module that cannot be imported, or two types with one name, is a
+    `ConfigurationError` naming it: functions load their registry at start-up,
+    so a broken task module stops the deploy instead of failing requests.
+    """
+    names = _expand(modules)
+    registry = TaskRegistry(names)
+    for name in names:
+        module = importlib.import_module(name)
+        for value in vars(module).values():
+            declared = getattr(value, _MARK, None)
+            # Imported from elsewhere: that module registers it.
+            if isinstance(declared, TaskType) and getattr(value, "__module__", name) == name:
+                registry.add(declared)
+    return registry
+
+
+def _expand(modules: Sequence[str]) -> tuple[str, ...]:
+    """Module names with each package replaced by itself and every module inside it."""
+    names: list[str] = []
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -179,13 +199,16 @@ def load_registry(modules: Sequence[str]) -> TaskRegistry:
             raise ConfigurationError(
                 f"task module {name!r} cannot be imported: {type(exc).__name__}: {exc}"
             ) from exc
-        found = [v for v in vars(module).values() if isinstance(getattr(v, _MARK, None), TaskType)]
-        for handler in found:
-            declared: TaskType = getattr(handler, _MARK)
-            # Imported from elsewhere: that module registers it.
-            if getattr(handler, "__module__", name) == name:
-                registry.add(declared)
-    return registry
+        names.append(name)
+        for found in pkgutil.walk_packages(getattr(module, "__path__", []), f"{name}."):
+            try:
+                importlib.import_module(found.name)
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"task module {found.name!r} cannot be imported: {type(exc).__name__}: {exc}"
+                ) from exc
+            names.append(found.name)
+    return tuple(dict.fromkeys(names))
 
 
 _builtin: TaskRegistry | None = None

@@ -43,6 +43,7 @@ from shared.errors import (
     IntegrityError,
     KeyUnavailable,
     NotFound,
+    NotReplayable,
     Unavailable,
 )
 from shared.limits import loads_bounded
@@ -180,6 +181,8 @@ class TaskRepository(Protocol):
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None: ...
     def dead_letter_sent(self, task_id: str) -> None: ...
     def mark_dispatch_pending(self, task_id: str) -> None: ...
+    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]: ...
+    def count_by_status(self, tenant_id: str) -> dict[str, int]: ...
     def stuck(
         self, now: datetime, queued_before: datetime, dead_letter_before: datetime, limit: int
     ) -> list[StuckTask]: ...
@@ -331,6 +334,74 @@ class FirestoreTaskRepository:
 
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())
+
+    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]:
+        """Queue a task that failed for good again, for a fresh set of attempts.
+
+        Returns the task and whether this call queued it. Idempotent: a task
+        already queued or running again is returned as it is. The write is
+        conditioned on the document as read, so two replays (or a replay racing
+        the sweep) reset it once.
+        """
+        if not valid_task_id(task_id):
+            raise NotFound(f"no task {task_id!r}")
+        failed_precondition, _, _ = _google_errors()
+        for _ in range(_MAX_CONFLICTS):
+            snapshot = self._read(task_id, SUBMIT_WRITE)
+            doc = snapshot.doc if snapshot is not None else None
+            if (
+                doc is None
+                or doc.get("tenant_id") != tenant_id
+                or TaskDocuments.expired(doc, _now())
+            ):
+                raise NotFound(f"no task {task_id!r}")
+            assert snapshot is not None
+            status = snapshot.status
+            if status in (TaskStatus.QUEUED, TaskStatus.RUNNING):
+                return _plain_task(task_id, doc), False
+            if status != TaskStatus.FAILED:
+                raise NotReplayable(
+                    f"task {task_id} is {status}; only failed tasks can be replayed"
+                )
+            if doc.get("error_code") == IntegrityError.code:
+                raise NotReplayable(
+                    f"task {task_id} failed its integrity check; its stored data cannot run"
+                )
+            changes: dict[str, Any] = {
+                "status": TaskStatus.QUEUED.value,
+                # Attempts keep counting (the handler sees attempt n+1); the budget restarts.
+                "attempt_base": int(doc.get("attempts", 0)),
+                "replays": int(doc.get("replays", 0)) + 1,
+                "lease_id": None,
+                "lease_until": None,
+                "finished_at": None,
+                "updated_at": now,
+                "start_failures": 0,
+                "key_wait_since": None,
+                # Its dead letter (if still unsent) no longer describes the task.
+                "dead_letter_pending": False,
+            }
+            try:
+                self._tasks.document(task_id).update(
+                    changes, option=self._after(snapshot.version), **SUBMIT_WRITE.kwargs()
+                )
+            except failed_precondition:
+                continue
+            return _plain_task(task_id, {**doc, **changes}), True
+        raise Unavailable("the task kept changing while it was replayed")
+
+    def count_by_status(self, tenant_id: str) -> dict[str, int]:
+        """The tenant's tasks per status (count aggregations; each reads index entries only)."""
+        counts: dict[str, int] = {}
+        for status in TaskStatus:
+            query = self._query(
+                queries.COUNT_TENANT_TASKS_BY_STATUS,
+                {"tenant_id": tenant_id, "status": status.value},
+            )
+            result = query.count(alias="n").get(**STATUS_READ.kwargs())
+            value = result[0][0].value if result and result[0] else 0
+            counts[status.value] = int(value)
+        return counts
 
     # -- reads -------------------------------------------------------------
 
@@ -505,7 +576,19 @@ class FirestoreTaskRepository:
             changes.update(self._docs.plain_error(error.code))
         else:
             changes.update({"error": None, "error_code": error.code})
-        return self._conditional(snapshot, changes)
+        failed_precondition, _, _ = _google_errors()
+        batch = self._db.batch()
+        batch.update(
+            self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
+        )
+        metrics.record_outcome(
+            batch, self._db, str(snapshot.get("type")), TaskStatus.FAILED.value, shards=self._shards
+        )
+        try:
+            batch.commit(**WORKER_CALL.kwargs())
+        except failed_precondition:
+            return False
+        return True
 
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None:
         """Count a delivery that could not start the task; None if the document moved on."""
@@ -667,6 +750,11 @@ def _until(call: Callable[[], T], until: float) -> T:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _plain_task(task_id: str, doc: dict[str, Any]) -> Task:
+    """A Task from plain fields only: what a function without the private ring may say."""
+    return TaskDocuments.plain(task_id, doc)
 
 
 def _view_fields(doc: dict[str, Any]) -> tuple[str, ...]:

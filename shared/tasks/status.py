@@ -17,6 +17,10 @@ class StatusService:
     def __init__(self, repository: TaskRepository) -> None:
         self._repository = repository
 
+    def counts(self, tenant_id: str) -> dict[str, int]:
+        """How many of the caller's tasks are in each status."""
+        return self._repository.count_by_status(tenant_id)
+
     def get(self, tenant_id: str, task_id: str) -> TaskView:
         return TaskView.of(self._repository.get(tenant_id, task_id))
 

@@ -32,6 +32,12 @@ class Submitted:
     dispatched: bool
 
 
+@dataclass(frozen=True)
+class Replayed:
+    task: Task  # plain fields only: the submit function cannot open task data
+    dispatched: bool
+
+
 def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> TaskRequest:
     """Validate the envelope, then the payload against its type's model."""
     if not isinstance(body, dict):
@@ -102,9 +108,13 @@ class SubmitService:
             return Submitted(
                 created.task_id, replayed=True, dispatched=not created.dispatch_pending
             )
+        return Submitted(task.task_id, replayed=False, dispatched=self._dispatch(task))
+
+    def _dispatch(self, task: Task) -> bool:
+        """Publish the task's id; on failure flag it for the sweep and say it was deferred."""
         try:
             self._publisher.publish(
-                TaskMessage(task_id=task.task_id, tenant_id=tenant_id),
+                TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id),
                 attributes={"type": task.type},
             )
         except Unavailable:
@@ -115,5 +125,13 @@ class SubmitService:
             except Exception:
                 # The age-based sweep still finds it; the client's answer stays honest.
                 log.exception("could not flag task for redispatch", extra={"task_id": task.task_id})
-            return Submitted(task.task_id, replayed=False, dispatched=False)
-        return Submitted(task.task_id, replayed=False, dispatched=True)
+            return False
+        return True
+
+    def replay(self, tenant_id: str, task_id: str) -> Replayed:
+        """Run a task that failed for good again, as fresh attempts of the same task."""
+        task, queued = self._repository.replay(tenant_id, task_id, datetime.now(UTC))
+        if not queued:
+            # Already queued or running again: the earlier replay's dispatch stands.
+            return Replayed(task, dispatched=not task.dispatch_pending)
+        return Replayed(task, dispatched=self._dispatch(task))

@@ -158,7 +158,7 @@ class Worker:
                 return _RELOAD
             raise StartDeferred(f"{why}; delivery {count} of {self._policy.max_start_failures}")
         assert task is not None
-        if task.attempts >= task.max_attempts:
+        if task.attempts_left <= 0:
             # A worker died holding the last attempt: nothing may run again.
             error = TaskError(
                 code="lease-expired",
@@ -214,7 +214,7 @@ class Worker:
                 log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
                 return Processed(Outcome.SUCCEEDED)
         assert error is not None
-        final = not retryable or task.attempts >= task.max_attempts
+        final = not retryable or task.attempts_left <= 0
         # The message is task data (sealed at rest): logs get its code only.
         log.warning(
             "attempt failed",

@@ -13,6 +13,8 @@ from shared.operations import metrics
 from shared.operations.metrics import MetricsSnapshot, record_duration, record_submitted
 from shared.queries import TASKS
 from shared.tasks.registry import builtin_registry
+from tests.support.problems import assert_problem
+from tests.support.routes import assert_serves_only
 
 from .conftest import function_client
 
@@ -44,26 +46,10 @@ def no_firestore(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_unknown_path_is_404_problem_without_touching_firestore(
+def test_only_its_routes_and_methods_are_served_without_touching_firestore(
     client: FlaskClient, no_firestore: list[str]
 ) -> None:
-    response = client.get("/metrics/extra")
-    assert response.status_code == 404
-    assert response.content_type == "application/problem+json"
-    body = response.get_json()
-    assert {"type", "title", "status", "detail"} <= set(body)
-    assert body["status"] == 404
-    assert no_firestore == []
-
-
-@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
-def test_other_methods_are_405_with_allow(
-    client: FlaskClient, no_firestore: list[str], method: str
-) -> None:
-    response = client.open("/metrics", method=method)
-    assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, HEAD"
-    assert response.content_type == "application/problem+json"
+    assert_serves_only(client, path="/metrics", unknown="/metrics/extra")
     assert no_firestore == []
 
 
@@ -74,10 +60,8 @@ def test_firestore_unavailable_is_503_problem(
         raise Unavailable("Firestore did not answer")
 
     monkeypatch.setattr(metrics, "collect_current", collect)
-    response = client.get("/metrics")
-    assert response.status_code == 503
-    assert response.content_type == "application/problem+json"
-    assert response.get_json()["detail"] == "Firestore did not answer"
+    body = assert_problem(client.get("/metrics"), 503)
+    assert body["detail"] == "Firestore did not answer"
 
 
 @pytest.fixture
@@ -87,7 +71,7 @@ def recorded(emulators_clean: dict[str, str]) -> None:
     for i in range(3):
         batch.set(db.collection(TASKS).document(f"e{i}"), {"status": "succeeded", "type": "echo"})
         record_submitted(batch, db, "echo", shards=4)
-        record_duration(batch, db, "echo", 0.02 * (i + 1), shards=4)
+        record_duration(batch, db, "echo", 0.02 * (i + 1), shards=4, outcome="succeeded")
     batch.set(db.collection(TASKS).document("s0"), {"status": "running", "type": "sleep"})
     record_submitted(batch, db, "sleep", shards=4)
     batch.commit()
@@ -104,12 +88,15 @@ def test_exposition_reports_counts_counters_and_histograms(path: str) -> None:
 
     tasks = {(s.labels["status"], s.labels["type"]): s.value for s in families["aia_tasks"].samples}
     names = builtin_registry().names()
-    assert set(tasks) == {
-        (s, t) for s in ("queued", "running", "succeeded", "failed") for t in names
-    }
-    assert tasks[("succeeded", "echo")] == 3
+    assert set(tasks) == {(s, t) for s in ("queued", "running") for t in names}
     assert tasks[("running", "sleep")] == 1
     assert tasks[("queued", "echo")] == 0
+    finished = {
+        (s.labels["status"], s.labels["type"]): s.value
+        for s in families["aia_tasks_finished"].samples
+    }
+    assert set(finished) == {(s, t) for s in ("succeeded", "failed") for t in names}
+    assert finished[("succeeded", "echo")] == 3
 
     submitted = {s.labels["type"]: s.value for s in families["aia_tasks_submitted"].samples}
     assert submitted["echo"] == 3
@@ -137,7 +124,7 @@ def test_accept_json_returns_the_same_figures() -> None:
     assert response.content_type == "application/json"
     assert response.headers["Vary"] == "Accept"
     body = response.get_json()
-    assert body["aia_tasks"]["succeeded"]["echo"] == 3
+    assert body["aia_tasks_finished_total"]["succeeded"]["echo"] == 3
     assert body["aia_tasks"]["running"]["sleep"] == 1
     assert body["aia_tasks_submitted_total"]["echo"] == 3
     echo = body["aia_task_duration_seconds"]["echo"]
@@ -152,6 +139,9 @@ def test_accept_json_returns_the_same_figures() -> None:
                 assert body["aia_tasks"][sample.labels["status"]][sample.labels["type"]] == (
                     sample.value
                 )
+            elif sample.name == "aia_tasks_finished_total":
+                finished = body["aia_tasks_finished_total"]
+                assert finished[sample.labels["status"]][sample.labels["type"]] == sample.value
             elif sample.name == "aia_tasks_submitted_total":
                 assert body["aia_tasks_submitted_total"][sample.labels["type"]] == sample.value
 

@@ -12,6 +12,9 @@ import pytest
 
 from shared import providers
 from shared.security.keyring import KeyRing
+from tests.support.problems import assert_problem
+from tests.support.pubsub import Received
+from tests.support.pubsub import pull as pubsub_pull
 
 from .conftest import PROJECT, function_client
 
@@ -20,19 +23,6 @@ pytestmark = pytest.mark.integration
 
 def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/problem+json"
-    body: dict[str, Any] = response.get_json(force=True)
-    assert body["status"] == status
-    assert body["title"]
-    assert body["detail"]
-    assert body["type"].startswith("https://")
-    if field is not None:
-        assert body["field"] == field
-    return body
 
 
 def push_body(data: dict[str, Any] | bytes) -> dict[str, Any]:
@@ -48,13 +38,8 @@ def push_body(data: dict[str, Any] | bytes) -> dict[str, Any]:
     }
 
 
-def pull(name: str) -> list[Any]:
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    sub = f"projects/{PROJECT}/subscriptions/{name}-observer"
-    response = subscriber.pull(subscription=sub, max_messages=10, timeout=5)
-    return [m.message for m in response.received_messages]
+def pull(name: str) -> list[Received]:
+    return pubsub_pull(f"projects/{PROJECT}/subscriptions/{name}-observer")
 
 
 def test_submit_accepts_a_valid_task(api_key: Callable[[str], str]) -> None:
@@ -384,3 +369,44 @@ def test_a_body_too_large_to_store_is_413_not_a_retry(api_key: Callable[[str], s
     )
     assert_problem(response, 413, "payload")
     assert "Retry-After" not in response.headers
+
+
+def test_a_failed_task_is_replayed_once_as_fresh_attempts(api_key: Callable[[str], str]) -> None:
+    acme, globex = api_key("acme"), api_key("globex")
+    submit = function_client("submit_task")
+    body = {"type": "fail", "payload": {"times": 1, "retryable": False}}
+    task_id = submit.post("/tasks", json=body, headers=auth(acme)).get_json()["task_id"]
+    pull("aia-tasks")
+    worker = function_client("process_task", "cloudevent")
+    message = push_body({"task_id": task_id, "tenant_id": "acme"})
+    assert worker.post("/", json=message).status_code == 200
+    status = function_client("task_status")
+    assert status.get(f"/tasks/{task_id}", headers=auth(acme)).get_json()["status"] == "failed"
+    assert status.get("/tasks/counts", headers=auth(acme)).get_json() == {
+        "counts": {"queued": 0, "running": 0, "succeeded": 0, "failed": 1}
+    }
+
+    assert_problem(submit.post(f"/tasks/{task_id}:replay", headers=auth(globex)), 404)
+    replayed = submit.post(f"/tasks/{task_id}:replay", headers=auth(acme))
+    assert replayed.status_code == 202
+    view = replayed.get_json()
+    assert (view["task_id"], view["status"], view["attempts"]) == (task_id, "queued", 1)
+    assert replayed.headers["Location"] == view["status_url"]
+    again = submit.post(f"/tasks/{task_id}:replay", headers=auth(acme))
+    assert (again.status_code, again.get_json()["status"]) == (202, "queued")
+    # Published once: the second replay found it queued already.
+    assert [json.loads(m.data)["task_id"] for m in pull("aia-tasks")] == [task_id]
+
+    # Attempt 2 of the same task, with a fresh budget: `times: 1` failed attempt 1 only.
+    assert worker.post("/", json=message).status_code == 200
+    done = status.get(f"/tasks/{task_id}", headers=auth(acme)).get_json()
+    assert (done["status"], done["attempts"]) == ("succeeded", 2)
+    assert done["result"] == {"succeeded_on_attempt": 2}
+    # A task that succeeded can never be replayed.
+    echo = submit.post("/tasks", json={"type": "echo", "payload": {}}, headers=auth(acme))
+    echo_id = echo.get_json()["task_id"]
+    assert worker.post("/", json=push_body({"task_id": echo_id, "tenant_id": "acme"})).status_code
+    conflict = submit.post(f"/tasks/{echo_id}:replay", headers=auth(acme))
+    assert assert_problem(conflict, 409)["type"] == "https://aia.dev/problems/not-replayable"
+    assert_problem(submit.post("/tasks/unknown:replay", headers=auth(acme)), 404)
+    assert_problem(submit.get(f"/tasks/{task_id}:replay", headers=auth(acme)), 405)

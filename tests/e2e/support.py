@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.client import AiaClient
 from devtools.stack_process import RunningStack
+from tests.support.pubsub import Received, pull
 
 T = TypeVar("T")
 DEADLINE_S = 30.0
@@ -73,18 +74,12 @@ class TrackedClient(AiaClient):
         return resp
 
 
-@dataclass(frozen=True)
-class Received:
-    message_id: str
-    data: bytes
-    attributes: dict[str, str]
-
-
 class PubSubRest:
     """The Pub/Sub emulator's REST surface: the tests stay plain HTTP clients."""
 
     def __init__(self, host: str, project: str) -> None:
         self.base = f"http://{host}/v1/projects/{project}"
+        self.host = host
         self.project = project
 
     def create_subscription(self, name: str, topic: str) -> None:
@@ -105,30 +100,9 @@ class PubSubRest:
         assert resp.status_code == 200, resp.text
         return str(resp.json()["messageIds"][0])
 
-    def pull(self, subscription: str, max_messages: int = 100) -> list[Received]:
-        """Messages waiting now (acknowledged on receipt)."""
-        resp = requests.post(
-            f"{self.base}/subscriptions/{subscription}:pull",
-            json={"maxMessages": max_messages, "returnImmediately": True},
-            timeout=10,
-        )
-        assert resp.status_code == 200, resp.text
-        received = resp.json().get("receivedMessages", [])
-        if received:
-            ack = requests.post(
-                f"{self.base}/subscriptions/{subscription}:acknowledge",
-                json={"ackIds": [r["ackId"] for r in received]},
-                timeout=10,
-            )
-            assert ack.status_code == 200, ack.text
-        return [
-            Received(
-                message_id=str(r["message"].get("messageId", "")),
-                data=base64.b64decode(r["message"].get("data", "")),
-                attributes=dict(r["message"].get("attributes", {})),
-            )
-            for r in received
-        ]
+    def pull(self, subscription: str) -> list[Received]:
+        """Messages waiting now on `subscription` (a short name), acknowledged."""
+        return pull(f"projects/{self.project}/subscriptions/{subscription}", host=self.host)
 
 
 def mentions(message: Received, task_id: str) -> bool:
@@ -180,7 +154,12 @@ class E2E:
         self.ledger.revoked.add(key)
 
     def metrics(self) -> dict[MetricKey, float]:
-        resp = requests.get(f"{self.stack.base_url}/metrics", timeout=10)
+        token = self.stack.env["AIA_METRICS_TOKEN"]
+        resp = requests.get(
+            f"{self.stack.base_url}/metrics",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
         assert resp.status_code == 200, resp.text
         return parse_metrics(resp.text)
 

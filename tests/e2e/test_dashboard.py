@@ -109,7 +109,9 @@ def test_a_tenant_sees_its_tasks_move_and_opens_one(page: Page, stack: RunningSt
     log_in(page, key)
     task_id = submit(stack, key, "echo", {"hello": "dashboard"})
     # The page refreshes itself: the task shows up and reaches succeeded without a click.
-    expect(row(page, "tasks", task_id)).to_have_attribute("data-status", "succeeded", timeout=WAIT_MS)
+    expect(row(page, "tasks", task_id)).to_have_attribute(
+        "data-status", "succeeded", timeout=WAIT_MS
+    )
     expect(page.locator("#counts [data-status='succeeded'] .n")).to_have_text("1", timeout=WAIT_MS)
     expect(page.locator("#counts [data-status='failed'] .n")).to_have_text("0")
 
@@ -128,7 +130,7 @@ def test_a_tenant_sees_its_tasks_move_and_opens_one(page: Page, stack: RunningSt
     assert page.evaluate("document.cookie") == ""
     api_calls = [(url, auth) for url, _, auth in sent if "/tasks" in url]
     assert api_calls, sent
-    for url, auth in [(u, a) for u, _, a in sent]:
+    for url, _, _ in sent:
         assert url.startswith(stack.base_url + "/"), f"a request left the origin: {url}"
         assert key not in url
     assert all(auth == f"Bearer {key}" for _, auth in api_calls), api_calls
@@ -185,7 +187,9 @@ def test_a_dead_lettered_task_is_replayed(page: Page, stack: RunningStack) -> No
         pytest.skip("POST /tasks/{id}:replay is not served yet (answers 404 'no route')")
     assert response.status == 202, response.text()
     expect(dead).to_have_count(0, timeout=WAIT_MS)
-    expect(row(page, "tasks", task_id)).to_have_attribute("data-status", "succeeded", timeout=WAIT_MS)
+    expect(row(page, "tasks", task_id)).to_have_attribute(
+        "data-status", "succeeded", timeout=WAIT_MS
+    )
     row(page, "tasks", task_id).locator("button[data-open]").click()
     assert json.loads(page.locator("#detail-output").inner_text()) == {"succeeded_on_attempt": 2}
     expect(page.locator("#counts [data-status='failed'] .n")).to_have_text("0", timeout=WAIT_MS)
@@ -197,7 +201,9 @@ def test_task_data_is_shown_as_text_never_as_markup(
     key = tenant_key(stack)
     task_id = submit(stack, key, "echo", {"note": XSS, XSS: [XSS]})
     log_in(page, key)
-    expect(row(page, "tasks", task_id)).to_have_attribute("data-status", "succeeded", timeout=WAIT_MS)
+    expect(row(page, "tasks", task_id)).to_have_attribute(
+        "data-status", "succeeded", timeout=WAIT_MS
+    )
     row(page, "tasks", task_id).locator("button[data-open]").click()
     output = page.locator("#detail-output")
     expect(output).to_contain_text(XSS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import subprocess
 import sys
 import uuid
@@ -15,9 +14,10 @@ import pytest
 import requests
 
 from devtools.client import AiaClient
-from devtools.latency import measure
 from devtools.stack import REPO_ROOT
-from tests.e2e.support import E2E, Received, eventually, mentions, sample
+from tests.e2e.support import E2E, eventually, mentions, sample
+from tests.support.problems import assert_problem
+from tests.support.pubsub import Received
 
 pytestmark = pytest.mark.e2e
 
@@ -28,20 +28,14 @@ def _tenant(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _problem(resp: requests.Response, status: int) -> dict[str, Any]:
-    assert resp.status_code == status, f"{resp.status_code} {resp.text[:500]}"
-    assert resp.headers["Content-Type"].startswith("application/problem+json"), resp.headers
-    body: dict[str, Any] = resp.json()
-    assert body["status"] == status
-    return body
-
-
 # --- the stack itself ---------------------------------------------------------------
 
 
-def test_health_answers_ok_without_credentials(e2e: E2E) -> None:
+def test_health_answers_operators_and_liveness_without_credentials(e2e: E2E) -> None:
+    operator = {"Authorization": f"Bearer {e2e.stack.env['AIA_METRICS_TOKEN']}"}
     for path in ("/health", "/"):
-        resp = requests.get(e2e.stack.base_url + path, timeout=10)
+        assert requests.get(e2e.stack.base_url + path, timeout=10).status_code == 401
+        resp = requests.get(e2e.stack.base_url + path, headers=operator, timeout=10)
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["status"] == "ok", body
@@ -52,7 +46,7 @@ def test_health_answers_ok_without_credentials(e2e: E2E) -> None:
 
 
 def test_unknown_route_is_problem_404(e2e: E2E) -> None:
-    body = _problem(requests.get(e2e.stack.base_url + "/nowhere", timeout=10), 404)
+    body = assert_problem(requests.get(e2e.stack.base_url + "/nowhere", timeout=10), 404)
     assert "/nowhere" in body["detail"]
 
 
@@ -96,13 +90,13 @@ def test_missing_credentials_are_401_with_bearer_challenge(
     e2e: E2E, method: str, path: str
 ) -> None:
     resp = requests.request(method, e2e.stack.base_url + path, json={}, timeout=10)
-    _problem(resp, 401)
+    assert_problem(resp, 401)
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_missing_credentials_for_one_task_are_401(e2e: E2E) -> None:
     resp = requests.get(e2e.stack.base_url + "/tasks/whatever", timeout=10)
-    _problem(resp, 401)
+    assert_problem(resp, 401)
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -112,7 +106,7 @@ def test_missing_credentials_for_one_task_are_401(e2e: E2E) -> None:
 def test_bad_keys_are_401(e2e: E2E, key: str) -> None:
     client = e2e.client(key)
     for resp in (client.submit({"type": "echo", "payload": {}}), client.tasks()):
-        _problem(resp, 401)
+        assert_problem(resp, 401)
         assert resp.headers["WWW-Authenticate"].startswith("Bearer")
 
 
@@ -122,9 +116,9 @@ def test_revoked_key_is_401(e2e: E2E) -> None:
     task_id = client.submit({"type": "echo", "payload": {"n": 1}}).json()["task_id"]
     assert client.task(task_id).status_code == 200
     e2e.revoke_key(key)
-    _problem(client.task(task_id), 401)
-    _problem(client.tasks(), 401)
-    _problem(client.submit({"type": "echo", "payload": {}}), 401)
+    assert_problem(client.task(task_id), 401)
+    assert_problem(client.tasks(), 401)
+    assert_problem(client.submit({"type": "echo", "payload": {}}), 401)
 
 
 def test_tenants_never_see_each_others_tasks(e2e: E2E) -> None:
@@ -134,7 +128,7 @@ def test_tenants_never_see_each_others_tasks(e2e: E2E) -> None:
     alice.wait_for(task_id)
     bob_own = bob.submit({"type": "echo", "payload": {"mine": "bob"}}).json()["task_id"]
 
-    _problem(bob.task(task_id), 404)
+    assert_problem(bob.task(task_id), 404)
     bob_ids = {t["task_id"] for t in bob.tasks(limit=100).json()["tasks"]}
     assert task_id not in bob_ids
     assert bob_own in bob_ids
@@ -148,27 +142,27 @@ def test_tenants_never_see_each_others_tasks(e2e: E2E) -> None:
 
 
 def test_malformed_json_is_400(e2e: E2E) -> None:
-    _problem(e2e.dev().submit(raw=b'{"type": "echo", "payload": '), 400)
+    assert_problem(e2e.dev().submit(raw=b'{"type": "echo", "payload": '), 400)
 
 
 def test_unknown_type_is_422_naming_type(e2e: E2E) -> None:
-    body = _problem(e2e.dev().submit({"type": "no.such.type", "payload": {}}), 422)
+    body = assert_problem(e2e.dev().submit({"type": "no.such.type", "payload": {}}), 422)
     assert body["field"] == "type"
 
 
 def test_invalid_payload_is_422_naming_the_field(e2e: E2E) -> None:
-    body = _problem(e2e.dev().submit({"type": "sleep", "payload": {"seconds": 99}}), 422)
+    body = assert_problem(e2e.dev().submit({"type": "sleep", "payload": {"seconds": 99}}), 422)
     assert body["field"] == "payload.seconds"
 
 
 def test_body_over_one_mib_is_413(e2e: E2E) -> None:
     raw = b'{"type": "echo", "payload": {"x": "' + b"a" * MiB + b'"}}'
     for path in ("/tasks", "/tasks/submit"):
-        _problem(e2e.dev().submit(raw=raw, path=path), 413)
+        assert_problem(e2e.dev().submit(raw=raw, path=path), 413)
 
 
 def test_unknown_task_id_is_404(e2e: E2E) -> None:
-    _problem(e2e.dev().task(uuid.uuid4().hex), 404)
+    assert_problem(e2e.dev().task(uuid.uuid4().hex), 404)
 
 
 # --- idempotency ------------------------------------------------------------------------------
@@ -195,7 +189,7 @@ def test_same_idempotency_key_with_another_body_is_422(e2e: E2E) -> None:
     client = e2e.dev()
     key = uuid.uuid4().hex
     assert client.submit({"type": "echo", "payload": {"a": 1}}, idempotency_key=key).ok
-    _problem(client.submit({"type": "echo", "payload": {"a": 2}}, idempotency_key=key), 422)
+    assert_problem(client.submit({"type": "echo", "payload": {"a": 2}}, idempotency_key=key), 422)
 
 
 # --- the worker: retries, dead letters, duplicates ----------------------------------------
@@ -346,15 +340,7 @@ def test_pagination_has_no_overlap_and_no_gaps(e2e: E2E) -> None:
     assert {t["task_id"] for t in succeeded} == set(ids)
 
 
-# --- measurements and metrics (last: they account for every task above) -----------------
-
-
-def test_report_latency(e2e: E2E, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not an assertion on speed: measures what one sequential client sees."""
-    result = measure(e2e.dev(), 50)
-    (e2e.stack.state_dir / "latency.json").write_text(json.dumps(result), encoding="utf-8")
-    with capsys.disabled():
-        print(f"\nlocal stack latency, echo x{result['n']}: {json.dumps(result)}")
+# --- metrics (last: they account for every task above) -------------------------------------
 
 
 def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
@@ -373,16 +359,24 @@ def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
     )
     for task_type, n in submitted.items():
         assert sample(samples, "aia_tasks_submitted_total", type=task_type) == n, task_type
-        in_store = sum(
+        accounted = sum(
             sample(samples, "aia_tasks", status=status, type=task_type)
-            for status in ("queued", "running", "succeeded", "failed")
+            for status in ("queued", "running")
+        ) + sum(
+            sample(samples, "aia_tasks_finished_total", status=status, type=task_type)
+            for status in ("succeeded", "failed")
         )
-        assert in_store == n, task_type
+        assert accounted == n, task_type
         assert sample(samples, "aia_tasks", status="queued", type=task_type) == 0
         assert sample(samples, "aia_tasks", status="running", type=task_type) == 0
 
     resp = requests.get(
-        e2e.stack.base_url + "/metrics", headers={"Accept": "application/json"}, timeout=10
+        e2e.stack.base_url + "/metrics",
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {e2e.stack.env['AIA_METRICS_TOKEN']}",
+        },
+        timeout=10,
     )
     assert resp.status_code == 200
     assert resp.headers["Content-Type"].startswith("application/json")
@@ -390,4 +384,4 @@ def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
     for task_type, n in submitted.items():
         assert figures["aia_tasks_submitted_total"][task_type] == n
     assert figures["aia_task_duration_seconds"]["echo"]["count"] == submitted["echo"]
-    assert figures["aia_tasks"]["succeeded"]["echo"] == submitted["echo"]
+    assert figures["aia_tasks_finished_total"]["succeeded"]["echo"] == submitted["echo"]

@@ -111,7 +111,8 @@ def test_a_function_killed_twice_is_restarted_twice(stack: RunningStack) -> None
 
 def test_a_frozen_emulator_degrades_health_until_thawed(stack: RunningStack) -> None:
     def health() -> requests.Response:
-        return requests.get(stack.base_url + "/health", timeout=30)
+        token = {"Authorization": f"Bearer {stack.env['AIA_METRICS_TOKEN']}"}
+        return requests.get(stack.base_url + "/health", headers=token, timeout=30)
 
     with stack.frozen("firestore-emulator") as pgid:
         assert pgid == stack.pgid("firestore-emulator")

@@ -1,9 +1,12 @@
 """Run inside a deploy bundle: load the function as Cloud Functions does, serve one request.
 
-Started as `python -I -c <this file's text> TARGET SIGNATURE_TYPE` with the bundle as
-working directory, in a virtualenv holding only the bundle's requirements. `-I`
-keeps the repository, PYTHONPATH and the cwd off `sys.path`; functions-framework
-puts the folder of `main.py` on it, exactly as in production. Prints one JSON line.
+Started as `python -I -c <this file's text> TARGET SIGNATURE_TYPE REQUEST` with the
+bundle as working directory, in a virtualenv holding only the bundle's
+requirements. `-I` keeps the repository, PYTHONPATH and the cwd off `sys.path`;
+functions-framework puts the folder of `main.py` on it, exactly as in
+production. REQUEST is JSON: `{"method", "path", "headers", "body_b64"}`, the
+exchange the caller wants answered (a Pub/Sub push body for a CloudEvent
+function, as Pub/Sub sends it). Prints one JSON line.
 """
 
 import base64
@@ -12,6 +15,8 @@ import json
 import os
 import sys
 import types
+
+MAX_BODY_CHARS = 200_000
 
 failed_imports: list[str] = []
 
@@ -34,24 +39,10 @@ class _RecordFailedImports(importlib.abc.MetaPathFinder):
             failed_imports.append(fullname)
 
 
-def _pubsub_push_event() -> bytes:
-    message = {"data": base64.b64encode(b'{"task_id": "bundle-check"}').decode(), "attributes": {}}
-    return json.dumps(
-        {
-            "specversion": "1.0",
-            "type": "google.cloud.pubsub.topic.v1.messagePublished",
-            "source": "//pubsub.googleapis.com/projects/aia-bundle-check/topics/aia-tasks",
-            "id": "bundle-check-1",
-            "datacontenttype": "application/json",
-            "data": {"message": {**message, "messageId": "1"}, "subscription": "bundle-check"},
-        }
-    ).encode()
-
-
 def main() -> None:
-    target, signature_type = sys.argv[1], sys.argv[2]
+    target, signature_type, request = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     sys.meta_path.append(_RecordFailedImports(os.getcwd()))
-    report: dict[str, object] = {"target": target, "sys_path_has_repo": False}
+    report: dict[str, object] = {"target": target}
     try:
         from functions_framework import create_app
 
@@ -62,25 +53,21 @@ def main() -> None:
         print(json.dumps(report))
         return
     loaded_with = list(failed_imports)
-    client = app.test_client()
     try:
-        if signature_type == "cloudevent":
-            response = client.post(
-                "/",
-                data=_pubsub_push_event(),
-                headers={"Content-Type": "application/cloudevents+json"},
-            )
-        elif target == "health":
-            response = client.get("/health?probe=live")
-        else:
-            response = client.get("/")
+        response = app.test_client().open(
+            request["path"],
+            method=request["method"],
+            headers=request.get("headers", {}),
+            data=base64.b64decode(request.get("body_b64", "")),
+        )
     except BaseException as exc:
         report.update(stage="request", error=f"{type(exc).__name__}: {exc}")
     else:
         report.update(
             stage="served",
             status=response.status_code,
-            body=response.get_data(as_text=True)[:400],
+            content_type=response.headers.get("Content-Type", ""),
+            body=response.get_data(as_text=True)[:MAX_BODY_CHARS],
         )
     report["failed_imports"] = [name for name in failed_imports if name not in loaded_with]
     report["failed_imports_at_load"] = loaded_with

@@ -1,22 +1,36 @@
-"""Deploy bundles: what is built is exactly what deploys, and it imports on its own.
+"""Deploy bundles: what is built is exactly what deploys, and it serves on its own.
 
 Each bundle is loaded by a fresh `python -I` in a virtualenv made from the bundle's
-requirements.txt only, with the bundle as working directory: the seed's
-`ModuleNotFoundError` on deploy fails here instead.
+requirements.txt only, with the bundle as working directory, and answers one real
+request of its kind against the emulators: a submit, a status read, a Pub/Sub push
+delivery, a sweep, a scrape, a readiness check. So the imports behind
+`shared.providers`, made only when a request needs them, run here too, and the
+seed's `ModuleNotFoundError` on deploy fails here instead.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 
+from devtools.emulators import reset_firestore, reset_pubsub
+from shared.config import load_settings
+from shared.queries import TASKS
+from shared.security.keyring import KeyRing, generate_keyring
+from tests.conftest import TEST_PROJECT, observed_topics
+from tests.support.health import assert_health
+from tests.support.pubsub import Received, pull
 from tools import package
 from tools.tfschema.venvs import REPO_ROOT, ensure_venv, venv_python
 
@@ -27,6 +41,31 @@ FUNCTIONS = package.discover_functions(REPO_ROOT)
 # What a request may leave missing without failing: nothing yet. An entry here
 # needs a reason (an optional accelerator tried inside try/except, say).
 OPTIONAL_IMPORTS: frozenset[str] = frozenset()
+TASKS_TOPIC = "aia-tasks"
+DEAD_LETTER_TOPIC = "aia-tasks-dead-letter"
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str = "GET"
+    path: str = "/"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def as_json(self) -> str:
+        return json.dumps(
+            {
+                "method": self.method,
+                "path": self.path,
+                "headers": self.headers,
+                "body_b64": base64.b64encode(self.body).decode(),
+            }
+        )
+
+    @classmethod
+    def post_json(cls, path: str, body: Any, headers: dict[str, str] | None = None) -> Request:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+        return cls("POST", path, headers, json.dumps(body).encode())
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +80,17 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, package.Bundl
     return {b.name: b for b in package.build_all(REPO_ROOT, out)}
 
 
-def probe(venv: Path, bundle_dir: Path, target: str, signature_type: str) -> dict[str, Any]:
+def probe(
+    venv: Path,
+    bundle_dir: Path,
+    target: str,
+    signature_type: str,
+    request: Request | None = None,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     home = bundle_dir.parent / ".home"
     home.mkdir(exist_ok=True)
-    env = {
+    environment = {
         "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
         "HOME": str(home),  # no gcloud credentials from the developer's home
         "GOOGLE_CLOUD_PROJECT": "aia-bundle-check",
@@ -53,11 +99,20 @@ def probe(venv: Path, bundle_dir: Path, target: str, signature_type: str) -> dic
         "GCE_METADATA_HOST": "127.0.0.1:9",
         "GCE_METADATA_IP": "127.0.0.1:9",
         "AIA_LOG_LEVEL": "ERROR",
+        **(env or {}),
     }
     result = subprocess.run(
-        [str(venv_python(venv)), "-I", "-c", PROBE, target, signature_type],
+        [
+            str(venv_python(venv)),
+            "-I",
+            "-c",
+            PROBE,
+            target,
+            signature_type,
+            (request or Request()).as_json(),
+        ],
         cwd=bundle_dir,
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=120,
@@ -70,13 +125,18 @@ def probe(venv: Path, bundle_dir: Path, target: str, signature_type: str) -> dic
     return report
 
 
-def assert_serves(report: dict[str, Any]) -> None:
+def assert_serves(report: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    """The bundle loaded, served, missed no module of its own and answered `status`."""
     assert report["stage"] == "served", (
         f"{report['target']} failed to {report['stage']}: {report.get('error')}\n{report['stderr']}"
     )
     missing = [m for m in report["failed_imports"] if m.split(".")[0] not in OPTIONAL_IMPORTS]
     assert not missing, f"{report['target']}: imports failed while serving: {missing}"
-    assert 100 <= report["status"] < 600
+    assert report["status"] == status, (
+        f"{report['target']} answered {report['status']}, expected {status}: "
+        f"{report['body'][:1000]}\n{report['stderr']}"
+    )
+    return report
 
 
 def test_functions_discovered() -> None:
@@ -84,15 +144,17 @@ def test_functions_discovered() -> None:
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
-def test_bundle_has_exactly_main_shared_requirements(
+def test_bundle_has_exactly_main_shared_tasks_requirements(
     name: str, bundles: dict[str, package.Bundle]
 ) -> None:
     bundle = bundles[name]
+    expected = ["main.py", "requirements.txt", "shared", "tasks"]
     top = sorted(p.name for p in bundle.directory.iterdir())
-    assert top == ["main.py", "requirements.txt", "shared"]
+    assert top == expected
     names = zipfile.ZipFile(bundle.zip_path).namelist()
     assert names == sorted(names)
-    assert {n.split("/")[0] for n in names} == {"main.py", "requirements.txt", "shared"}
+    assert {n.split("/")[0] for n in names} == set(expected)
+    assert "tasks/__init__.py" in names  # the team's task types travel with every function
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
     assert (bundle.directory / "requirements.txt").read_bytes() == (
         REPO_ROOT / "requirements.txt"
@@ -131,15 +193,233 @@ def test_removed_function_leaves_no_bundle(tmp_path: Path) -> None:
     assert (out / "other.zip").is_file()
 
 
-@pytest.mark.parametrize("name", FUNCTIONS)
-def test_bundle_loads_and_serves_in_isolation(
-    name: str, bundles: dict[str, package.Bundle], runtime_venv: Path
-) -> None:
+# Each bundle answers a real request of its kind, on the emulators.
+
+
+@dataclass(frozen=True)
+class World:
+    """The emulators, seeded as a deployment would be: topics, a key ring, an API key."""
+
+    env: dict[str, str]
+    ring: KeyRing
+    api_key: str
+    tasks: Any  # the tasks collection, as process_task and task_status see it
+    tasks_observer: str
+
+    def env_for(self, name: str) -> dict[str, str]:
+        """What Terraform gives `name`: submit_task holds the public ring only."""
+        ring = self.ring.public_only() if name == "submit_task" else self.ring
+        return {**self.env, "AIA_KEYRING": ring.to_json()}
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+@pytest.fixture(scope="module")
+def world(emulator_env: dict[str, str]) -> World:
+    from google.cloud import firestore
+
+    from shared.security.apikeys import ApiKeys, FirestoreApiKeyStore
+
+    reset_firestore(emulator_env["FIRESTORE_EMULATOR_HOST"], TEST_PROJECT)
+    reset_pubsub(emulator_env["PUBSUB_EMULATOR_HOST"])
+    topics = observed_topics(TEST_PROJECT, (TASKS_TOPIC, DEAD_LETTER_TOPIC))
+    settings = load_settings(emulator_env)
+    # API keys live in the database AIA_KEYS_DATABASE names; tasks in AIA_FIRESTORE_DATABASE.
+    keys_db = firestore.Client(project=settings.project, database=settings.keys_database)
+    _, api_key = ApiKeys(FirestoreApiKeyStore(keys_db)).create("bundle-check")
+    tasks_db = firestore.Client(project=settings.project, database=settings.firestore_database)
+    return World(
+        env=dict(emulator_env),
+        ring=generate_keyring(),
+        api_key=api_key,
+        tasks=tasks_db.collection(TASKS),
+        tasks_observer=topics[TASKS_TOPIC][1],
+    )
+
+
+@dataclass(frozen=True)
+class Submitted:
+    report: dict[str, Any]
+    task_id: str
+    published: Received
+
+
+def serve(
+    name: str,
+    request: Request,
+    world: World,
+    bundles: dict[str, package.Bundle],
+    venv: Path,
+    directory: Path | None = None,
+) -> dict[str, Any]:
     bundle = bundles[name]
-    report = probe(runtime_venv, bundle.directory, name, bundle.signature_type)
-    assert_serves(report)
-    if name == "health":
-        assert report["status"] == 200, report["body"]
+    return probe(
+        venv,
+        directory or bundle.directory,
+        name,
+        bundle.signature_type,
+        request,
+        world.env_for(name),
+    )
+
+
+def submit_request(world: World) -> Request:
+    return Request.post_json(
+        "/tasks", {"type": "echo", "payload": {"from": "bundle"}}, world.auth()
+    )
+
+
+def push_request(message: Received) -> Request:
+    """The body Pub/Sub's push subscription sends to process_task for `message`."""
+    return Request.post_json(
+        "/",
+        {
+            "subscription": f"projects/{TEST_PROJECT}/subscriptions/aia-tasks-worker",
+            "message": {
+                "data": base64.b64encode(message.data).decode(),
+                "attributes": message.attributes,
+                "messageId": message.message_id,
+                "publishTime": "2026-01-01T00:00:00Z",
+            },
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def submitted(world: World, bundles: dict[str, package.Bundle], runtime_venv: Path) -> Submitted:
+    """One echo task, submitted through the submit_task bundle; what it published."""
+    report = serve("submit_task", submit_request(world), world, bundles, runtime_venv)
+    assert_serves(report, 202)
+    task_id = json.loads(report["body"])["task_id"]
+    messages = pull(world.tasks_observer, host=world.env["PUBSUB_EMULATOR_HOST"])
+    assert [m.json() for m in messages] == [{"task_id": task_id, "tenant_id": "bundle-check"}]
+    return Submitted(report, task_id, messages[0])
+
+
+def test_every_function_has_a_serving_check() -> None:
+    assert set(FUNCTIONS) == set(SERVING_CHECKS), "add a test_<name>_bundle_serves for it"
+
+
+def test_health_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # Readiness, not liveness: both Google clients are imported and used.
+    report = assert_serves(serve("health", Request(path="/health"), world, bundles, runtime_venv))
+    assert_health(json.loads(report["body"]), report["status"], status="ok")
+
+
+def test_metrics_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    report = assert_serves(serve("metrics", Request(path="/metrics"), world, bundles, runtime_venv))
+    assert report["content_type"] == CONTENT_TYPE_LATEST
+    families = {f.name for f in text_string_to_metric_families(report["body"])}
+    assert {"aia_tasks", "aia_tasks_submitted", "aia_task_duration_seconds"} <= families
+
+
+def test_submit_task_bundle_serves(submitted: Submitted, world: World) -> None:
+    answer = json.loads(submitted.report["body"])
+    assert answer["status"] == "queued"
+    assert "dispatch" not in answer  # published, not deferred
+    stored = world.tasks.document(submitted.task_id).get()
+    assert stored.exists
+    assert stored.get("tenant_id") == "bundle-check"
+
+
+def test_task_status_bundle_serves(
+    submitted: Submitted, world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path=f"/tasks/{submitted.task_id}", headers=world.auth())
+    view = json.loads(
+        assert_serves(serve("task_status", request, world, bundles, runtime_venv))["body"]
+    )
+    assert view["task_id"] == submitted.task_id
+    assert view["type"] == "echo"
+    # Opening a result needs the private ring: read it once the worker has run.
+    if view["status"] == "succeeded":
+        assert view["result"] == {"from": "bundle"}
+    else:
+        assert view["status"] == "queued"
+
+
+def test_process_task_bundle_serves(
+    submitted: Submitted, world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    report = serve("process_task", push_request(submitted.published), world, bundles, runtime_venv)
+    assert_serves(report, 200)
+    stored = world.tasks.document(submitted.task_id).get()
+    assert stored.get("status") == "succeeded"
+    assert stored.get("attempts") == 1
+
+
+def test_redispatch_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    report = assert_serves(serve("redispatch", Request("POST", "/"), world, bundles, runtime_venv))
+    assert report["content_type"] == "application/json"
+    swept = json.loads(report["body"])
+    assert set(swept) == {"found", "published", "dead_lettered"}
+    assert all(type(n) is int for n in swept.values())
+
+
+def test_openapi_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path="/openapi.json")
+    report = assert_serves(serve("openapi", request, world, bundles, runtime_venv))
+    assert report["content_type"] == "application/json"
+    # The probe keeps the start of the body: the document begins with its version.
+    assert report["body"].startswith('{"openapi":"3.1.0"'), report["body"][:200]
+
+
+def test_dashboard_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # The page and its files travel inside shared/dashboard/ in the bundle.
+    for path, kind in (
+        ("/dashboard", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ):
+        report = assert_serves(serve("dashboard", Request(path=path), world, bundles, runtime_venv))
+        assert report["content_type"].startswith(kind), (path, report["content_type"])
+        assert report["body"], path
+
+
+SERVING_CHECKS = {
+    name.removeprefix("test_").removesuffix("_bundle_serves")
+    for name in dir()
+    if name.startswith("test_") and name.endswith("_bundle_serves")
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("submit_task", "shared/tasks/submission.py"),
+        ("process_task", "shared/security/crypto.py"),
+    ],
+)
+def test_a_module_missing_from_a_bundle_fails_its_serving_check(
+    name: str,
+    module: str,
+    world: World,
+    submitted: Submitted,
+    bundles: dict[str, package.Bundle],
+    runtime_venv: Path,
+    tmp_path: Path,
+) -> None:
+    # Both modules are imported lazily, on the first request: loading still works.
+    broken = tmp_path / name
+    shutil.copytree(bundles[name].directory, broken)
+    (broken / module).unlink()
+    request = submit_request(world) if name == "submit_task" else push_request(submitted.published)
+    report = serve(name, request, world, bundles, runtime_venv, directory=broken)
+    assert report["failed_imports_at_load"] == []
+    dotted = module.removesuffix(".py").replace("/", ".")
+    with pytest.raises(AssertionError, match=f"imports failed while serving: .*{dotted}"):
+        assert_serves(report, 202 if name == "submit_task" else 200)
 
 
 # The check itself, shown to fail on the two failure classes it exists for.

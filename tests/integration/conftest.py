@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,6 +22,7 @@ from shared.tasks.submission import SubmitService
 from shared.tasks.worker import Worker, WorkerPolicy
 from tests.conftest import observed_topics
 from tests.integration.handlers import MODULES
+from tests.support.pubsub import pull
 
 PROJECT = "aia-test"
 TASKS_TOPIC = "aia-tasks"
@@ -46,18 +46,8 @@ class Pipeline:
 
     def pull(self, subscription: str, *, max_messages: int = 50) -> list[dict[str, Any]]:
         """Messages waiting on `subscription` (acked), as decoded JSON with attributes."""
-        response = self.subscriber.pull(
-            subscription=subscription, max_messages=max_messages, timeout=5
-        )
-        if response.received_messages:
-            self.subscriber.acknowledge(
-                subscription=subscription,
-                ack_ids=[m.ack_id for m in response.received_messages],
-            )
-        return [
-            {"data": json.loads(m.message.data), "attributes": dict(m.message.attributes)}
-            for m in response.received_messages
-        ]
+        messages = pull(subscription, max_messages=max_messages)
+        return [{"data": m.json(), "attributes": m.attributes} for m in messages]
 
     def worker_with(
         self, repository: FirestoreTaskRepository, policy: WorkerPolicy | None = None

@@ -1,24 +1,28 @@
-"""Readiness against the real emulators, a dead port and a port that never answers."""
+"""Readiness against the real emulators, a dead port and a port that never answers.
+
+What only real clients show: which error each failure produces, and that a
+check given a deadline gives up at it without retrying (so a check the answer
+abandoned does end). Which failures mean degraded or down is the unit tier's.
+"""
 
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
 from devtools.emulators import free_port
 from shared.clients import publisher, reset_clients, topic_path
 from shared.config import get_settings
-from shared.operations.health import check_health
+from shared.operations.health import check_health, firestore_check, pubsub_check
+from tests.support.health import assert_health
 
 pytestmark = pytest.mark.integration
 
-# The budget (settings.health_timeout_s, 1.5 s by default) plus a generous
-# margin: this is the functional "answers within 2 s", not a benchmark.
-ANSWER_WITHIN_S = 2.0
+# Generous: a dead port is refused at once, so the client's own error decides,
+# never the budget, however loaded the machine is.
+PATIENT_S = 10.0
 
 Repoint = Callable[[str, str], None]
 
@@ -53,52 +57,62 @@ def black_hole() -> Iterator[str]:
         yield f"127.0.0.1:{sock.getsockname()[1]}"
 
 
-def timed_check() -> tuple[dict[str, Any], int, float]:
-    start = time.monotonic()
-    body, status = check_health(probe=None)
-    return body, status, time.monotonic() - start
-
-
 def test_both_emulators_up_is_ok(tasks_topic: str) -> None:
-    body, status, _ = timed_check()
-    assert (body["status"], status) == ("ok", 200), body
-    assert body["checks"] == {
-        "firestore": {"ok": True, "latency_ms": body["checks"]["firestore"]["latency_ms"]},
-        "pubsub": {"ok": True, "latency_ms": body["checks"]["pubsub"]["latency_ms"]},
-    }
+    body, status = check_health(probe=None, timeout_s=PATIENT_S)
+    assert_health(body, status, status="ok")
 
 
-def test_missing_tasks_topic_is_degraded(emulators_clean: dict[str, str]) -> None:
-    body, status, _ = timed_check()
-    assert (body["status"], status) == ("degraded", 200), body
-    assert "NotFound" in body["checks"]["pubsub"]["error"]
+def test_missing_tasks_topic_fails_the_pubsub_check(emulators_clean: dict[str, str]) -> None:
+    body, status = check_health(probe=None, timeout_s=PATIENT_S)
+    checks = assert_health(body, status, status="degraded", failed=("pubsub",))
+    assert checks["pubsub"]["error"].startswith("NotFound: 404"), checks
 
 
-def test_firestore_on_a_dead_port_is_down(tasks_topic: str, repoint: Repoint) -> None:
+def test_firestore_on_a_dead_port_fails_its_check_at_once(
+    tasks_topic: str, repoint: Repoint
+) -> None:
     repoint("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
-    body, status, elapsed = timed_check()
-    assert (body["status"], status) == ("down", 503), body
-    assert body["checks"]["pubsub"]["ok"] is True
-    assert elapsed < ANSWER_WITHIN_S
+    body, status = check_health(probe=None, timeout_s=PATIENT_S)
+    checks = assert_health(body, status, status="down", failed=("firestore",))
+    # The client's own refusal, not the budget running out: no retries inside.
+    assert checks["firestore"]["error"].startswith("ServiceUnavailable: 503"), checks
 
 
-def test_pubsub_on_a_dead_port_is_degraded(
+def test_pubsub_on_a_dead_port_fails_its_check_at_once(
     emulators_clean: dict[str, str], repoint: Repoint
 ) -> None:
     repoint("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
-    body, status, elapsed = timed_check()
-    assert (body["status"], status) == ("degraded", 200), body
-    assert body["checks"]["firestore"]["ok"] is True
-    assert elapsed < ANSWER_WITHIN_S
+    body, status = check_health(probe=None, timeout_s=PATIENT_S)
+    checks = assert_health(body, status, status="degraded", failed=("pubsub",))
+    assert checks["pubsub"]["error"].startswith("ServiceUnavailable: 503"), checks
 
 
-def test_hung_dependencies_still_answer_within_the_budget(
+@pytest.mark.parametrize("check", [firestore_check, pubsub_check], ids=["firestore", "pubsub"])
+def test_a_hung_dependency_ends_the_check_at_its_deadline_without_retrying(
+    emulators_clean: dict[str, str],
+    repoint: Repoint,
+    black_hole: str,
+    check: Callable[[float], None],
+) -> None:
+    from google.api_core.exceptions import DeadlineExceeded
+
+    repoint("FIRESTORE_EMULATOR_HOST", black_hole)
+    repoint("PUBSUB_EMULATOR_HOST", black_hole)
+    # DeadlineExceeded is the one attempt running out. Without the deadline the
+    # call would hang (the abandoned thread with it); with the client's default
+    # retry it would be a RetryError after a minute of attempts.
+    with pytest.raises(DeadlineExceeded):
+        check(0.2)
+
+
+def test_hung_dependencies_answer_down(
     emulators_clean: dict[str, str], repoint: Repoint, black_hole: str
 ) -> None:
     repoint("FIRESTORE_EMULATOR_HOST", black_hole)
     repoint("PUBSUB_EMULATOR_HOST", black_hole)
-    body, status, elapsed = timed_check()
-    assert (body["status"], status) == ("down", 503), body
-    assert body["checks"]["firestore"]["ok"] is False
-    assert body["checks"]["pubsub"]["ok"] is False
-    assert elapsed < ANSWER_WITHIN_S
+    body, status = check_health(probe=None, timeout_s=0.2)
+    checks = assert_health(body, status, status="down", failed=("firestore", "pubsub"))
+    for result in checks.values():
+        # Whichever ends first: the budget, or the client's deadline (the same value).
+        error = result["error"]
+        assert error == "timed out after 0.2 s" or error.startswith("DeadlineExceeded"), error

@@ -16,6 +16,7 @@ from shared.operations.metrics import (
     SUBMITTED,
     collect,
     record_duration,
+    record_outcome,
     record_submitted,
     render_json,
 )
@@ -73,25 +74,35 @@ def test_concurrent_writers_lose_no_count(emulators_clean: dict[str, str]) -> No
 
 def test_empty_counts_come_back_as_ints(emulators_clean: dict[str, str]) -> None:
     snapshot = collect(firestore_client(), TYPES)
-    assert len(snapshot.tasks) == 4 * len(TYPES)
+    assert len(snapshot.tasks) == 2 * len(TYPES)  # queued and running, per type
     assert set(snapshot.tasks.values()) == {0}
+    assert len(snapshot.finished) == 2 * len(TYPES)  # succeeded and failed, per type
+    assert set(snapshot.finished.values()) == {0}
+    assert all(type(n) is int for n in snapshot.finished.values())
     assert all(type(n) is int for n in snapshot.tasks.values())
     assert all(type(n) is int for n in snapshot.submitted.values())
 
 
-def test_counts_follow_task_status(emulators_clean: dict[str, str]) -> None:
+def test_live_counts_follow_task_status_and_finished_ones_follow_outcomes(
+    emulators_clean: dict[str, str],
+) -> None:
     db = firestore_client()
     batch = db.batch()
     statuses = ["queued", "running", "running", "succeeded", "failed", "failed", "failed"]
     for i, status in enumerate(statuses):
         batch.set(db.collection(TASKS).document(f"t{i}"), {"status": status, "type": "echo"})
+        if status in ("succeeded", "failed"):
+            record_duration(batch, db, "echo", 0.01, shards=2, outcome=status)
     batch.set(db.collection(TASKS).document("other"), {"status": "failed", "type": "sleep"})
+    record_outcome(batch, db, "sleep", "failed", shards=2)
     batch.commit()
 
     body = render_json(collect(db, TYPES))
     assert body["aia_tasks"] == {
         "queued": {"echo": 1, "sleep": 0},
         "running": {"echo": 2, "sleep": 0},
+    }
+    assert body["aia_tasks_finished_total"] == {
         "succeeded": {"echo": 1, "sleep": 0},
         "failed": {"echo": 3, "sleep": 1},
     }

@@ -490,7 +490,8 @@ def test_metrics_count_submissions_and_durations(pipeline: Pipeline) -> None:
     assert 'aia_tasks_submitted_total{type="echo"} 3.0' in exposition
     assert 'aia_task_duration_seconds_count{type="echo"} 1.0' in exposition
     assert 'aia_tasks{status="queued",type="echo"} 2.0' in exposition
-    assert 'aia_tasks{status="succeeded",type="echo"} 1.0' in exposition
+    assert 'aia_tasks_finished_total{status="succeeded",type="echo"} 1.0' in exposition
+    assert 'aia_tasks{status="succeeded"' not in exposition  # history is never aggregated
 
 
 def test_rotation_rewraps_data_keys_and_old_data_stays_readable(pipeline: Pipeline) -> None:

@@ -131,3 +131,11 @@ def test_log_lines_are_cloud_logging_json_with_trace() -> None:
     assert line["logging.googleapis.com/trace"] == f"projects/proj/traces/{trace}"
     assert (line["path"], line["task_id"]) == ("/tasks", "t1")
     bind(None)
+
+
+def test_the_health_budget_cannot_exceed_two_seconds() -> None:
+    # /health must answer within 2 s; the budget is the only wait in it.
+    assert load_settings({"AIA_HEALTH_TIMEOUT_S": "2"}).health_timeout_s == 2.0
+    for bad in ("2.01", "0", "-1"):
+        with pytest.raises(ConfigurationError, match="AIA_HEALTH_TIMEOUT_S"):
+            load_settings({"AIA_HEALTH_TIMEOUT_S": bad})

@@ -15,6 +15,7 @@ import pytest
 
 from devtools.gateway import GatewayServer, route
 from shared.api import routes
+from tests.support.problems import problem_body
 
 FUNCTIONS = ("health", "metrics", "submit_task", "task_status")
 
@@ -157,10 +158,7 @@ def _request(
 
 def test_unknown_path_is_problem_json_404(gateway: GatewayServer) -> None:
     resp, data = _request(gateway, "GET", "/nope?x=1")
-    assert resp.status == 404
-    assert resp.getheader("Content-Type") == "application/problem+json"
-    problem = json.loads(data)
-    assert problem["status"] == 404
+    problem = problem_body(resp.status, resp.getheader("Content-Type", ""), data, 404)
     assert problem["instance"] == "/nope"
     assert "/nope" in problem["detail"]
 
@@ -227,12 +225,21 @@ def test_relays_an_early_answer_to_an_unread_body(gateway: GatewayServer) -> Non
 
 
 def test_keeps_the_client_connection_alive(gateway: GatewayServer) -> None:
+    # http.client reconnects silently after a close, so watch the socket itself:
+    # every answer must come back on the one connection opened first.
     conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
-    for path in ("/health", "/metrics", "/nope", "/tasks/1?mode=chunked"):
+    conn.connect()
+    sock = conn.sock
+    local = sock.getsockname()
+    paths = ("/health", "/metrics", "/nope", "/tasks/1?mode=chunked", "/health")
+    for path in paths:
         conn.request("GET", path)
         resp = conn.getresponse()
         resp.read()
-        assert resp.status in (202, 404)
+        assert resp.status == (404 if path == "/nope" else 202)
+        assert not resp.will_close, f"{path}: the gateway asked to close the connection"
+        assert conn.sock is sock, f"{path}: answered on a new connection"
+        assert sock.getsockname() == local
     conn.close()
 
 
@@ -247,9 +254,8 @@ def test_function_not_running_is_503(upstream: str) -> None:
     server.start()
     try:
         resp, data = _request(server, "GET", "/metrics")
-        assert resp.status == 503
-        assert resp.getheader("Content-Type") == "application/problem+json"
-        assert "metrics" in json.loads(data)["detail"]
+        problem = problem_body(resp.status, resp.getheader("Content-Type", ""), data, 503)
+        assert "metrics" in problem["detail"]
     finally:
         server.shutdown()
         server.server_close()
@@ -263,8 +269,8 @@ def test_function_refusing_connections_is_502() -> None:
         server.start()
         try:
             resp, data = _request(server, "GET", "/health")
-            assert resp.status == 502
-            assert json.loads(data)["title"] == "Bad gateway"
+            problem = problem_body(resp.status, resp.getheader("Content-Type", ""), data, 502)
+            assert problem["title"] == "Bad gateway"
         finally:
             server.shutdown()
             server.server_close()

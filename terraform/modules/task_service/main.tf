@@ -20,6 +20,7 @@ locals {
     AIA_DEAD_LETTER_TOPIC   = google_pubsub_topic.dead_letter.name
     AIA_VERSION             = var.app_version
     AIA_DIAGNOSTIC_TASKS    = tostring(var.diagnostic_tasks)
+    AIA_TASK_MODULES        = join(",", var.task_modules)
     AIA_PUBLIC_BASE_URL     = local.public_base_url
     AIA_METRICS_SHARDS      = tostring(var.metrics_shards)
     AIA_HEALTH_TIMEOUT_S    = tostring(var.health_timeout_s)

@@ -249,3 +249,14 @@ variable "labels" {
   type        = map(string)
   default     = {}
 }
+
+variable "task_modules" {
+  description = "The team's task modules (AIA_TASK_MODULES); empty means the tasks/ package in the bundles, if any."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.task_modules : can(regex("^[A-Za-z_][A-Za-z0-9_]*(\\.[A-Za-z_][A-Za-z0-9_]*)*$", m))])
+    error_message = "task_modules must be dotted Python module names."
+  }
+}

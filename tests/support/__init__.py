@@ -1,0 +1,1 @@
+"""Helpers shared by the test tiers: one copy of each check, imported where it is needed."""
