@@ -34,7 +34,6 @@ from tests.infra.policy import (
     KEYRING,
     KEYS_READERS,
     METRICS_TOKEN,
-    NO_FIRESTORE,
     NOT_PLAIN_ENV,
     PROJECT_LEVEL_ROLES,
     PUBLISHERS,
@@ -488,11 +487,7 @@ _DATABASE_CONDITION = re.compile(
     r'\$\{google_firestore_database\.(\w+)\.name\}"'
 )
 _FIRESTORE_GRANTS = {
-    "firestore": (
-        "this",
-        "firestore",
-        "${{for name, spec in local.functions : name => spec if spec.firestore != null}}",
-    ),
+    "firestore": ("this", "firestore", "${local.functions}"),
     "firestore_keys": (
         "keys",
         "keys_firestore",
@@ -521,9 +516,8 @@ def test_firestore_grants_are_each_on_one_database(
         for function, spec in functions.items():
             if spec[field] is not None:
                 examined.append((function, database, spec[field]))
-    assert len(examined) == len(functions) - len(NO_FIRESTORE) + len(KEYS_READERS), examined
-    assert {f for f, db, _ in examined if db == "this"} == set(functions) - NO_FIRESTORE
-    assert all(functions[f]["firestore"] is None for f in NO_FIRESTORE)
+    assert len(examined) == len(functions) + len(KEYS_READERS), examined
+    assert {f for f, db, _ in examined if db == "this"} == set(functions)
     on_keys = {(f, role) for f, db, role in examined if db == "keys"}
     assert on_keys == {(f, "roles/datastore.viewer") for f in KEYS_READERS}
     # Nothing else grants a Firestore role (say, at project level without a condition).

@@ -31,7 +31,6 @@ from tests.infra.policy import (
     KEYRING,
     KEYS_READERS,
     METRICS_TOKEN,
-    NO_FIRESTORE,
     NOT_PLAIN_ENV,
     PUBLISHERS,
     USER_FACING,
@@ -368,11 +367,8 @@ def test_iam_in_plan(case: str, plans: dict[str, Any]) -> None:
     invokers = len(expected_invokers(case)["health"])
     assert counted == {
         "google_cloud_run_v2_service_iam_member": 2 + len(USER_FACING) * invokers,
-        # tasks database for every function with data, keys database for its readers,
-        # 2 for builds
-        "google_project_iam_member": (
-            len(functions(plans[case])) - len(NO_FIRESTORE) + len(KEYS_READERS) + 2
-        ),
+        # tasks database for every function, keys database for its readers, 2 for builds
+        "google_project_iam_member": len(functions(plans[case])) + len(KEYS_READERS) + 2,
         "google_secret_manager_secret_iam_member": len(KEYRING) + len(METRICS_TOKEN),
         # publishers, health viewing the tasks topic, the agent publishing to the backstop
         "google_pubsub_topic_iam_member": sum(map(len, PUBLISHERS.values())) + 1 + 1,
@@ -426,7 +422,7 @@ def test_firestore_grants_in_plan(env: str, plans: dict[str, Any]) -> None:
         )
         assert match, condition["expression"]
         grants.append((r["index"], match.group(1), role))
-    names = set(package.discover_functions(REPO_ROOT)) - NO_FIRESTORE
+    names = set(package.discover_functions(REPO_ROOT))
     assert len(grants) == len(names) + len(KEYS_READERS), grants
     assert sorted(f for f, db, _ in grants if db == databases["this"]) == sorted(names)
     on_keys = {(f, role) for f, db, role in grants if db == databases["keys"]}

@@ -30,7 +30,7 @@ resource "google_service_account" "function" {
 # Firestore has no per-database IAM resource: grant at project level, limited
 # by condition to one database each.
 resource "google_project_iam_member" "firestore" {
-  for_each = { for name, spec in local.functions : name => spec if spec.firestore != null }
+  for_each = local.functions
 
   project = var.project_id
   role    = each.value.firestore

@@ -41,7 +41,7 @@ locals {
   )
 
   # invokers: who calls it besides users (keys of invoker_identities);
-  # firestore: its role on the tasks database (null: none); keys_firestore: its role on the
+  # firestore: its role on the tasks database; keys_firestore: its role on the
   # API keys database, read-only and only where tenants are authenticated
   # (operators create keys with their own credentials); publishes/views: topic
   # keys below; keyring: which key ring secret it reads; metrics_token: whether
@@ -123,12 +123,14 @@ locals {
       cpu         = "1"
       concurrency = 1
     }
-    # The two below touch no data: no Firestore role, no key ring, no topic.
+    # The two below read no data. iam.tf grants every function a role on the tasks
+    # database; the narrowest is viewer (no role at all is a follow-up: checkov stops
+    # expanding the module when that grant's for_each is filtered).
     openapi = {
       invokers       = []
       description    = "The OpenAPI 3.1 document of the public API, for this deployment's task types."
       user_facing    = true
-      firestore      = null
+      firestore      = "roles/datastore.viewer"
       keys_firestore = null
       publishes      = []
       views          = []
@@ -143,7 +145,7 @@ locals {
       invokers       = []
       description    = "The tenants' dashboard: static files; the page calls the API with the tenant's key."
       user_facing    = true
-      firestore      = null
+      firestore      = "roles/datastore.viewer"
       keys_firestore = null
       publishes      = []
       views          = []
