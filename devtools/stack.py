@@ -62,6 +62,8 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("task_status", "http"),
     ("redispatch", "http"),
     ("process_task", "cloudevent"),
+    ("openapi", "http"),
+    ("dashboard", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import flask
 import functions_framework
 
 from shared import http, providers
+from shared.api.dispatch import route_of
 from shared.config import get_settings
 from shared.tasks.models import TaskView
 
-ACTION = re.compile(r"/tasks/(?P<task_id>[^/]+):(?P<action>replay|cancel)")
 # At start-up: a broken task module stops the function here, not on a request.
 providers.task_registry()
 
@@ -19,15 +17,11 @@ providers.task_registry()
 @functions_framework.http
 @http.endpoint
 def submit_task(request: flask.Request) -> flask.Response:
-    action = ACTION.fullmatch(request.path)
-    if action is None:
-        http.require_path(request, "/", "/tasks/submit", "/tasks")
-    http.require_method(request, "POST")
+    route = route_of(request, "submit_task", root="/tasks")
     tenant_id = providers.api_keys().authenticate(http.bearer_token(request))
-    if action is not None and action["action"] == "replay":
-        return _replay(tenant_id, action["task_id"])
-    if action is not None:
-        return _cancel(tenant_id, action["task_id"])
+    if route.operation_id in ("replayTask", "cancelTask"):
+        task_id, _, action = request.path.rstrip("/").rsplit("/", 1)[1].partition(":")
+        return _replay(tenant_id, task_id) if action == "replay" else _cancel(tenant_id, task_id)
     body = http.read_json_body(request)
     submitted = providers.submit_service().submit(
         tenant_id, body, request.headers.get("Idempotency-Key")

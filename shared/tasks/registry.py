@@ -9,6 +9,7 @@ the children run.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import time
 from collections.abc import Callable, Sequence
@@ -165,7 +166,11 @@ class TaskRegistry:
     def parse_payload(self, task: TaskType, payload: dict[str, Any]) -> BaseModel:
         """Validate a payload against its type's model; errors name the field."""
         try:
-            return task.payload_model.model_validate(payload)
+            # Strict, from JSON: a bool is no number and "5" no integer, as the
+            # OpenAPI document says; 5.0 is an integer there, as in JSON Schema.
+            return task.payload_model.model_validate_json(
+                json.dumps(integral_floats_as_ints(payload)), strict=True
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             path = ".".join(str(p) for p in ("payload", *first["loc"]))
@@ -177,6 +182,17 @@ class TaskRegistry:
                     for e in exc.errors()[:20]
                 ],
             ) from exc
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON values with 5.0 read as 5, as JSON Schema counts it an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def load_registry(modules: Sequence[str]) -> TaskRegistry:

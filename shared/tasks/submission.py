@@ -17,7 +17,7 @@ from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
-from shared.tasks.registry import TaskRegistry
+from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
 log = logging.getLogger("aia.submit")
@@ -45,7 +45,15 @@ def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> Tas
     # The HTTP edge checks bodies already; this use case is also called directly.
     check_depth(body, "body")
     try:
-        request = TaskRequest.model_validate(body)
+        # The envelope strictly, as JSON Schema reads it (a bool is no integer, "3" no
+        # number); the payload is checked against its type's model below.
+        envelope = {k: v for k, v in body.items() if k != "payload"}
+        request = TaskRequest.model_validate_json(
+            json.dumps({**integral_floats_as_ints(envelope), "payload": {}}), strict=True
+        )
+        if "payload" not in body or not isinstance(body["payload"], dict):
+            request = TaskRequest.model_validate(body)  # names the payload's own problem
+        request = request.model_copy(update={"payload": body["payload"]})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"

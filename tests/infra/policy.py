@@ -37,7 +37,10 @@ PROJECT_LEVEL_ROLES = frozenset(
     }
 )
 # Functions users call (through the load balancer when there is one).
-USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status"})
+USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status", "openapi", "dashboard"})
+# Kept warm in prod: the API's own request path. The OpenAPI document and the
+# dashboard's files are fetched once per visit and tolerate a cold start.
+WARM_IN_PROD = USER_FACING - {"openapi", "dashboard"}
 # Which key ring each function reads (AIA_KEYRING); the others read none.
 KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
 # The functions given the metrics bearer token (AIA_METRICS_TOKEN): they guard

@@ -363,6 +363,30 @@ def test_redispatch_bundle_serves(
     assert all(type(n) is int for n in swept.values())
 
 
+def test_openapi_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path="/openapi.json")
+    report = assert_serves(serve("openapi", request, world, bundles, runtime_venv))
+    assert report["content_type"] == "application/json"
+    # The probe keeps the start of the body: the document begins with its version.
+    assert report["body"].startswith('{"openapi":"3.1.0"'), report["body"][:200]
+
+
+def test_dashboard_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # The page and its files travel inside shared/dashboard/ in the bundle.
+    for path, kind in (
+        ("/dashboard", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ):
+        report = assert_serves(serve("dashboard", Request(path=path), world, bundles, runtime_venv))
+        assert report["content_type"].startswith(kind), (path, report["content_type"])
+        assert report["body"], path
+
+
 SERVING_CHECKS = {
     name.removeprefix("test_").removesuffix("_bundle_serves")
     for name in dir()

@@ -35,5 +35,7 @@ variable "services" {
     metrics     = string
     submit_task = string
     task_status = string
+    openapi     = string
+    dashboard   = string
   })
 }
