@@ -62,6 +62,8 @@ COUNT_PROJECT = "aia-bench-count"
 COUNT_TENANT = "bench"
 FLOOR_TOPIC = "floor-tasks"
 POLL_S = 0.01  # how often a waiting client asks for its task's status
+SUBMIT_BLOCK = 20  # sequential submits per turn of a route
+E2E_BLOCK = 10  # submit → succeeded waits per turn
 THREADS = 16
 # Limits from the issue.
 RATIO_LIMIT = 1.3
@@ -215,17 +217,13 @@ class Completion:
 # --- the measurements ---------------------------------------------------------------
 
 
-def sequential_submits(route: Route, n: int) -> list[float]:
-    client = Client(route)
-    try:
-        samples = []
-        for i in range(n):
-            started = time.perf_counter()
-            client.submit(i)
-            samples.append((time.perf_counter() - started) * 1000)
-        return samples
-    finally:
-        client.close()
+def sequential_submits(client: Client, n: int) -> list[float]:
+    samples = []
+    for i in range(n):
+        started = time.perf_counter()
+        client.submit(i)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
 
 
 @dataclass
@@ -261,18 +259,14 @@ def burst(route: Route, n: int, threads: int = THREADS) -> Burst:
     return Burst([ms for _, _, ms in done], {tid: wall for tid, wall, _ in done}, started_at)
 
 
-def sequential_e2e(route: Route, n: int) -> list[float]:
+def sequential_e2e(client: Client, n: int) -> list[float]:
     """Submit, then poll the status every POLL_S until succeeded: what one client waits."""
-    client = Client(route)
-    try:
-        samples = []
-        for i in range(n):
-            started = time.perf_counter()
-            client.wait_succeeded(client.submit(i))
-            samples.append((time.perf_counter() - started) * 1000)
-        return samples
-    finally:
-        client.close()
+    samples = []
+    for i in range(n):
+        started = time.perf_counter()
+        client.wait_succeeded(client.submit(i))
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
 
 
 @dataclass
@@ -342,21 +336,27 @@ def measure_latency(
     progress("warming up")
     for route in routes:
         before = completions[route.system].count()
-        sequential_submits(route, 20)
+        client = Client(route)
+        sequential_submits(client, 20)
         burst(route, 32)
-        sequential_e2e(route, 3)
+        sequential_e2e(client, 3)
+        client.close()
         drain(route, before + 20 + 32 + 3)
 
     for round_no in range(sizes.rounds):
         # Alternate who goes first, so neither always follows the other's leftovers.
         order = routes if round_no % 2 == 0 else list(reversed(routes))
         progress(f"round {round_no + 1}/{sizes.rounds}: sequential submits")
+        # In blocks, routes taking turns: the machine's load drifts within a round too.
+        clients = {route.label: Client(route) for route in order}
+        taken: dict[str, list[float]] = {route.label: [] for route in order}
+        for block in _blocks(sizes.sequential, SUBMIT_BLOCK):
+            for route in order:
+                before = completions[route.system].count()
+                taken[route.label] += sequential_submits(clients[route.label], block)
+                drain(route, before + block)  # its tasks must not run in the next one's turn
         for route in order:
-            before = completions[route.system].count()
-            figures[route.label].sequential.append(
-                stats.Spread.of(sequential_submits(route, sizes.sequential))
-            )
-            drain(route, before + sizes.sequential)
+            figures[route.label].sequential.append(stats.Spread.of(taken[route.label]))
         progress(f"round {round_no + 1}/{sizes.rounds}: {THREADS}-thread bursts")
         for route in order:
             completion = completions[route.system]
@@ -367,8 +367,13 @@ def measure_latency(
             figures[route.label].burst.append(stats.Spread.of(b.submit_ms))
             figures[route.label].throughput.append(sizes.burst / (last - b.started_at))
         progress(f"round {round_no + 1}/{sizes.rounds}: submit → succeeded")
+        taken = {route.label: [] for route in order}
+        for block in _blocks(sizes.e2e, E2E_BLOCK):
+            for route in order:
+                taken[route.label] += sequential_e2e(clients[route.label], block)
         for route in order:
-            figures[route.label].e2e.append(stats.Spread.of(sequential_e2e(route, sizes.e2e)))
+            figures[route.label].e2e.append(stats.Spread.of(taken[route.label]))
+            clients[route.label].close()
         progress(f"round {round_no + 1}/{sizes.rounds}: behind a backlog of {sizes.backlog}")
         for route in order:
             if route.via != "direct":
@@ -898,6 +903,11 @@ class Report:
             "cold_start": self.cold.to_json(),
             "targets": [t.to_json() for t in self.targets()],
         }
+
+
+def _blocks(total: int, size: int) -> list[int]:
+    """`total` split into turns of at most `size`."""
+    return [min(size, total - start) for start in range(0, total, size)]
 
 
 def _quantity(value: float) -> str:

@@ -18,6 +18,7 @@ from bench import cost, stats
 from bench.cold_probe import FIRST_REQUEST_MARKER
 from bench.cold_start_bench import import_group, median_profile, parse_importtime, top_imports
 from bench.harness import stat_cpu_ticks
+from bench.platform_bench import _blocks
 from bench.rpc_counter import (
     FIRESTORE,
     PUBLISHER,
@@ -333,3 +334,10 @@ def test_median_profile() -> None:
     merged = median_profile([run(1, 10), run(3, None), run(2, 30)])
     assert merged["load_ms"] == 2
     assert merged["imports"]["load"] == {"grpc": 10}  # absent counts as 0: median of 0, 10, 30
+
+
+@pytest.mark.parametrize(
+    ("total", "size", "blocks"), [(200, 20, [20] * 10), (45, 20, [20, 20, 5]), (0, 20, [])]
+)
+def test_blocks_split_a_run_into_turns(total: int, size: int, blocks: list[int]) -> None:
+    assert _blocks(total, size) == blocks
