@@ -231,6 +231,9 @@ class ColdSample:
     total_ms: float  # spawn → first successful answer
     listen_ms: float  # spawn → the port accepted
     refused: int = 0  # answers before it that were not a success (e.g. health "degraded")
+    # CPU the function's processes used until then: unlike wall time, barely moved by
+    # other engineers' load on a shared machine.
+    cpu_ms: float = 0.0
 
 
 def _connect(port: int, svc: Service, label: str, deadline: float) -> http.client.HTTPConnection:
@@ -278,9 +281,10 @@ def cold_run(probe: Probe, world: ColdWorld) -> ColdSample:
                 conn.close()
             answered = time.perf_counter()
             if probe.ok(resp.status, body):
+                cpu_ms = harness.group_cpu_s(svc.pgid) * 1000
                 probe.after(world, body)
                 return ColdSample(
-                    (answered - started) * 1000, (listening - started) * 1000, refused
+                    (answered - started) * 1000, (listening - started) * 1000, refused, cpu_ms
                 )
             refused += 1
             if answered > deadline:
@@ -404,6 +408,9 @@ class ColdResult:
     def baseline_ms(self) -> float:
         return self.median_ms(PROBES[0].label)
 
+    def cpu_ms(self, label: str) -> float:
+        return stats.median(s.cpu_ms for s in self.samples[label])
+
     def targets(self) -> list[stats.Target]:
         base = self.baseline_ms()
         return [
@@ -421,6 +428,7 @@ class ColdResult:
 
     def rows(self) -> list[list[str]]:
         base = self.baseline_ms()
+        base_cpu = self.cpu_ms(PROBES[0].label)
         rows = []
         for probe in PROBES:
             samples = self.samples[probe.label]
@@ -442,6 +450,7 @@ class ColdResult:
                     f"{total - listen:.0f}",
                     f"{total - base:+.0f}",
                     f"{stats.ratio(total, base):.2f}",
+                    f"{self.cpu_ms(probe.label):.0f} ({self.cpu_ms(probe.label) - base_cpu:+.0f})",
                     f"{load_imp:.0f}/{req_imp:.0f}",
                     budget,
                     met,
@@ -457,6 +466,7 @@ class ColdResult:
             "1st req",
             "Δ hello",
             "ratio",
+            "CPU ms (Δ)",
             "imports load/req",
             "budget",
             "",
@@ -497,6 +507,8 @@ class ColdResult:
                     "ratio": stats.ratio(self.median_ms(p.label), base),
                     "samples_ms": [round(s.total_ms, 1) for s in self.samples[p.label]],
                     "refused_answers": sum(s.refused for s in self.samples[p.label]),
+                    "cpu_ms": self.cpu_ms(p.label),
+                    "cpu_delta_ms": self.cpu_ms(p.label) - self.cpu_ms(PROBES[0].label),
                     "budget_ms": p.budget_ms,
                     "profile": self.profiles.get(p.label),
                     "top_imports": top_imports(self.profiles.get(p.label, {}).get("imports", {})),
