@@ -18,7 +18,8 @@ with a push subscription made like AIA's.
    succeeded as a client polling its status sees it, and tasks behind a backlog.
 3. Counting: both systems served again (as the stack serves them) behind
    `bench.rpc_counter`, a sequential run of echo tasks; Firestore commits,
-   reads and writes, publishes, invocations, CPU and wall time per task.
+   reads and writes, publishes, invocations, CPU and wall time per task; then
+   a short burst shows how many push deliveries the emulator sends at once.
 4. Cold starts (`bench.cold_start_bench`) on the same emulators.
 5. Cost per million tasks from the counts (`bench.cost`).
 
@@ -64,6 +65,7 @@ FLOOR_TOPIC = "floor-tasks"
 POLL_S = 0.01  # how often a waiting client asks for its task's status
 SUBMIT_BLOCK = 20  # sequential submits per turn of a route
 E2E_BLOCK = 10  # submit → succeeded waits per turn
+PEAK_BURST = 60  # tasks of the burst that shows how many deliveries are pushed at once
 THREADS = 16
 # Limits from the issue.
 RATIO_LIMIT = 1.3
@@ -395,6 +397,7 @@ class CountedRun:
     http: dict[str, Any]  # function -> RequestTally
     cpu_s: dict[str, float]
     log_bytes: dict[str, int]
+    push_peak: int = 0  # most push deliveries in flight at once during a burst after the count
 
     def per_task(self, value: float) -> float:
         return value / self.tasks
@@ -425,6 +428,7 @@ class CountedRun:
             "http": {name: tally.to_json() for name, tally in self.http.items()},
             "cpu_s": self.cpu_s,
             "log_bytes": self.log_bytes,
+            "push_deliveries_in_flight_max": self.push_peak,
             "per_task": {
                 "commits": self.per_task(self.rpc.commits()),
                 "reads": self.per_task(self.rpc.reads()),
@@ -472,7 +476,7 @@ def counted_run(
     finally:
         client.close()
     time.sleep(1.0)  # acknowledgements and last log lines
-    return CountedRun(
+    counted = CountedRun(
         system=system,
         tasks=n,
         rpc=counter.snapshot().minus(rpc_before),
@@ -484,6 +488,15 @@ def counted_run(
             name: harness.log_bytes(svc) - logs_before[name] for name, svc in services.items()
         },
     )
+    # After the counts: how many deliveries the emulator pushes at once. With few in
+    # flight, a burst's throughput is that number over the worker's time per delivery.
+    worker = http_counters["worker"]
+    worker.take_peak()
+    before = completion.count()
+    burst(route, PEAK_BURST)
+    completion.wait(before + PEAK_BURST)
+    counted.push_peak = worker.take_peak()
+    return counted
 
 
 def measure_counts(firestore: str, pubsub: str, n: int, work: Path) -> dict[str, CountedRun]:
@@ -803,6 +816,8 @@ class Report:
                 _mean(fl.http[role].seconds) * 1000,
                 _mean(ai.http[role].seconds) * 1000,
             )
+        peaks = [str(fl.push_peak), str(ai.push_peak)]
+        rows.append(["push deliveries in flight, max in a burst", *peaks, "", ""])
         row(
             "time in Firestore + Pub/Sub calls, ms / task",
             fl.per_task(sum(fl.rpc.seconds.values())) * 1000,

@@ -374,6 +374,7 @@ class _Relay(BaseHTTPRequestHandler):
         host, _, port = self.server.upstream.rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=120)
         started = time.perf_counter()
+        self.server.entered()
         try:
             conn.request(self.command, self.path, body=body, headers=headers)
             resp = conn.getresponse()
@@ -384,6 +385,7 @@ class _Relay(BaseHTTPRequestHandler):
             return
         finally:
             conn.close()
+            self.server.left()
         self.server.note(resp.status, time.perf_counter() - started)
         self.send_response_only(resp.status, resp.reason)
         for key, value in resp.getheaders():
@@ -412,7 +414,18 @@ class _CountingServer(ThreadingHTTPServer):
         self.upstream = upstream
         self.tally = RequestTally()
         self.lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0  # most requests in flight at once since the last reset
         super().__init__(("127.0.0.1", 0), _Relay)
+
+    def entered(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+
+    def left(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
 
     def note(self, status: int, seconds: float) -> None:
         with self.lock:
@@ -445,3 +458,9 @@ class HttpCounter:
     def snapshot(self) -> RequestTally:
         with self._server.lock:
             return self._server.tally.copy()
+
+    def take_peak(self) -> int:
+        """Most requests that were in flight at once since the last call."""
+        with self._server.lock:
+            peak, self._server.peak = self._server.peak, self._server.in_flight
+            return peak
