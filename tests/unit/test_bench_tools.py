@@ -5,7 +5,10 @@ Nothing here times anything: the figures themselves are only ever ratios within 
 
 from __future__ import annotations
 
+import http.client
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from bench.platform_bench import _blocks
 from bench.rpc_counter import (
     FIRESTORE,
     PUBLISHER,
+    HttpCounter,
     RequestTally,
     Tally,
     _clean_metadata,
@@ -341,3 +345,39 @@ def test_median_profile() -> None:
 )
 def test_blocks_split_a_run_into_turns(total: int, size: int, blocks: list[int]) -> None:
     assert _blocks(total, size) == blocks
+
+
+def test_http_counter_forwards_and_counts() -> None:
+    class Upstream(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(202)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    counter = HttpCounter(f"127.0.0.1:{upstream.server_address[1]}").start()
+    try:
+        host, port = counter.url.removeprefix("http://").split(":")
+        for i in range(3):
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("POST", "/projects/p/topics/t", body=f"m{i}".encode())
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (202, f"m{i}".encode())
+            conn.close()
+        tally = counter.snapshot()
+        assert tally.count == 3
+        assert tally.statuses == {202: 3}
+        assert counter.take_peak() == 1  # one at a time
+        assert counter.take_peak() == 0  # reset to what is in flight now
+    finally:
+        counter.stop()
+        upstream.shutdown()
+        upstream.server_close()
