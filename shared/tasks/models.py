@@ -133,13 +133,34 @@ class TaskView(BaseModel):
         return body
 
 
+class CreatedTask(BaseModel):
+    """A fresh task's document as it was created, carried so its first delivery needs no read.
+
+    The data fields travel exactly as stored: sealed (ciphertext bound to tenant,
+    task and control fields), so the message reveals no more than the document.
+    `version` is the creation's update time; the worker's first conditional
+    write names it, so it only succeeds if the document is still this one.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: str  # RFC 3339 with nanoseconds
+    type: str = Field(min_length=1, max_length=100)
+    max_attempts: int = Field(ge=1)
+    timeout_s: int = Field(ge=1)
+    created_at: datetime
+    data_key: str  # base64 of the wrapped data key
+    payload: str  # base64 of the sealed payload
+
+
 class TaskMessage(BaseModel):
-    """What travels on the tasks topic: ids only, never task data."""
+    """What travels on the tasks topic: ids, and for a fresh task its sealed document."""
 
     model_config = ConfigDict(extra="ignore")
 
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     tenant_id: str = Field(min_length=1, max_length=64)
+    created: CreatedTask | None = None
 
 
 class TaskPage(BaseModel):

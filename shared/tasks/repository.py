@@ -53,7 +53,14 @@ from shared.limits import loads_bounded
 from shared.operations import metrics
 from shared.tasks.documents import PLAIN_ERRORS, TaskDocuments
 from shared.tasks.events import NoEvents, TaskEvents
-from shared.tasks.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
+from shared.tasks.models import (
+    TASK_ID_PATTERN,
+    CreatedTask,
+    Task,
+    TaskError,
+    TaskMessage,
+    TaskStatus,
+)
 
 if TYPE_CHECKING:
     from shared.security.crypto import TaskKey
@@ -165,6 +172,7 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    fresh: CreatedTask | None = None  # the document as created (not for a replay)
 
 
 @dataclass(frozen=True)
@@ -205,6 +213,7 @@ class TaskRepository(Protocol):
         page_token: str | None,
     ) -> tuple[list[Task], str | None]: ...
     def load(self, tenant_id: str, task_id: str) -> Opened: ...
+    def opened_from_message(self, message: TaskMessage) -> Opened | None: ...
     def take_lease(self, opened: Opened, now: datetime, lease_until: datetime) -> Lease | None: ...
     def finish(
         self,
@@ -320,8 +329,8 @@ class FirestoreTaskRepository:
         batch.create(self._tasks.document(task.task_id), doc)
         metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
         if idempotency is None:
-            batch.commit(**SUBMIT_WRITE.kwargs())
-            return Created(task.task_id, replayed=False)
+            written = batch.commit(**SUBMIT_WRITE.kwargs())
+            return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
         return self._create_idempotent(task, batch, doc, idempotency)
 
     def _create_idempotent(
@@ -346,8 +355,8 @@ class FirestoreTaskRepository:
                 batch = self._rebatch(task, doc)
             batch.create(idem_ref, record)
             try:
-                batch.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                written = batch.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
             except already_exists:
                 pass
             snap = idem_ref.get(**SUBMIT_WRITE.kwargs())
@@ -368,8 +377,8 @@ class FirestoreTaskRepository:
             renew = self._rebatch(task, doc)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
-                renew.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                written = renew.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
             except failed_precondition:
                 continue
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
@@ -498,6 +507,39 @@ class FirestoreTaskRepository:
 
     # -- worker ------------------------------------------------------------
 
+    def opened_from_message(self, message: TaskMessage) -> Opened | None:
+        """The task as its message describes it when fresh: no read. None if it cannot tell.
+
+        Anything that does not open (a forged or damaged message) falls back to
+        reading the document, which is the only source of truth; so does a
+        document that changed since, whose conditional write will then fail.
+        """
+        fresh = message.created
+        if fresh is None or self._documents is None:
+            return None
+        try:
+            from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+
+            doc: dict[str, Any] = {
+                "tenant_id": message.tenant_id,
+                "type": fresh.type,
+                "status": TaskStatus.QUEUED.value,
+                "attempts": 0,
+                "max_attempts": fresh.max_attempts,
+                "timeout_s": fresh.timeout_s,
+                "created_at": fresh.created_at,
+                "updated_at": fresh.created_at,
+                "data_key": base64.b64decode(fresh.data_key, validate=True),
+                "payload": base64.b64decode(fresh.payload, validate=True),
+            }
+            version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
+            key = self._docs.key_of(message.task_id, doc)
+            task = self._docs.decode(message.task_id, doc, open_fields=("payload",))
+        except Exception:  # noqa: BLE001 - whatever is wrong with it, the document decides
+            log.info("task message not usable; reading the document")
+            return None
+        return Opened(Snapshot(message.task_id, doc, version), task=task, key=key)
+
     def load(self, tenant_id: str, task_id: str) -> Opened:
         snapshot = self._read(task_id, WORKER_CALL)
         if snapshot is None or snapshot.get("tenant_id") != tenant_id:
@@ -532,12 +574,14 @@ class FirestoreTaskRepository:
             "dispatch_pending": False,
         }
         ref = self._tasks.document(task.task_id)
-        failed_precondition, _, _ = _google_errors()
+        failed_precondition, not_found, _ = _google_errors()
         try:
             result = ref.update(
                 changes, option=self._after(snapshot.version), **WORKER_CALL.kwargs()
             )
             version = result.update_time
+        except not_found:
+            return None  # gone (expired): the next read says so
         except failed_precondition:
             # Lost to another writer, or our own write landed and its answer was lost.
             again = self._read(task.task_id, WORKER_CALL)
@@ -938,6 +982,19 @@ def _until(call: Callable[[], T], until: float) -> T:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask:
+    """What the first delivery needs of a document just created (its first write's result)."""
+    return CreatedTask(
+        version=written.update_time.rfc3339(),
+        type=doc["type"],
+        max_attempts=doc["max_attempts"],
+        timeout_s=doc["timeout_s"],
+        created_at=doc["created_at"],
+        data_key=base64.b64encode(doc["data_key"]).decode("ascii"),
+        payload=base64.b64encode(doc["payload"]).decode("ascii"),
+    )
 
 
 def _plain_task(task_id: str, doc: dict[str, Any]) -> Task:

@@ -19,6 +19,7 @@ lease that allowed it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import multiprocessing
@@ -27,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import context as mp_context
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -166,6 +169,45 @@ def _result_json(result: Any) -> str:
 # --- the parent side -----------------------------------------------------------
 
 
+class _NoMainPopen(popen_forkserver.Popen):
+    """Forkserver start without re-running the parent's main module in the child.
+
+    multiprocessing re-imports `__main__` in every child it prepares. Under
+    functions-framework that is the server's own entry script (or pytest's):
+    slow at best, and the wrong code at worst. A handler child needs only the
+    task modules, which the fork server preloaded, so the main-module entries
+    are dropped from the preparation data; the rest of `_launch` is CPython's.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            mp_context.set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(
+            self,
+            util.close_fds,  # type: ignore[attr-defined]
+            (parent_w, self.sentinel),
+        )
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _HandlerProcess(mp_context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's own name
+        return _NoMainPopen(process_obj)
+
+
 @dataclass
 class _Child:
     process: Any
@@ -229,7 +271,7 @@ class ProcessRunner:
         parent_conn, child_conn = context.Pipe()
         watch_read, watch_write = context.Pipe(duplex=False)
         cancel = context.Event()
-        process = context.Process(
+        process = _HandlerProcess(
             target=_child_main,
             args=(child_conn, watch_read, cancel, self._modules),
             name="aia-handler",

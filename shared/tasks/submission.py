@@ -16,7 +16,7 @@ from shared.errors import Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
+from shared.tasks.models import CreatedTask, Task, TaskMessage, TaskRequest, TaskStatus
 from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
@@ -116,13 +116,15 @@ class SubmitService:
             return Submitted(
                 created.task_id, replayed=True, dispatched=not created.dispatch_pending
             )
-        return Submitted(task.task_id, replayed=False, dispatched=self._dispatch(task))
+        return Submitted(
+            task.task_id, replayed=False, dispatched=self._dispatch(task, created.fresh)
+        )
 
-    def _dispatch(self, task: Task) -> bool:
+    def _dispatch(self, task: Task, fresh: CreatedTask | None = None) -> bool:
         """Publish the task's id; on failure flag it for the sweep and say it was deferred."""
         try:
             self._publisher.publish(
-                TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id),
+                TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id, created=fresh),
                 attributes={"type": task.type},
             )
         except Unavailable:

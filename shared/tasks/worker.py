@@ -96,8 +96,11 @@ class Worker:
 
     def process(self, message: TaskMessage) -> Processed:
         self._runner.warm()  # the child starts while the task is read
+        # A fresh task's first delivery carries its document: no read unless it changed.
+        described = self._repository.opened_from_message(message)
         for _ in range(_MAX_CONFLICTS):
-            opened = self._repository.load(message.tenant_id, message.task_id)
+            opened = described or self._repository.load(message.tenant_id, message.task_id)
+            described = None
             now = datetime.now(UTC)
             decided = self._decide(message, opened, now)
             if decided is _RELOAD:
@@ -283,7 +286,10 @@ class Worker:
     def _dead_letter(self, message: TaskMessage, reason: str) -> None:
         # At once, rather than after Pub/Sub's >= 5 deliveries; the failed state is
         # stored with an outbox flag first, so a publish lost here is swept later.
-        data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
+        # Ids only: the dead letter names the task, whose document says the rest.
+        data = json.dumps(
+            {"task_id": message.task_id, "tenant_id": message.tenant_id}, separators=(",", ":")
+        ).encode()
         attributes = {"tenant_id": message.tenant_id, "task_id": message.task_id, "reason": reason}
         try:
             self._publisher.dead_letter(data, attributes)

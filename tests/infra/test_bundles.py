@@ -293,7 +293,10 @@ def submitted(world: World, bundles: dict[str, package.Bundle], runtime_venv: Pa
     assert_serves(report, 202)
     task_id = json.loads(report["body"])["task_id"]
     messages = pull(world.tasks_observer, host=world.env["PUBSUB_EMULATOR_HOST"])
-    assert [m.json() for m in messages] == [{"task_id": task_id, "tenant_id": "bundle-check"}]
+    assert [(m.json()["task_id"], m.json()["tenant_id"]) for m in messages] == [
+        (task_id, "bundle-check")
+    ]
+    assert set(messages[0].json()["created"]) >= {"version", "data_key", "payload"}
     return Submitted(report, task_id, messages[0])
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -109,8 +110,15 @@ def test_submit_stores_sealed_task_and_publishes_only_ids(pipeline: Pipeline) ->
     assert secret not in json.dumps(raw, default=repr)
 
     published = pipeline.pull(pipeline.tasks_sub)
-    assert [m["data"] for m in published] == [{"task_id": task_id, "tenant_id": "acme"}]
+    assert len(published) == 1
+    data = published[0]["data"]
+    assert (data["task_id"], data["tenant_id"]) == (task_id, "acme")
     assert published[0]["attributes"]["type"] == "echo"
+    # The fresh task's document travels as stored: sealed, never the plaintext payload.
+    created = data["created"]
+    assert base64.b64decode(created["payload"]) == raw["payload"]
+    assert base64.b64decode(created["data_key"]) == raw["data_key"]
+    assert secret not in json.dumps(data)
 
     view = pipeline.status.get("acme", task_id)
     assert view.status is TaskStatus.QUEUED
@@ -874,3 +882,67 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class CountingReads(FirestoreTaskRepository):
+    """The real repository, counting the task documents it reads."""
+
+    reads = 0
+
+    def _read(self, task_id: str, deadline: Any) -> Any:
+        type(self).reads += 1
+        return super()._read(task_id, deadline)
+
+
+def counting(p: Pipeline) -> tuple[Worker, type[CountingReads]]:
+    documents = TaskDocuments(TaskSealer(p.ring), TaskOpener(p.ring), retention=timedelta(days=1))
+    repository = CountingReads(p.db, documents, metric_shards=4)
+    CountingReads.reads = 0
+    return p.worker_with(repository), CountingReads
+
+
+def published(p: Pipeline) -> dict[str, TaskMessage]:
+    """Every message waiting on the tasks topic, by task id."""
+    return {
+        m["data"]["task_id"]: TaskMessage.model_validate(m["data"]) for m in p.pull(p.tasks_sub)
+    }
+
+
+def test_a_fresh_tasks_first_delivery_reads_nothing(pipeline: Pipeline) -> None:
+    worker, reads = counting(pipeline)
+    task_id = submit(pipeline, {"type": "echo", "payload": {"fast": True}})
+    delivered = published(pipeline)[task_id]
+    assert delivered.created is not None
+    assert worker.process(delivered).outcome is Outcome.SUCCEEDED
+    assert reads.reads == 0
+    assert pipeline.status.get("acme", task_id).result == {"fast": True}
+    # A duplicate of the same message finds the document changed: it reads, and skips.
+    assert worker.process(delivered).outcome is Outcome.SKIPPED
+    assert reads.reads >= 1
+
+
+def test_a_message_describing_another_document_falls_back_to_the_stored_one(
+    pipeline: Pipeline,
+) -> None:
+    worker, reads = counting(pipeline)
+    real = submit(pipeline, {"type": "echo", "payload": {"mine": 1}})
+    other = submit(pipeline, {"type": "echo", "payload": {"forged": 2}})
+    messages = published(pipeline)
+    genuine, forged_from = messages[real], messages[other]
+    assert genuine.created is not None
+    assert forged_from.created is not None
+    # Another task's sealed payload does not open under this task's key: the stored one runs.
+    forged = genuine.model_copy(
+        update={
+            "created": genuine.created.model_copy(update={"payload": forged_from.created.payload})
+        }
+    )
+    assert worker.process(forged).outcome is Outcome.SUCCEEDED
+    assert reads.reads >= 1
+    assert pipeline.status.get("acme", real).result == {"mine": 1}
+    # A stale description (the task was cancelled since) loses its conditional write.
+    cancelled = submit(pipeline, {"type": "echo", "payload": {}})
+    stale = published(pipeline)[cancelled]
+    pipeline.submit.cancel("acme", cancelled)
+    assert worker.process(stale).outcome is Outcome.SKIPPED
+    assert pipeline.status.get("acme", cancelled).status is TaskStatus.CANCELLED
