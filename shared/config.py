@@ -44,6 +44,8 @@ class Settings(BaseModel):
     diagnostic_dir: Path | None = None
     public_base_url: str = ""
     metrics_shards: int = Field(default=16, ge=1, le=1000)
+    # How long an instance buffers its task counters before writing them to the shards.
+    metrics_flush_s: float = Field(default=10.0, ge=0, le=300)
     health_timeout_s: float = Field(default=1.5, gt=0, le=2)  # the issue caps /health at 2 s
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     keyring: SecretStr | None = None
@@ -102,6 +104,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_DIAGNOSTIC_DIR": "diagnostic_dir",
     "AIA_PUBLIC_BASE_URL": "public_base_url",
     "AIA_METRICS_SHARDS": "metrics_shards",
+    "AIA_METRICS_FLUSH_S": "metrics_flush_s",
     "AIA_HEALTH_TIMEOUT_S": "health_timeout_s",
     "AIA_LOG_LEVEL": "log_level",
     "AIA_KEYRING": "keyring",

@@ -25,6 +25,7 @@ from shared.config import get_settings, task_modules
 BACKGROUND_PUBLISH_WAIT_S = 5.0
 
 if TYPE_CHECKING:
+    from shared.operations.counters import TaskCounters
     from shared.operations.redispatch import Redispatcher
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
@@ -72,7 +73,18 @@ def task_repository() -> FirestoreTaskRepository:
         TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
     )
     return FirestoreTaskRepository(
-        firestore_client(), documents, metric_shards=settings.metrics_shards
+        firestore_client(), documents, metric_shards=settings.metrics_shards, counters=counters()
+    )
+
+
+@functools.cache
+def counters() -> TaskCounters:
+    """This instance's buffered task counters, flushed every AIA_METRICS_FLUSH_S."""
+    from shared.operations.counters import TaskCounters
+
+    settings = get_settings()
+    return TaskCounters(
+        firestore_client(), shards=settings.metrics_shards, flush_s=settings.metrics_flush_s
     )
 
 
@@ -154,7 +166,10 @@ def reset() -> None:
     from shared.operations.metrics import forget_cached
 
     forget_cached()
+    if counters.cache_info().currsize:
+        counters().flush()
     for provider in (
+        counters,
         task_registry,
         keyring,
         task_repository,

@@ -81,11 +81,11 @@ def shard_doc_id(metric: str, task_type: str, shard: int) -> str:
     return f"{metric}:{quote(task_type, safe='')}:{shard}"
 
 
-def _bucket_field(bound: float) -> str:
+def bucket_field(bound: float) -> str:
     return f"le_{round(bound * 1000)}ms"
 
 
-def _shard_ref(db: Any, metric: str, task_type: str, shards: int) -> Any:
+def shard_ref(db: Any, metric: str, task_type: str, shards: int) -> Any:
     if shards < 1:
         raise ValueError("shards must be at least 1")
     shard = random.randrange(shards)  # noqa: S311 - spreads load, not a secret
@@ -96,7 +96,7 @@ def record_submitted(writer: Any, db: Any, task_type: str, *, shards: int) -> No
     """Count one submitted task of `task_type` inside the caller's batch or transaction."""
     from google.cloud.firestore import Increment
 
-    ref = _shard_ref(db, SUBMITTED, task_type, shards)
+    ref = shard_ref(db, SUBMITTED, task_type, shards)
     data = {"metric": SUBMITTED, "type": task_type, "value": Increment(1)}
     writer.set(ref, data, merge=True)
 
@@ -127,11 +127,11 @@ def record_duration(
     # cumulative. Values above the last bound live in `count` alone (+Inf).
     index = bisect.bisect_left(BUCKETS, seconds)
     if index < len(BUCKETS):
-        data["buckets"] = {_bucket_field(BUCKETS[index]): Increment(1)}
+        data["buckets"] = {bucket_field(BUCKETS[index]): Increment(1)}
     if outcome in FINISHED_STATUSES:
         # Finished tasks by how they ended: counted here, never by scanning tasks.
         data["outcomes"] = {outcome: Increment(1)}
-    writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
+    writer.set(shard_ref(db, DURATION, task_type, shards), data, merge=True)
 
 
 def record_outcome(writer: Any, db: Any, task_type: str, outcome: str, *, shards: int) -> None:
@@ -139,7 +139,7 @@ def record_outcome(writer: Any, db: Any, task_type: str, outcome: str, *, shards
     from google.cloud.firestore import Increment
 
     data = {"metric": DURATION, "type": task_type, "outcomes": {outcome: Increment(1)}}
-    writer.set(_shard_ref(db, DURATION, task_type, shards), data, merge=True)
+    writer.set(shard_ref(db, DURATION, task_type, shards), data, merge=True)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.limits import loads_bounded
-from shared.operations import metrics
+from shared.operations.counters import TaskCounters
 from shared.tasks.documents import PLAIN_ERRORS, TaskDocuments
 from shared.tasks.events import NoEvents, TaskEvents
 from shared.tasks.models import (
@@ -285,12 +285,15 @@ class FirestoreTaskRepository:
         *,
         metric_shards: int,
         events: TaskEvents | None = None,
+        counters: TaskCounters | None = None,
     ) -> None:
         self._db = db
         self._documents = documents
         self._shards = metric_shards
         self._tasks = db.collection(queries.TASKS)
         self.events: TaskEvents = events or NoEvents()
+        # Without a buffer of its own (tests, tools) every count is flushed at once.
+        self.counters = counters or TaskCounters(db, shards=metric_shards, flush_s=0.0)
 
     @property
     def _docs(self) -> TaskDocuments:
@@ -325,16 +328,20 @@ class FirestoreTaskRepository:
 
     def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created:
         doc = self._docs.encode_new(task)
-        batch = self._db.batch()
-        batch.create(self._tasks.document(task.task_id), doc)
-        metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
         if idempotency is None:
+            batch = self._db.batch()
+            batch.create(self._tasks.document(task.task_id), doc)
             written = batch.commit(**SUBMIT_WRITE.kwargs())
-            return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
-        return self._create_idempotent(task, batch, doc, idempotency)
+            created = Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
+        else:
+            created = self._create_idempotent(task, doc, idempotency)
+        if not created.replayed:
+            self.counters.submitted(task.type)
+        self.counters.maybe_flush()
+        return created
 
     def _create_idempotent(
-        self, task: Task, batch: Any, doc: dict[str, Any], claim: IdempotencyClaim
+        self, task: Task, doc: dict[str, Any], claim: IdempotencyClaim
     ) -> Created:
         """Create the key's record with the task in one batch; an existing record is a replay.
 
@@ -350,9 +357,8 @@ class FirestoreTaskRepository:
             "created_at": task.created_at,
             queries.EXPIRES_AT: task.created_at + IDEMPOTENCY_TTL,
         }
-        for attempt in range(_MAX_CONFLICTS):
-            if attempt:
-                batch = self._rebatch(task, doc)
+        for _ in range(_MAX_CONFLICTS):
+            batch = self._rebatch(task, doc)
             batch.create(idem_ref, record)
             try:
                 written = batch.commit(**SUBMIT_WRITE.kwargs())
@@ -386,7 +392,6 @@ class FirestoreTaskRepository:
     def _rebatch(self, task: Task, doc: dict[str, Any]) -> Any:
         batch = self._db.batch()
         batch.create(self._tasks.document(task.task_id), doc)
-        metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
         return batch
 
     def _pending(self, prior: dict[str, Any]) -> bool:
@@ -618,14 +623,6 @@ class FirestoreTaskRepository:
                 batch.update(ref, changes, option=self._after(version))
                 if status.terminal:
                     self.events.stage(batch, lease.task, status)
-                metrics.record_duration(
-                    batch,
-                    self._db,
-                    lease.task.type,
-                    duration_s,
-                    shards=self._shards,
-                    outcome=status.value,
-                )
                 try:
                     _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
                 except failed_precondition:
@@ -633,7 +630,10 @@ class FirestoreTaskRepository:
                     if again is None:
                         return None
                     if again.get("finished_by") == lease.lease_id:
-                        return TaskStatus(again.status)  # our write landed; its answer was lost
+                        # Our write landed; its answer was lost.
+                        stored = TaskStatus(again.status)
+                        self._count_attempt(lease, duration_s, stored)
+                        return stored
                     if again.get("lease_id") != lease.lease_id:
                         return None
                     version = again.version  # touched by another writer; we still hold it
@@ -642,8 +642,13 @@ class FirestoreTaskRepository:
                         status, result = TaskStatus.CANCELLED, None
                         error = TaskError(code="cancelled", message=CANCELLED_MESSAGE)
                 else:
+                    self._count_attempt(lease, duration_s, status)
                     return status
         raise Unavailable("the task document kept changing while its attempt was recorded")
+
+    def _count_attempt(self, lease: Lease, duration_s: float, status: TaskStatus) -> None:
+        self.counters.attempt(lease.task.type, duration_s, status.value)
+        self.counters.maybe_flush()
 
     def _outcome(
         self, lease: Lease, status: TaskStatus, result: Any, error: TaskError | None
@@ -766,14 +771,13 @@ class FirestoreTaskRepository:
             task = _plain_task(task_id, {**doc, **changes})
             if task.status is TaskStatus.CANCELLED:
                 self.events.stage(batch, task, TaskStatus.CANCELLED)
-                metrics.record_outcome(
-                    batch, self._db, task.type, TaskStatus.CANCELLED.value, shards=self._shards
-                )
             try:
                 batch.commit(**SUBMIT_WRITE.kwargs())
             except failed_precondition:
                 continue
             if task.status is TaskStatus.CANCELLED:
+                self.counters.finished(task.type, TaskStatus.CANCELLED.value)
+                self.counters.maybe_flush()
                 self.events.flush(task, TaskStatus.CANCELLED)
             return task
         raise Unavailable("the task kept changing while it was cancelled")
@@ -811,15 +815,14 @@ class FirestoreTaskRepository:
         batch.update(
             self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
         )
-        metrics.record_outcome(
-            batch, self._db, str(snapshot.get("type")), status.value, shards=self._shards
-        )
         task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
         self.events.stage(batch, task, status)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:
             return False
+        self.counters.finished(str(snapshot.get("type")), status.value)
+        self.counters.maybe_flush()
         return True
 
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None:

@@ -24,6 +24,7 @@ locals {
     AIA_API_KEY_CACHE_S     = tostring(var.api_key_cache_s)
     AIA_PUBLIC_BASE_URL     = local.public_base_url
     AIA_METRICS_SHARDS      = tostring(var.metrics_shards)
+    AIA_METRICS_FLUSH_S     = tostring(var.metrics_flush_s)
     AIA_HEALTH_TIMEOUT_S    = tostring(var.health_timeout_s)
     AIA_LOG_LEVEL           = var.log_level
     AIA_RETRY_MAX_BACKOFF_S = tostring(var.retry_max_backoff_s)

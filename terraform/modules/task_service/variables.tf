@@ -271,3 +271,14 @@ variable "api_key_cache_s" {
     error_message = "api_key_cache_s must be 0-300."
   }
 }
+
+variable "metrics_flush_s" {
+  description = "Seconds each instance buffers its task counters before writing them to the metric shards (AIA_METRICS_FLUSH_S): no counter write rides in a task's own commit."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.metrics_flush_s >= 0 && var.metrics_flush_s <= 300
+    error_message = "metrics_flush_s must be 0-300."
+  }
+}
