@@ -31,24 +31,40 @@ GIB = 1024**3
 
 @dataclass(frozen=True)
 class FunctionSize:
-    """vCPU and memory of one function (terraform/modules/task_service/main.tf)."""
+    """vCPU, memory and request concurrency of one function (terraform task_service)."""
 
     vcpu: float
     gib: float
+    concurrency: int = 1
 
 
 # The floor's functions are sized as the AIA functions they stand in for.
-SUBMIT_SIZE = FunctionSize(vcpu=1.0, gib=0.5)  # submit_task: cpu "1", memory "512Mi"
-WORKER_SIZE = FunctionSize(vcpu=1.0, gib=1.0)  # process_task: cpu "1", memory "1Gi"
+SUBMIT_SIZE = FunctionSize(vcpu=1.0, gib=0.5, concurrency=8)  # submit_task: "1", "512Mi", 8
+WORKER_SIZE = FunctionSize(vcpu=1.0, gib=1.0, concurrency=4)  # process_task: "1", "1Gi", 4
 
 
 @dataclass(frozen=True)
 class Invocations:
-    """One function's requests during the counted run: wall seconds of each, and its size."""
+    """One function's requests during the counted run: wall seconds of each, its size, CPU."""
 
     name: str
     seconds: Sequence[float]
     size: FunctionSize
+    cpu_s: float = 0.0  # CPU the function's processes used over those requests
+
+
+def instance_seconds(inv: Invocations) -> float:
+    """Instance time billed for `inv`'s requests.
+
+    One request at a time: each request's wall time rounded up to the quantum.
+    With `concurrency` requests sharing an instance under sustained load, the
+    instance is billed once for the requests it overlaps: their wall time over
+    the concurrency, but never less than the CPU they needed on its vCPUs.
+    """
+    if inv.size.concurrency <= 1:
+        return sum(billed_seconds(s) for s in inv.seconds)
+    shared = sum(inv.seconds) / inv.size.concurrency
+    return max(shared, inv.cpu_s / inv.size.vcpu)
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,8 @@ def lines(c: Counted) -> list[Line]:
     per = 1.0 / c.tasks
     million = 1_000_000
     requests = sum(len(inv.seconds) for inv in c.invocations)
-    vcpu_s = sum(billed_seconds(s) * inv.size.vcpu for inv in c.invocations for s in inv.seconds)
-    gib_s = sum(billed_seconds(s) * inv.size.gib for inv in c.invocations for s in inv.seconds)
+    vcpu_s = sum(instance_seconds(inv) * inv.size.vcpu for inv in c.invocations)
+    gib_s = sum(instance_seconds(inv) * inv.size.gib for inv in c.invocations)
     pubsub_bytes = c.publish_billed_bytes + c.delivery_billed_bytes
     return [
         Line(
@@ -140,7 +156,13 @@ ASSUMPTIONS: tuple[tuple[str, str], ...] = (
     ("function CPU", "$0.000024 / vCPU-s (docs/deploy.md)"),
     ("function memory", "$0.0000025 / GiB-s (docs/deploy.md)"),
     ("Cloud Logging", "$0.50 / GiB of log bytes written locally (docs/deploy.md)"),
-    ("instance time", "each request's measured wall time, rounded up to 100 ms, no overlap"),
-    ("sizes", "submit 1 vCPU / 512 MiB, worker 1 vCPU / 1 GiB (terraform task_service)"),
+    (
+        "instance time",
+        "sustained load at each function's concurrency: wall time / concurrency, at least its CPU",
+    ),
+    (
+        "sizes",
+        "submit 1 vCPU / 512 MiB / 8 at once, worker 1 vCPU / 1 GiB / 4 (terraform task_service)",
+    ),
     ("not counted", "status reads, redispatch sweeps, /metrics scrapes, storage, idle instances"),
 )

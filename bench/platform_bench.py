@@ -415,8 +415,12 @@ class CountedRun:
             deliveries=worker.count,
             delivery_billed_bytes=round(worker.count * max(message_bytes, cost.PUBSUB_MIN_BYTES)),
             invocations=[
-                cost.Invocations("submit", submit.seconds, cost.SUBMIT_SIZE),
-                cost.Invocations("worker", worker.seconds, cost.WORKER_SIZE),
+                cost.Invocations(
+                    "submit", submit.seconds, cost.SUBMIT_SIZE, self.cpu_s.get("submit", 0.0)
+                ),
+                cost.Invocations(
+                    "worker", worker.seconds, cost.WORKER_SIZE, self.cpu_s.get("worker", 0.0)
+                ),
             ],
             log_bytes=sum(self.log_bytes.values()),
         )

@@ -244,6 +244,16 @@ def test_billed_seconds_round_up_to_the_quantum(wall: float, billed: float) -> N
     assert cost.billed_seconds(wall) == pytest.approx(billed)
 
 
+def test_concurrent_requests_share_instance_time_but_never_below_their_cpu() -> None:
+    size = cost.FunctionSize(vcpu=1.0, gib=1.0, concurrency=4)
+    # 8 requests of 0.2 s, 4 at a time: 0.4 instance-seconds, unless the CPU needed more.
+    assert cost.instance_seconds(cost.Invocations("w", [0.2] * 8, size)) == pytest.approx(0.4)
+    cpu_bound = cost.Invocations("w", [0.2] * 8, size, cpu_s=1.2)
+    assert cost.instance_seconds(cpu_bound) == pytest.approx(1.2)
+    one_at_a_time = cost.Invocations("w", [0.2] * 8, cost.FunctionSize(1.0, 1.0))
+    assert cost.instance_seconds(one_at_a_time) == pytest.approx(1.6)
+
+
 def test_cost_lines_per_million() -> None:
     counted = cost.Counted(
         tasks=10,
@@ -254,8 +264,8 @@ def test_cost_lines_per_million() -> None:
         deliveries=10,
         delivery_billed_bytes=10_000,
         invocations=[
-            cost.Invocations("submit", [0.03] * 10, cost.SUBMIT_SIZE),
-            cost.Invocations("worker", [0.15] * 10, cost.WORKER_SIZE),
+            cost.Invocations("submit", [0.03] * 10, cost.FunctionSize(1.0, 0.5)),
+            cost.Invocations("worker", [0.15] * 10, cost.FunctionSize(1.0, 1.0)),
         ],
         log_bytes=0,
     )

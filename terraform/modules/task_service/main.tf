@@ -120,10 +120,12 @@ locals {
       keyring        = "private"
       metrics_token  = false
       # The push subscription's ack deadline is 600 s, its maximum.
-      timeout     = 600
-      memory      = "1Gi"
-      cpu         = "1"
-      concurrency = 1
+      timeout = 600
+      memory  = "1Gi"
+      cpu     = "1"
+      # Each running attempt has a handler process of its own (shared/tasks/runner.py),
+      # so one instance serves several I/O-bound deliveries at once (~60 MB each).
+      concurrency = 4
     }
     # The two below read no data. iam.tf grants every function a role on the tasks
     # database; the narrowest is viewer (no role at all is a follow-up: checkov stops
