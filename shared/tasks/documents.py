@@ -37,6 +37,23 @@ _PLAIN_FIELDS = (
     "dead_letter_pending",
     "attempt_base",
     "cancel_requested",
+    "parent_id",
+    "child_index",
+    "join",
+    "continuation_id",
+    "blocked_by",
+    "inputs_from",
+    "result_from",
+)
+
+_OPTIONAL_FIELDS = (
+    "parent_id",
+    "child_index",
+    "join",
+    "continuation_id",
+    "blocked_by",
+    "inputs_from",
+    "result_from",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -61,6 +78,10 @@ class TaskDocuments:
     def encode_new(self, task: Task) -> dict[str, Any]:
         key = self._sealer.new_task_key(task.tenant_id, task.task_id, control_of(task))
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
+        # Fields only some tasks use stay out of the others' documents (and indexes).
+        for name in _OPTIONAL_FIELDS:
+            if doc[name] is None:
+                del doc[name]
         doc["status"] = task.status.value
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)

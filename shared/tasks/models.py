@@ -70,6 +70,15 @@ class Task(BaseModel):
     dead_letter_pending: bool = False
     progress: dict[str, Any] | None = None  # None when absent or not decrypted for this read
     cancel_requested: bool = False
+    # Orchestration (shared/workflows): a child knows its parent and position; a parent
+    # its join and continuation; a continuation waits on its parent's join.
+    parent_id: str | None = None
+    child_index: int | None = None
+    join: dict[str, Any] | None = None  # {"mode", "total", "buckets"} on a parent
+    continuation_id: str | None = None
+    blocked_by: str | None = None  # why a waiting task waits, e.g. "join:<parent id>"
+    inputs_from: str | None = None  # "children:<parent id>" or "task:<task id>"
+    result_from: str | None = None  # a parent's result is its continuation's
 
     @property
     def attempts_left(self) -> int:
@@ -100,6 +109,10 @@ class TaskView(BaseModel):
     error: TaskError | None = None
     progress: Progress | None = None
     cancel_requested: bool = False
+    parent_id: str | None = None
+    continuation_id: str | None = None
+    blocked_by: str | None = None
+    children: dict[str, int] | None = None  # a parent's children by status
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -116,6 +129,9 @@ class TaskView(BaseModel):
             error=task.error if task.status is TaskStatus.FAILED else None,
             progress=Progress.model_validate(task.progress) if task.progress else None,
             cancel_requested=task.cancel_requested,
+            parent_id=task.parent_id,
+            continuation_id=task.continuation_id,
+            blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -130,6 +146,9 @@ class TaskView(BaseModel):
             body.pop("progress")
         if not self.cancel_requested:
             body.pop("cancel_requested")
+        for optional in ("parent_id", "continuation_id", "blocked_by", "children"):
+            if body.get(optional) is None:
+                body.pop(optional, None)
         return body
 
 
