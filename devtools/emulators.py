@@ -161,13 +161,13 @@ def reset_firestore(host: str, project: str) -> None:
         f"http://{host}/emulator/v1/projects/{project}/databases/(default)/documents",
         method="DELETE",
     )
-    with urllib.request.urlopen(req, timeout=10):  # noqa: S310
+    with urllib.request.urlopen(req, timeout=30):  # noqa: S310 - a loaded machine is slow to wipe
         pass
 
 
 def reset_pubsub(host: str) -> None:
     req = urllib.request.Request(f"http://{host}/reset", method="POST", data=b"")
-    with urllib.request.urlopen(req, timeout=10):  # noqa: S310
+    with urllib.request.urlopen(req, timeout=30):  # noqa: S310 - a loaded machine is slow to wipe
         pass
 
 

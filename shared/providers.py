@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from shared.tasks.status import StatusService
     from shared.tasks.submission import SubmitService
     from shared.tasks.worker import Worker
+    from shared.workflows.joins import Joins
 
 
 @functools.cache
@@ -72,9 +73,19 @@ def task_repository() -> FirestoreTaskRepository:
     documents = TaskDocuments(
         TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
     )
-    return FirestoreTaskRepository(
+    repository = FirestoreTaskRepository(
         firestore_client(), documents, metric_shards=settings.metrics_shards, counters=counters()
     )
+    repository.events = joins_for(repository)
+    return repository
+
+
+def joins_for(repository: FirestoreTaskRepository) -> Joins:
+    """The fan-out join store over `repository`, following its terminal transitions."""
+    from shared.workflows.joins import Joins
+
+    # The publisher is built on first use: task_status never needs one.
+    return Joins(repository, task_registry, lambda: task_publisher(BACKGROUND_PUBLISH_WAIT_S))
 
 
 @functools.cache
@@ -135,13 +146,17 @@ def status_service() -> StatusService:
 def worker() -> Worker:
     from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
+    from shared.workflows.joins import Joins
 
     registry = task_registry()
+    repository = task_repository()
+    joins = repository.events if isinstance(repository.events, Joins) else None
     return Worker(
-        task_repository(),
+        repository,
         registry,
         task_publisher(BACKGROUND_PUBLISH_WAIT_S),
         ProcessRunner(registry.modules),
+        joins=joins,
     )
 
 
@@ -153,8 +168,9 @@ def redispatcher() -> Redispatcher:
     settings = get_settings()
     # Built without key material: the sweep moves ids, never task data.
     repository = FirestoreTaskRepository(
-        firestore_client(), None, metric_shards=settings.metrics_shards
+        firestore_client(), None, metric_shards=settings.metrics_shards, counters=counters()
     )
+    repository.events = joins_for(repository)
     after = timedelta(seconds=settings.redispatch_after_s)
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
 

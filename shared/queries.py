@@ -59,6 +59,17 @@ EXPIRED_LEASES = QuerySpec(
 DEAD_LETTER_PENDING = QuerySpec(
     TASKS, ("dead_letter_pending",), (("updated_at", "ASCENDING"),), range_field="updated_at"
 )
+# A parent's children in fan-out order, and counted by status for its view.
+CHILDREN = QuerySpec(TASKS, ("parent_id",), (("child_index", "ASCENDING"),))
+COUNT_CHILDREN_BY_STATUS = QuerySpec(TASKS, ("parent_id", "status", "tenant_id"))
+# What the reconciler looks at: parents and continuations waiting for a join.
+STALE_WAITING = QuerySpec(
+    TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
+)
+# Per-child join records and completed buckets, under joins/{parent id}.
+JOINS = "joins"
+JOIN_DONE = "done"
+JOIN_BUCKETS = "buckets"
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (
@@ -72,6 +83,9 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     DISPATCH_PENDING,
     EXPIRED_LEASES,
     DEAD_LETTER_PENDING,
+    CHILDREN,
+    COUNT_CHILDREN_BY_STATUS,
+    STALE_WAITING,
     KEYS_TO_REWRAP,
 )
 

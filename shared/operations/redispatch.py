@@ -67,6 +67,10 @@ class Redispatcher:
             sent.append(task)
         if sent:
             self._repository.touch(sent, now)
+        # Joins a lost follow-up left half-done: counted, fired, or completed now.
+        reconcile = getattr(self._repository.events, "reconcile", None)
+        if reconcile is not None:
+            reconcile()
         dead = sum(t.reason is Stuck.DEAD_LETTER_PENDING for t in sent)
         log.info(
             "redispatch sweep",

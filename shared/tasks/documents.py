@@ -39,6 +39,7 @@ _PLAIN_FIELDS = (
     "cancel_requested",
     "parent_id",
     "child_index",
+    "continues",
     "join",
     "continuation_id",
     "blocked_by",
@@ -49,6 +50,7 @@ _PLAIN_FIELDS = (
 _OPTIONAL_FIELDS = (
     "parent_id",
     "child_index",
+    "continues",
     "join",
     "continuation_id",
     "blocked_by",
@@ -62,6 +64,9 @@ PLAIN_ERRORS = {
     "integrity": "stored task data failed its integrity check",
     "key-unavailable": "the key that wraps this task's data is not in the key ring",
     "undeliverable": "the stored task could not be read or started by any delivery",
+    "child-failed": "a child of this fan-out failed or was cancelled (join: all)",
+    "no-child-succeeded": "no child of this fan-out succeeded (join: any)",
+    "continuation-failed": "the continuation of this fan-out failed; its own error says why",
 }
 
 

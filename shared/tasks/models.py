@@ -74,6 +74,7 @@ class Task(BaseModel):
     # its join and continuation; a continuation waits on its parent's join.
     parent_id: str | None = None
     child_index: int | None = None
+    continues: str | None = None  # a continuation: the parent whose join it completes
     join: dict[str, Any] | None = None  # {"mode", "total", "buckets"} on a parent
     continuation_id: str | None = None
     blocked_by: str | None = None  # why a waiting task waits, e.g. "join:<parent id>"
@@ -129,7 +130,7 @@ class TaskView(BaseModel):
             error=task.error if task.status is TaskStatus.FAILED else None,
             progress=Progress.model_validate(task.progress) if task.progress else None,
             cancel_requested=task.cancel_requested,
-            parent_id=task.parent_id,
+            parent_id=task.parent_id or task.continues,
             continuation_id=task.continuation_id,
             blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
         )

@@ -46,6 +46,8 @@ class TaskContext:
     attempt: int
     max_attempts: int
     deadline: float = float("inf")  # epoch seconds; the attempt is stopped soon after
+    # What the task was given to start from: a continuation's children, by position.
+    inputs: dict[str, Any] = field(default_factory=dict)
     cancel_flag: Callable[[], bool] = field(default=_never, repr=False, compare=False)
     emit: Callable[[tuple[Any, ...]], None] = field(default=_drop, repr=False, compare=False)
 
@@ -61,6 +63,19 @@ class TaskContext:
     def remaining_s(self) -> float:
         """Seconds left before the deadline (never negative)."""
         return max(0.0, self.deadline - time.time())
+
+    def fan_out(self, children: Sequence[Any], *, then: Any = None, join: str = "all") -> Any:
+        """Hand the work to child tasks: return what this gives, and the task waits for them.
+
+        `children` are `(type, payload)` pairs (or dicts with `max_attempts` /
+        `timeout_s`); `then` the continuation that runs once the join is met and
+        reads the children's results from `ctx.inputs`; `join` is "all" (every
+        child succeeded), "all_settled" (every child finished) or "any" (the
+        first success; the others are cancelled).
+        """
+        from shared.workflows.fanout import fan_out
+
+        return fan_out(children, then=then, join=join)
 
     def progress(self, fraction: float, message: str | None = None, **metadata: Any) -> None:
         """Report how far the attempt got (0-1); stored at most once a second, latest wins."""
@@ -86,6 +101,10 @@ class TaskType:
 
     def dump_result(self, result: Any) -> Any:
         """The handler's return value as plain JSON data, checked against `result_model`."""
+        from shared.workflows.fanout import FanOut
+
+        if isinstance(result, FanOut):
+            return result.to_json()  # not a result: the worker starts the children
         if self.result_model is None:
             return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
         try:

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -72,6 +72,8 @@ _TASK_ID = re.compile(TASK_ID_PATTERN)
 MAX_PAGE_TOKEN_CHARS = 512
 # Conditional writes that keep losing to other writers give up (the delivery is retried).
 _MAX_CONFLICTS = 5
+# Writes per batch when many tasks are created at once (a fan-out).
+_CREATE_BATCH = 400
 T = TypeVar("T")
 CANCELLED_MESSAGE = "the task was cancelled"
 
@@ -214,6 +216,8 @@ class TaskRepository(Protocol):
     ) -> tuple[list[Task], str | None]: ...
     def load(self, tenant_id: str, task_id: str) -> Opened: ...
     def opened_from_message(self, message: TaskMessage) -> Opened | None: ...
+    def children_of(self, tenant_id: str, parent_id: str, *, open_fields: bool) -> list[Task]: ...
+    def children_by_status(self, tenant_id: str, parent_id: str) -> dict[str, int]: ...
     def take_lease(self, opened: Opened, now: datetime, lease_until: datetime) -> Lease | None: ...
     def finish(
         self,
@@ -323,6 +327,100 @@ class FirestoreTaskRepository:
         if not snap.exists:
             return None
         return Snapshot(task_id, snap.to_dict() or {}, snap.update_time)
+
+    # -- building blocks for features that follow tasks (shared/workflows) ----
+
+    @property
+    def documents(self) -> TaskDocuments:
+        return self._docs
+
+    def snapshot(self, task_id: str) -> Snapshot | None:
+        """The task document as it is now, or None."""
+        return self._read(task_id, WORKER_CALL)
+
+    def create_tasks(self, tasks: Sequence[Task]) -> int:
+        """Create tasks in batches; those that exist already are left as they are.
+
+        Returns how many were created. Ids decide identity, so creating the
+        same positions twice (a retried fan-out) makes no duplicate.
+        """
+        _, _, already_exists = _google_errors()
+        created = 0
+        for start in range(0, len(tasks), _CREATE_BATCH):
+            chunk = [(t, self._docs.encode_new(t)) for t in tasks[start : start + _CREATE_BATCH]]
+            batch = self._db.batch()
+            for task, doc in chunk:
+                batch.create(self._tasks.document(task.task_id), doc)
+            try:
+                batch.commit(**WORKER_CALL.kwargs())
+                created += len(chunk)
+            except already_exists:
+                for task, doc in chunk:  # some exist: the rest one by one
+                    with contextlib.suppress(already_exists):
+                        self._tasks.document(task.task_id).create(doc, **WORKER_CALL.kwargs())
+                        created += 1
+            for task, _ in chunk:
+                self.counters.submitted(task.type)
+        self.counters.maybe_flush()
+        return created
+
+    def transition(
+        self,
+        snapshot: Snapshot,
+        changes: dict[str, Any],
+        *,
+        terminal: Task | None = None,
+        extra: Callable[[Any], None] | None = None,
+    ) -> bool:
+        """One conditional write on `snapshot`'s version; False if the document moved on.
+
+        `terminal`: the task as it is after the write, when the write makes it
+        terminal, so what follows a terminal transition is staged in this commit.
+        """
+        failed_precondition, not_found, _ = _google_errors()
+        batch = self._db.batch()
+        batch.update(
+            self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
+        )
+        if terminal is not None:
+            self.events.stage(batch, terminal, terminal.status)
+        if extra is not None:
+            extra(batch)
+        try:
+            batch.commit(**WORKER_CALL.kwargs())
+        except (failed_precondition, not_found):
+            return False
+        if terminal is not None:
+            self.counters.finished(terminal.type, terminal.status.value)
+            self.counters.maybe_flush()
+            self.events.flush(terminal, terminal.status)
+        return True
+
+    def children_of(self, tenant_id: str, parent_id: str, *, open_fields: bool) -> list[Task]:
+        """A parent's children in their fan-out order (results opened when asked)."""
+        query = self._query(queries.CHILDREN, {"parent_id": parent_id})
+        tasks: list[Task] = []
+        for snap in query.stream(**SWEEP_CALL.kwargs()):
+            doc = snap.to_dict() or {}
+            if doc.get("tenant_id") != tenant_id:
+                continue
+            fields = _view_fields(doc) if open_fields else ()
+            tasks.append(self._docs.decode(snap.id, doc, open_fields=fields))
+        return tasks
+
+    def children_by_status(self, tenant_id: str, parent_id: str) -> dict[str, int]:
+        """How many of a parent's children are in each status (count aggregations)."""
+        counts: dict[str, int] = {}
+        for status in TaskStatus:
+            query = self._query(
+                queries.COUNT_CHILDREN_BY_STATUS,
+                {"parent_id": parent_id, "status": status.value, "tenant_id": tenant_id},
+            )
+            result = query.count(alias="n").get(**STATUS_READ.kwargs())
+            value = int(result[0][0].value) if result and result[0] else 0
+            if value:
+                counts[status.value] = value
+        return counts
 
     # -- submit ------------------------------------------------------------
 
@@ -753,8 +851,9 @@ class FirestoreTaskRepository:
             if status.terminal:
                 raise Conflict(f"task {task_id} already {status}; only unfinished tasks cancel")
             changes: dict[str, Any] = {"cancel_requested": True, "cancel_requested_at": now}
-            if status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
-                # Never started: it ends here, and no delivery will run it.
+            if status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED, TaskStatus.WAITING):
+                # Not running: it ends here, and no delivery will run it. A waiting
+                # parent's children and continuation follow (shared/workflows/joins.py).
                 changes.update(
                     {
                         "status": TaskStatus.CANCELLED.value,

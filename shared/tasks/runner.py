@@ -54,6 +54,7 @@ class AttemptSpec:
     attempt: int
     max_attempts: int
     deadline: float  # wall-clock epoch seconds: children and parent share the clock
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def _child_main(conn: Connection, watch: Connection, cancel: Any, modules: tuple
             attempt=spec.attempt,
             max_attempts=spec.max_attempts,
             deadline=spec.deadline,
+            inputs=spec.inputs,
             cancel_flag=cancel.is_set,
             emit=emit,
         )

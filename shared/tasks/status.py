@@ -22,7 +22,15 @@ class StatusService:
         return self._repository.count_by_status(tenant_id)
 
     def get(self, tenant_id: str, task_id: str) -> TaskView:
-        return TaskView.of(self._repository.get(tenant_id, task_id))
+        task = self._repository.get(tenant_id, task_id)
+        if task.result_from and task.status is TaskStatus.SUCCEEDED:
+            # A parent that fanned out ends with its continuation's result.
+            source = self._repository.get(tenant_id, task.result_from)
+            task = task.model_copy(update={"result": source.result})
+        view = TaskView.of(task)
+        if task.join is not None:
+            view.children = self._repository.children_by_status(tenant_id, task_id)
+        return view
 
     def list(self, tenant_id: str, params: Mapping[str, str]) -> TaskPage:
         unknown = sorted(set(params) - _LIST_PARAMS)

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import (
     AIAError,
@@ -38,6 +39,10 @@ from shared.tasks.progress import ProgressWriter
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import Lease, Opened, Problem, TaskRepository
 from shared.tasks.runner import STOP_GRACE_S, AttemptOutcome, AttemptRunner, AttemptSpec
+from shared.workflows.fanout import FanOut, InvalidFanOut
+
+if TYPE_CHECKING:
+    from shared.workflows.joins import Joins
 
 log = logging.getLogger("aia.worker")
 
@@ -50,6 +55,7 @@ class Outcome(StrEnum):
     RETRY = "retry"  # attempt failed; Pub/Sub redelivers with backoff
     FAILED = "failed"  # failed for good, dead-lettered
     CANCELLED = "cancelled"  # cancelled while it ran (or before): acknowledged
+    WAITING = "waiting"  # handed its work to children: acknowledged, no worker held
     SKIPPED = "skipped"  # duplicate, busy or unknown delivery: acknowledged
 
 
@@ -83,12 +89,14 @@ class Worker:
         runner: AttemptRunner,
         *,
         policy: WorkerPolicy | None = None,
+        joins: Joins | None = None,
     ) -> None:
         self._repository = repository
         self._registry = registry
         self._publisher = publisher
         self._runner = runner
         self._policy = policy or WorkerPolicy()
+        self._joins = joins
 
     def close(self) -> None:
         """Stop the handler processes this worker keeps."""
@@ -116,7 +124,7 @@ class Worker:
             return self._run(message, lease, lease_until)
         raise Unavailable(f"task {message.task_id} kept changing under this delivery")
 
-    def _decide(  # noqa: PLR0911 - one answer per way a delivery can end here
+    def _decide(  # noqa: PLR0911, PLR0912 - one answer per way a delivery can end here
         self, message: TaskMessage, opened: Opened, now: datetime
     ) -> object:
         """A final answer for this delivery, `_RELOAD`, or None to claim an attempt."""
@@ -126,6 +134,9 @@ class Worker:
             return Processed(Outcome.SKIPPED, "missing")
         if TaskStatus(snapshot.status).terminal:
             return Processed(Outcome.SKIPPED, "terminal")
+        if snapshot.status == TaskStatus.WAITING:
+            # Waiting for children or a join: its work resumes when they report in.
+            return Processed(Outcome.SKIPPED, "waiting")
         lease_until = snapshot.get("lease_until")
         if snapshot.status == TaskStatus.RUNNING and lease_until is not None and lease_until > now:
             # Acknowledged, not nacked: the holder acks its own delivery, and if it dies
@@ -208,6 +219,7 @@ class Worker:
             attempt=task.attempts,
             max_attempts=task.max_attempts,
             deadline=time.time() + task.timeout_s,
+            inputs=self._inputs(task),
         )
         progress = ProgressWriter(self._repository, lease)
         watch = self._repository.watch_cancel(task.task_id)
@@ -224,6 +236,9 @@ class Worker:
         if error is None:
             try:
                 result = loads_bounded(outcome.result_json or "null", "result")
+                plan = FanOut.from_result(result)
+                if plan is not None:
+                    return self._fan_out(lease, plan)
                 stored = self._repository.finish(
                     lease,
                     status=TaskStatus.SUCCEEDED,
@@ -231,8 +246,8 @@ class Worker:
                     duration_s=duration,
                     until=until,
                 )
-            except (NestingTooDeep, ResultTooLarge) as exc:
-                invalid = exc if isinstance(exc, ResultTooLarge) else ResultInvalid(exc.detail)
+            except (NestingTooDeep, ResultTooLarge, InvalidFanOut) as exc:
+                invalid = exc if not isinstance(exc, NestingTooDeep) else ResultInvalid(exc.detail)
                 error, retryable = TaskError(code=invalid.code, message=invalid.detail), False
             else:
                 return self._finished(message, task, stored, duration)
@@ -257,6 +272,31 @@ class Worker:
             lease, status=status, error=error, duration_s=duration, until=until
         )
         return self._finished(message, task, stored, duration, error)
+
+    def _fan_out(self, lease: Lease, plan: FanOut) -> Processed:
+        if self._joins is None:
+            raise InvalidFanOut("this worker cannot fan out (no join store configured)")
+        stored = self._joins.start(lease, plan, datetime.now(UTC))
+        if stored is None:
+            return Processed(Outcome.SKIPPED, "lease lost")
+        log.info(
+            "task waits for its children",
+            extra={"task_id": lease.task.task_id, "children": len(plan.children)},
+        )
+        return Processed(Outcome.WAITING, f"{len(plan.children)} children")
+
+    def _inputs(self, task: Task) -> dict[str, Any]:
+        """What a continuation starts from: its parent's children, or the one that won."""
+        source = task.inputs_from
+        if not source:
+            return {}
+        kind, _, ref = source.partition(":")
+        if kind == "children":
+            children = self._repository.children_of(task.tenant_id, ref, open_fields=True)
+            return {"children": [_outcome_of(child) for child in children]}
+        if kind == "task":
+            return {"winner": _outcome_of(self._repository.get(task.tenant_id, ref))}
+        return {}
 
     def _finished(
         self,
@@ -304,6 +344,17 @@ class Worker:
 
 
 _RELOAD = object()
+
+
+def _outcome_of(task: Task) -> dict[str, Any]:
+    entry: dict[str, Any] = {"task_id": task.task_id, "status": task.status.value}
+    if task.child_index is not None:
+        entry["index"] = task.child_index
+    if task.status is TaskStatus.SUCCEEDED:
+        entry["result"] = task.result
+    elif task.error is not None:
+        entry["error"] = task.error.model_dump()
+    return entry
 
 
 def _failure_of(outcome: AttemptOutcome) -> tuple[TaskError | None, bool]:

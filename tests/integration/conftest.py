@@ -20,6 +20,7 @@ from shared.tasks.runner import ProcessRunner
 from shared.tasks.status import StatusService
 from shared.tasks.submission import SubmitService
 from shared.tasks.worker import Worker, WorkerPolicy
+from shared.workflows.joins import Joins
 from tests.conftest import observed_topics
 from tests.integration.handlers import MODULES
 from tests.support.pubsub import pull
@@ -52,7 +53,14 @@ class Pipeline:
     def worker_with(
         self, repository: FirestoreTaskRepository, policy: WorkerPolicy | None = None
     ) -> Worker:
-        return Worker(repository, self.registry, self.publisher, self.runner, policy=policy)
+        return Worker(
+            repository,
+            self.registry,
+            self.publisher,
+            self.runner,
+            policy=policy,
+            joins=repository.events if isinstance(repository.events, Joins) else None,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +91,8 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
     )
     settings = Settings(project=PROJECT)
     registry = load_registry(MODULES)
+    joins = Joins(repository, lambda: registry, lambda: publisher)
+    repository.events = joins
     yield Pipeline(
         db=db,
         ring=ring,
@@ -90,7 +100,7 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
         publisher=publisher,
         submit=SubmitService(repository, publisher, registry, TaskSealer(ring), settings),
         status=StatusService(repository),
-        worker=Worker(repository, registry, publisher, runner),
+        worker=Worker(repository, registry, publisher, runner, joins=joins),
         registry=registry,
         runner=runner,
         subscriber=subscriber,

@@ -56,3 +56,38 @@ def crash(payload: Empty, ctx: TaskContext) -> None:
     import os
 
     os._exit(3)
+
+
+class Fan(BaseModel):
+    n: int
+    join: str = "all"
+    then: bool = True
+    fail: list[int] = []
+
+
+@task_type("test.fan", Fan)
+def fan(payload: Fan, ctx: TaskContext) -> Any:
+    children = [
+        ("fail", {"times": 5, "retryable": False}) if i in payload.fail else ("echo", {"i": i})
+        for i in range(payload.n)
+    ]
+    then = ("test.sum", {"expected": payload.n}) if payload.then else None
+    return ctx.fan_out(children, then=then, join=payload.join)
+
+
+class Expected(BaseModel):
+    expected: int
+
+
+@task_type("test.sum", Expected)
+def add_up(payload: Expected, ctx: TaskContext) -> dict[str, Any]:
+    if "winner" in ctx.inputs:
+        return {"winner": ctx.inputs["winner"]["result"]}
+    children = ctx.inputs["children"]
+    return {
+        "n": len(children),
+        "expected": payload.expected,
+        "total": sum(c["result"]["i"] for c in children if c["status"] == "succeeded"),
+        "errors": [c["index"] for c in children if c["status"] != "succeeded"],
+        "in_order": [c["index"] for c in children] == list(range(len(children))),
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import threading
@@ -946,3 +947,135 @@ def test_a_message_describing_another_document_falls_back_to_the_stored_one(
     pipeline.submit.cancel("acme", cancelled)
     assert worker.process(stale).outcome is Outcome.SKIPPED
     assert pipeline.status.get("acme", cancelled).status is TaskStatus.CANCELLED
+
+
+# --- fan-out and fan-in ---------------------------------------------------------------
+
+
+def drain(p: Pipeline, *, rounds: int = 20) -> int:
+    """Deliver whatever the tasks topic holds, until it is empty; how many were delivered."""
+    delivered = 0
+    for _ in range(rounds):
+        waiting = p.pull(p.tasks_sub, max_messages=1000)
+        if not waiting:
+            return delivered
+        for m in waiting:
+            with contextlib.suppress(TaskFailure):
+                p.worker.process(TaskMessage.model_validate(m["data"]))
+            delivered += 1
+    raise AssertionError("the topic never drained")
+
+
+def test_a_fan_out_runs_its_children_then_the_continuation_once(pipeline: Pipeline) -> None:
+    parent = submit(pipeline, {"type": "test.fan", "payload": {"n": 120}})  # two buckets
+    assert drain(pipeline) == 1 + 120 + 1  # parent, every child, the continuation
+    view = pipeline.status.get("acme", parent)
+    assert view.status is TaskStatus.SUCCEEDED
+    assert view.children == {"succeeded": 120}
+    assert view.result == {
+        "n": 120,
+        "expected": 120,
+        "total": sum(range(120)),
+        "errors": [],
+        "in_order": True,
+    }
+    continuation = view.continuation_id
+    assert continuation is not None
+    cont = pipeline.status.get("acme", continuation)
+    assert (cont.status, cont.attempts, cont.parent_id) == (TaskStatus.SUCCEEDED, 1, parent)
+    # A duplicate completion of any child changes nothing: the continuation already ran.
+    child = pipeline.repository.children_of("acme", parent, open_fields=False)[0]
+    pipeline.repository.events.flush(child, TaskStatus.SUCCEEDED)
+    assert pipeline.status.get("acme", continuation).attempts == 1
+    assert pipeline.pull(pipeline.tasks_sub) == []
+
+
+def test_a_failed_child_fails_an_all_join_and_cancels_the_rest(pipeline: Pipeline) -> None:
+    parent = submit(pipeline, {"type": "test.fan", "payload": {"n": 4, "fail": [0]}})
+    pipeline.worker.process(message(parent))
+    messages = {m["data"]["task_id"]: m for m in pipeline.pull(pipeline.tasks_sub)}
+    children = pipeline.repository.children_of("acme", parent, open_fields=False)
+    first = children[0].task_id  # the failing one, delivered first
+    pipeline.worker.process(TaskMessage.model_validate(messages[first]["data"]))
+    view = pipeline.status.get("acme", parent)
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "child-failed"
+    statuses = {
+        c.status for c in pipeline.repository.children_of("acme", parent, open_fields=False)
+    }
+    assert statuses == {TaskStatus.FAILED, TaskStatus.CANCELLED}
+    assert view.continuation_id is not None
+    cont = pipeline.status.get("acme", view.continuation_id)
+    assert cont.status is TaskStatus.CANCELLED
+    dead = [m["data"]["task_id"] for m in pipeline.pull(pipeline.dead_letter_sub)]
+    assert first in dead
+
+
+def test_all_settled_gives_the_continuation_results_and_errors(pipeline: Pipeline) -> None:
+    body = {"type": "test.fan", "payload": {"n": 5, "join": "all_settled", "fail": [1, 3]}}
+    parent = submit(pipeline, body)
+    drain(pipeline)
+    view = pipeline.status.get("acme", parent)
+    assert view.status is TaskStatus.SUCCEEDED
+    assert view.result is not None
+    assert (view.result["errors"], view.result["total"]) == ([1, 3], 0 + 2 + 4)
+    assert view.children == {"succeeded": 3, "failed": 2}
+
+
+def test_an_any_join_takes_the_first_success_and_cancels_the_others(pipeline: Pipeline) -> None:
+    parent = submit(pipeline, {"type": "test.fan", "payload": {"n": 3, "join": "any"}})
+    pipeline.worker.process(message(parent))
+    messages = {m["data"]["task_id"]: m for m in pipeline.pull(pipeline.tasks_sub)}
+    children = pipeline.repository.children_of("acme", parent, open_fields=False)
+    pipeline.worker.process(TaskMessage.model_validate(messages[children[2].task_id]["data"]))
+    drain(pipeline)  # the continuation
+    view = pipeline.status.get("acme", parent)
+    assert view.status is TaskStatus.SUCCEEDED
+    assert view.result == {"winner": {"i": 2}}
+    assert view.children == {"succeeded": 1, "cancelled": 2}
+
+
+def test_cancelling_a_waiting_parent_cancels_its_family(pipeline: Pipeline) -> None:
+    parent = submit(pipeline, {"type": "test.fan", "payload": {"n": 3}})
+    pipeline.worker.process(message(parent))
+    pipeline.pull(pipeline.tasks_sub)
+    assert pipeline.submit.cancel("acme", parent).status is TaskStatus.CANCELLED
+    family = pipeline.repository.children_of("acme", parent, open_fields=False)
+    assert {c.status for c in family} == {TaskStatus.CANCELLED}
+    view = pipeline.status.get("acme", parent)
+    assert view.continuation_id is not None
+    assert pipeline.status.get("acme", view.continuation_id).status is TaskStatus.CANCELLED
+
+
+def test_the_reconciler_finishes_a_join_whose_follow_up_was_lost(pipeline: Pipeline) -> None:
+    parent = submit(pipeline, {"type": "test.fan", "payload": {"n": 2}})
+    pipeline.worker.process(message(parent))
+    children = [TaskMessage.model_validate(m["data"]) for m in pipeline.pull(pipeline.tasks_sub)]
+    joins = pipeline.repository.events
+    # The children finish but their follow-ups never run (a worker died after commit).
+    pipeline.repository.events = _StageOnly(joins)
+    for child in children:
+        pipeline.worker.process(child)
+    pipeline.repository.events = joins
+    assert pipeline.status.get("acme", parent).status is TaskStatus.WAITING
+    pipeline.db.collection("tasks").document(parent).update(
+        {"updated_at": datetime.now(UTC) - timedelta(minutes=5)}
+    )
+    swept = Redispatcher(pipeline.repository, pipeline.publisher, after=timedelta(minutes=15))
+    swept.sweep()
+    drain(pipeline)  # the continuation the reconciler fired
+    assert pipeline.status.get("acme", parent).status is TaskStatus.SUCCEEDED
+
+
+class _StageOnly:
+    """Records what a terminal commit stages, and loses every follow-up."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def stage(self, batch: Any, task: Any, status: Any) -> None:
+        self.inner.stage(batch, task, status)
+
+    def flush(self, task: Any, status: Any) -> None:
+        return None

@@ -27,6 +27,10 @@ locals {
       collection = "tasks"
       fields     = [["status", "ASCENDING"], ["lease_until", "ASCENDING"]]
     }
+    children = {
+      collection = "tasks"
+      fields     = [["parent_id", "ASCENDING"], ["child_index", "ASCENDING"]]
+    }
     dead_letter_pending = {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]

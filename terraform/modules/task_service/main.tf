@@ -115,7 +115,7 @@ locals {
       user_facing    = false
       firestore      = "roles/datastore.user"
       keys_firestore = null
-      publishes      = ["dead_letter"]
+      publishes      = ["tasks", "dead_letter"]
       views          = []
       keyring        = "private"
       metrics_token  = false
