@@ -125,13 +125,16 @@ def api_keys() -> ApiKeys:
 def submit_service() -> SubmitService:
     from shared.security.crypto import TaskSealer
     from shared.tasks.submission import SubmitService
+    from shared.workflows.joins import Joins
 
+    repository = task_repository()
     return SubmitService(
-        task_repository(),
+        repository,
         task_publisher(),
         task_registry(),
         TaskSealer(keyring()),
         get_settings(),
+        dependencies=repository.events if isinstance(repository.events, Joins) else None,
     )
 
 

@@ -70,6 +70,8 @@ STALE_WAITING = QuerySpec(
 JOINS = "joins"
 JOIN_DONE = "done"
 JOIN_BUCKETS = "buckets"
+# dependents/{task}/of/{dependent}: who waits for a task (its `depends_on` names it).
+DEPENDENTS = "dependents"
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (

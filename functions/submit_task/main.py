@@ -27,7 +27,8 @@ def submit_task(request: flask.Request) -> flask.Response:
         tenant_id, body, request.headers.get("Idempotency-Key")
     )
     status_url = _status_url(submitted.task_id)
-    answer = {"task_id": submitted.task_id, "status": "queued", "status_url": status_url}
+    status = "waiting" if submitted.waiting else "queued"
+    answer = {"task_id": submitted.task_id, "status": status, "status_url": status_url}
     headers = {"Location": status_url}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"

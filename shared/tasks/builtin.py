@@ -49,3 +49,31 @@ class SummaryPayload(BaseModel):
 @task_type("analytics.summary", SummaryPayload)
 def analytics_summary(payload: SummaryPayload, ctx: TaskContext) -> dict[str, Any]:
     return summarize(payload.values)
+
+
+@task_type("analytics.chunk", SummaryPayload)
+def analytics_chunk(payload: SummaryPayload, ctx: TaskContext) -> dict[str, Any]:
+    """One chunk of a data set too large for one payload: its mergeable partial summary."""
+    from shared.analytics.partials import summarize_chunk
+
+    return summarize_chunk(payload.values)
+
+
+class MergePayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@task_type("analytics.merge", MergePayload)
+def analytics_merge(payload: MergePayload, ctx: TaskContext) -> dict[str, Any]:
+    """The summary of every chunk this task depends on, as if computed over their concatenation.
+
+    Submit the chunks as `analytics.chunk` tasks, then this with `depends_on` naming
+    them: it starts once they all succeeded and merges their partials exactly.
+    """
+    from shared.analytics.partials import merge
+    from shared.errors import NonRetryable
+
+    deps = ctx.inputs.get("deps") or {}
+    if not deps:
+        raise NonRetryable("analytics.merge needs depends_on: the analytics.chunk tasks to merge")
+    return merge([dep["result"] for dep in deps.values()])

@@ -37,6 +37,7 @@ _PLAIN_FIELDS = (
     "dead_letter_pending",
     "attempt_base",
     "cancel_requested",
+    "has_dependents",
     "parent_id",
     "child_index",
     "continues",
@@ -45,6 +46,7 @@ _PLAIN_FIELDS = (
     "blocked_by",
     "inputs_from",
     "result_from",
+    "depends_on",
 )
 
 _OPTIONAL_FIELDS = (
@@ -56,6 +58,7 @@ _OPTIONAL_FIELDS = (
     "blocked_by",
     "inputs_from",
     "result_from",
+    "depends_on",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -67,6 +70,7 @@ PLAIN_ERRORS = {
     "child-failed": "a child of this fan-out failed or was cancelled (join: all)",
     "no-child-succeeded": "no child of this fan-out succeeded (join: any)",
     "continuation-failed": "the continuation of this fan-out failed; its own error says why",
+    "dependency-failed": "a task this one depends on failed or was cancelled",
 }
 
 
@@ -145,6 +149,7 @@ class TaskDocuments:
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
+        values["has_dependents"] = bool(values.get("has_dependents"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -157,6 +162,7 @@ class TaskDocuments:
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
+        values["has_dependents"] = bool(values.get("has_dependents"))
         return Task.model_validate(values)
 
     @staticmethod

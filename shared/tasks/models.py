@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
+MAX_DEPENDENCIES = 1000
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
@@ -36,6 +37,8 @@ class TaskRequest(BaseModel):
     payload: dict[str, Any]
     max_attempts: int = Field(default=3, ge=1, le=10)
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+    # Tasks (of the same tenant) that must succeed first; their results are ctx.inputs["deps"].
+    depends_on: list[str] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
 
 
 class TaskError(BaseModel):
@@ -78,7 +81,9 @@ class Task(BaseModel):
     join: dict[str, Any] | None = None  # {"mode", "total", "buckets"} on a parent
     continuation_id: str | None = None
     blocked_by: str | None = None  # why a waiting task waits, e.g. "join:<parent id>"
-    inputs_from: str | None = None  # "children:<parent id>" or "task:<task id>"
+    inputs_from: str | None = None  # "children:<parent id>", "task:<task id>" or "deps"
+    depends_on: list[str] | None = None  # tasks that must succeed before this one starts
+    has_dependents: bool = False  # some waiting task depends on this one
     result_from: str | None = None  # a parent's result is its continuation's
 
     @property

@@ -203,7 +203,13 @@ class StuckTask:
 class TaskRepository(Protocol):
     events: TaskEvents  # what follows a terminal transition, staged in its commit
 
-    def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created: ...
+    def create(
+        self,
+        task: Task,
+        idempotency: IdempotencyClaim | None,
+        *,
+        extra: Callable[[Any], None] | None = None,
+    ) -> Created: ...
     def get(self, tenant_id: str, task_id: str) -> Task: ...
     def list_tasks(
         self,
@@ -424,22 +430,35 @@ class FirestoreTaskRepository:
 
     # -- submit ------------------------------------------------------------
 
-    def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created:
+    def create(
+        self,
+        task: Task,
+        idempotency: IdempotencyClaim | None,
+        *,
+        extra: Callable[[Any], None] | None = None,
+    ) -> Created:
+        """Store a new task in one batch (with `extra`'s writes); a replay if its key was used."""
         doc = self._docs.encode_new(task)
         if idempotency is None:
             batch = self._db.batch()
             batch.create(self._tasks.document(task.task_id), doc)
+            if extra is not None:
+                extra(batch)
             written = batch.commit(**SUBMIT_WRITE.kwargs())
             created = Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
         else:
-            created = self._create_idempotent(task, doc, idempotency)
+            created = self._create_idempotent(task, doc, idempotency, extra)
         if not created.replayed:
             self.counters.submitted(task.type)
         self.counters.maybe_flush()
         return created
 
     def _create_idempotent(
-        self, task: Task, doc: dict[str, Any], claim: IdempotencyClaim
+        self,
+        task: Task,
+        doc: dict[str, Any],
+        claim: IdempotencyClaim,
+        extra: Callable[[Any], None] | None,
     ) -> Created:
         """Create the key's record with the task in one batch; an existing record is a replay.
 
@@ -456,7 +475,7 @@ class FirestoreTaskRepository:
             queries.EXPIRES_AT: task.created_at + IDEMPOTENCY_TTL,
         }
         for _ in range(_MAX_CONFLICTS):
-            batch = self._rebatch(task, doc)
+            batch = self._rebatch(task, doc, extra)
             batch.create(idem_ref, record)
             try:
                 written = batch.commit(**SUBMIT_WRITE.kwargs())
@@ -478,7 +497,7 @@ class FirestoreTaskRepository:
                 )
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
-            renew = self._rebatch(task, doc)
+            renew = self._rebatch(task, doc, extra)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
                 written = renew.commit(**SUBMIT_WRITE.kwargs())
@@ -487,9 +506,13 @@ class FirestoreTaskRepository:
                 continue
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
 
-    def _rebatch(self, task: Task, doc: dict[str, Any]) -> Any:
+    def _rebatch(
+        self, task: Task, doc: dict[str, Any], extra: Callable[[Any], None] | None = None
+    ) -> Any:
         batch = self._db.batch()
         batch.create(self._tasks.document(task.task_id), doc)
+        if extra is not None:
+            extra(batch)
         return batch
 
     def _pending(self, prior: dict[str, Any]) -> bool:
@@ -735,6 +758,9 @@ class FirestoreTaskRepository:
                     if again.get("lease_id") != lease.lease_id:
                         return None
                     version = again.version  # touched by another writer; we still hold it
+                    if again.get("has_dependents") and not lease.task.has_dependents:
+                        # A task now waits for this one: what follows must tell it.
+                        lease.task = lease.task.model_copy(update={"has_dependents": True})
                     if again.get("cancel_requested") and status is not TaskStatus.CANCELLED:
                         # Cancelled while the attempt ran: its late outcome is discarded.
                         status, result = TaskStatus.CANCELLED, None

@@ -7,18 +7,21 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.errors import Unavailable, ValidationFailed
+from shared.errors import NotFound, Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import CreatedTask, Task, TaskMessage, TaskRequest, TaskStatus
 from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
+
+if TYPE_CHECKING:
+    from shared.workflows.joins import Joins
 
 log = logging.getLogger("aia.submit")
 
@@ -30,6 +33,7 @@ class Submitted:
     task_id: str
     replayed: bool
     dispatched: bool
+    waiting: bool = False  # stored waiting for its dependencies
 
 
 @dataclass(frozen=True)
@@ -80,12 +84,15 @@ class SubmitService:
         registry: TaskRegistry,
         sealer: TaskSealer,
         settings: Settings,
+        *,
+        dependencies: Joins | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._registry = registry
         self._sealer = sealer
         self._settings = settings
+        self._dependencies = dependencies
 
     def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
         request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
@@ -99,26 +106,50 @@ class SubmitService:
                 body_digest=self._sealer.digest(canonical),
             )
         now = datetime.now(UTC)
+        deps = self._dependencies_of(tenant_id, request.depends_on)
         task = Task(
             task_id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             type=request.type,
-            status=TaskStatus.QUEUED,
+            status=TaskStatus.WAITING if deps else TaskStatus.QUEUED,
             payload=request.payload,
             max_attempts=request.max_attempts,
             timeout_s=request.timeout_s,
             created_at=now,
             updated_at=now,
+            depends_on=deps or None,
+            blocked_by=f"tasks:{len(deps)}" if deps else None,
+            inputs_from="deps" if deps else None,
         )
-        created = self._repository.create(task, claim)
+        joins = self._dependencies
+        extra = joins.stage_dependents(task) if deps and joins is not None else None
+        created = self._repository.create(task, claim, extra=extra)
         if created.replayed:
             # The original answer, including a dispatch that was deferred.
             return Submitted(
                 created.task_id, replayed=True, dispatched=not created.dispatch_pending
             )
+        if deps and joins is not None:
+            # Published when its dependencies succeed; some may have already.
+            joins.dependencies_created(task)
+            return Submitted(task.task_id, replayed=False, dispatched=True, waiting=True)
         return Submitted(
             task.task_id, replayed=False, dispatched=self._dispatch(task, created.fresh)
         )
+
+    def _dependencies_of(self, tenant_id: str, depends_on: list[str]) -> list[str]:
+        """The dependencies, each a task of this tenant; a 422 naming the first that is not."""
+        unique = list(dict.fromkeys(depends_on))
+        for position, dep in enumerate(unique):
+            try:
+                self._repository.get(tenant_id, dep)
+            except NotFound:
+                raise ValidationFailed(
+                    f"depends_on[{position}]: no task {dep!r}", field=f"depends_on.{position}"
+                ) from None
+        if unique and self._dependencies is None:
+            raise ValidationFailed("this deployment takes no dependencies", field="depends_on")
+        return unique
 
     def _dispatch(self, task: Task, fresh: CreatedTask | None = None) -> bool:
         """Publish the task's id; on failure flag it for the sweep and say it was deferred."""

@@ -250,7 +250,7 @@ class Worker:
                 invalid = exc if not isinstance(exc, NestingTooDeep) else ResultInvalid(exc.detail)
                 error, retryable = TaskError(code=invalid.code, message=invalid.detail), False
             else:
-                return self._finished(message, task, stored, duration)
+                return self._finished(message, lease.task, stored, duration)
         assert error is not None
         if error.code == "cancelled":
             status = TaskStatus.CANCELLED
@@ -271,7 +271,7 @@ class Worker:
         stored = self._repository.finish(
             lease, status=status, error=error, duration_s=duration, until=until
         )
-        return self._finished(message, task, stored, duration, error)
+        return self._finished(message, lease.task, stored, duration, error)
 
     def _fan_out(self, lease: Lease, plan: FanOut) -> Processed:
         if self._joins is None:
@@ -296,6 +296,9 @@ class Worker:
             return {"children": [_outcome_of(child) for child in children]}
         if kind == "task":
             return {"winner": _outcome_of(self._repository.get(task.tenant_id, ref))}
+        if kind == "deps":
+            deps = task.depends_on or []
+            return {"deps": {d: _outcome_of(self._repository.get(task.tenant_id, d)) for d in deps}}
         return {}
 
     def _finished(

@@ -178,6 +178,8 @@ class Joins:
                 self._continuation_finished(task, status)
             elif task.join is not None and status is TaskStatus.CANCELLED:
                 self._cancel_family(task)
+            if task.has_dependents:
+                self._dependents_of(task, status)
         except Exception:  # the reconciler finishes what a failed follow-up left
             log.warning("join follow-up failed", extra={"task_id": task.task_id}, exc_info=True)
 
@@ -331,6 +333,61 @@ class Joins:
     def _cancel(self, tenant_id: str, task_id: str) -> None:
         with contextlib.suppress(AIAError):  # finished meanwhile, or gone: nothing to cancel
             self._repository.cancel(tenant_id, task_id, datetime.now(UTC))
+
+    # -- dependencies: a task that waits for other tasks to succeed --------------
+
+    def stage_dependents(self, task: Task) -> Callable[[Any], None]:
+        """Writes for `task`'s submit batch: each dependency learns it has a dependent."""
+        from google.cloud.firestore import ArrayUnion
+
+        def stage(batch: Any) -> None:
+            for position, dep in enumerate(task.depends_on or ()):
+                batch.set(
+                    self._dependents(dep).document(task.task_id),
+                    {"tenant_id": task.tenant_id, "position": position},
+                )
+                # Blind and field-wise: the dependency's own conditional writes retry after it.
+                batch.update(
+                    self._db.collection(queries.TASKS).document(dep),
+                    {"has_dependents": True, "dependents_seen": ArrayUnion([task.task_id])},
+                )
+
+        return stage
+
+    def dependencies_created(self, task: Task) -> None:
+        """After the submit: count what already finished (a dependency may have ended first)."""
+        for dep in task.depends_on or ():
+            snapshot = self._repository.snapshot(dep)
+            if snapshot is not None and TaskStatus(snapshot.status).terminal:
+                self._dependency_finished(task.tenant_id, task.task_id, dep, snapshot.status)
+
+    def _dependents_of(self, task: Task, status: TaskStatus) -> None:
+        for record in self._dependents(task.task_id).stream():
+            doc = record.to_dict() or {}
+            if doc.get("tenant_id") == task.tenant_id:
+                self._dependency_finished(task.tenant_id, record.id, task.task_id, status.value)
+
+    def _dependency_finished(self, tenant_id: str, dependent: str, dep: str, status: str) -> None:
+        waiting = self._waiting_parent(tenant_id, dependent)
+        if waiting is None or dep not in (waiting.get("depends_on") or ()):
+            return
+        if status != TaskStatus.SUCCEEDED.value:
+            self._fail(waiting, "dependency-failed", f"dependency {dep} {status}")
+            return
+        self._done(dependent).document(dep).set({"tenant_id": tenant_id, "status": status})
+        if _count(self._done(dependent)) < len(waiting.get("depends_on") or ()):
+            return
+        changes = {
+            "status": TaskStatus.QUEUED.value,
+            "blocked_by": None,
+            "updated_at": datetime.now(UTC),
+        }
+        # Of every completion that counts the last one, one write wins: the task starts once.
+        if self._repository.transition(waiting, changes) and self._publisher is not None:
+            self._publish(_task_of(self._repository, waiting, TaskStatus.QUEUED))
+
+    def _dependents(self, task_id: str) -> Any:
+        return self._db.collection(queries.DEPENDENTS).document(task_id).collection("of")
 
     # -- reading -----------------------------------------------------------------
 

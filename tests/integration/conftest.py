@@ -98,7 +98,9 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
         ring=ring,
         repository=repository,
         publisher=publisher,
-        submit=SubmitService(repository, publisher, registry, TaskSealer(ring), settings),
+        submit=SubmitService(
+            repository, publisher, registry, TaskSealer(ring), settings, dependencies=joins
+        ),
         status=StatusService(repository),
         worker=Worker(repository, registry, publisher, runner, joins=joins),
         registry=registry,

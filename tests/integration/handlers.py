@@ -83,6 +83,8 @@ class Expected(BaseModel):
 def add_up(payload: Expected, ctx: TaskContext) -> dict[str, Any]:
     if "winner" in ctx.inputs:
         return {"winner": ctx.inputs["winner"]["result"]}
+    if "deps" in ctx.inputs:
+        return {"total": sum(d["result"]["i"] for d in ctx.inputs["deps"].values())}
     children = ctx.inputs["children"]
     return {
         "n": len(children),

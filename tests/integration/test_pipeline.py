@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -1079,3 +1080,56 @@ class _StageOnly:
 
     def flush(self, task: Any, status: Any) -> None:
         return None
+
+
+# --- dependencies, and the analytics pipeline on them ----------------------------------
+
+
+def test_a_task_that_depends_on_others_starts_once_they_all_succeeded(pipeline: Pipeline) -> None:
+    first = submit(pipeline, {"type": "echo", "payload": {"i": 1}})
+    pipeline.worker.process(message(first))  # finished before its dependent exists
+    second = submit(pipeline, {"type": "echo", "payload": {"i": 2}})
+    body = {"type": "test.sum", "payload": {"expected": 2}, "depends_on": [first, second]}
+    merged = pipeline.submit.submit("acme", body)
+    assert merged.waiting
+    assert pipeline.status.get("acme", merged.task_id).status is TaskStatus.WAITING
+    drain(pipeline)  # `second`, then the dependent it released
+    view = pipeline.status.get("acme", merged.task_id)
+    assert view.status is TaskStatus.SUCCEEDED
+    with pytest.raises(ValidationFailed) as caught:
+        pipeline.submit.submit("globex", {**body, "depends_on": [first]})
+    assert caught.value.field == "depends_on.0"  # another tenant's task is nobody's
+
+
+def test_a_failed_dependency_fails_its_dependent(pipeline: Pipeline) -> None:
+    bad = submit(pipeline, {"type": "fail", "payload": {"times": 5, "retryable": False}})
+    dependent = pipeline.submit.submit(
+        "acme", {"type": "echo", "payload": {}, "depends_on": [bad]}
+    ).task_id
+    drain(pipeline)
+    view = pipeline.status.get("acme", dependent)
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "dependency-failed"
+
+
+def test_the_analytics_pipeline_merges_chunks_exactly(pipeline: Pipeline) -> None:
+    import random
+    import statistics
+
+    rng = random.Random(7)
+    chunks = [[rng.gauss(1e6, 3.0) for _ in range(5000)] for _ in range(8)]
+    ids = [submit(pipeline, {"type": "analytics.chunk", "payload": {"values": c}}) for c in chunks]
+    merge = pipeline.submit.submit(
+        "acme", {"type": "analytics.merge", "payload": {}, "depends_on": ids}
+    )
+    drain(pipeline)
+    view = pipeline.status.get("acme", merge.task_id)
+    assert view.status is TaskStatus.SUCCEEDED, view
+    everything = [v for c in chunks for v in c]
+    result = view.result
+    assert result is not None
+    assert result["count"] == len(everything)
+    assert (result["min"], result["max"]) == (min(everything), max(everything))
+    assert math.isclose(result["mean"], statistics.fmean(everything), rel_tol=1e-9)
+    assert math.isclose(result["stdev"], statistics.stdev(everything), rel_tol=1e-9)

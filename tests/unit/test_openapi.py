@@ -226,6 +226,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "echo": {"anything": [1, "two", {"three": None}]},
     "sleep": {"seconds": 0.5},
     "analytics.summary": {"values": [1, 2.5, -3]},
+    "analytics.chunk": {"values": [4.0, 5.5]},
+    "analytics.merge": {},
     "fail": {"times": 1, "retryable": False},
     "probe": {"marker": "m-1"},
 }
