@@ -230,6 +230,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "analytics.merge": {},
     "fail": {"times": 1, "retryable": False},
     "probe": {"marker": "m-1"},
+    "fan": {"children": 3},
+    "fan.total": {},
 }
 
 
