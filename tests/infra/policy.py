@@ -51,8 +51,9 @@ METRICS_TOKEN = frozenset({"health", "metrics"})
 KEYS_READERS = frozenset({"submit_task", "task_status"})
 # Who publishes to each topic: the dead-letter topic is the application's alone
 # (the worker's final failures, and the sweep flushing their outbox); only the
-# Pub/Sub service agent publishes to the backstop.
+# Pub/Sub service agent publishes to the backstop. The worker publishes a fan-out's
+# children and starts continuations and dependents.
 PUBLISHERS = {
-    "tasks": frozenset({"submit_task", "redispatch"}),
+    "tasks": frozenset({"submit_task", "redispatch", "process_task"}),
     "dead_letter": frozenset({"process_task", "redispatch"}),
 }
