@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigurationError, PayloadTooLarge, ResultTooLarge
-from shared.queries import EXPIRES_AT
+from shared.queries import EXPIRES_AT, TIMER_SHARD, timer_shard
 from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _PLAIN_FIELDS = (
     "dispatch_pending",
     "dead_letter_pending",
     "attempt_base",
+    "run_at",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -61,6 +62,10 @@ class TaskDocuments:
         key = self._sealer.new_task_key(task.tenant_id, task.task_id, control_of(task))
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
         doc["status"] = task.status.value
+        if task.run_at is None:
+            del doc["run_at"]  # absent, not null: an immediate task stays out of the timer index
+        else:
+            doc[TIMER_SHARD] = timer_shard(task.task_id)
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
         if self.sealed_size(doc) > MAX_SEALED_BYTES:

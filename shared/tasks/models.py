@@ -6,11 +6,12 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+MAX_DELAY_S = 365 * 24 * 3600  # how far ahead a task may be scheduled
 
 
 class TaskStatus(StrEnum):
@@ -36,6 +37,17 @@ class TaskRequest(BaseModel):
     payload: dict[str, Any]
     max_attempts: int = Field(default=3, ge=1, le=10)
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+    # When to start (one of the two; neither means now). See shared.tasks.submission.
+    run_at: AwareDatetime | None = None
+    delay_s: float | None = Field(default=None, ge=0, le=MAX_DELAY_S)
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        # pydantic would also take a number as Unix time: the contract says RFC 3339.
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be an RFC 3339 date-time string with an offset")
+        return value
 
 
 class TaskError(BaseModel):
@@ -68,6 +80,7 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+    run_at: datetime | None = None  # set while, and after, it waited as `scheduled`
 
     @property
     def attempts_left(self) -> int:
@@ -87,6 +100,7 @@ class TaskView(BaseModel):
     finished_at: datetime | None
     result: Any = None
     error: TaskError | None = None
+    run_at: datetime | None = None
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -101,6 +115,7 @@ class TaskView(BaseModel):
             finished_at=task.finished_at,
             result=task.result if task.status is TaskStatus.SUCCEEDED else None,
             error=task.error if task.status is TaskStatus.FAILED else None,
+            run_at=task.run_at,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +126,8 @@ class TaskView(BaseModel):
             body["result"] = self.result
         if self.status is not TaskStatus.FAILED:
             body.pop("error")
+        if self.run_at is None:
+            body.pop("run_at")
         return body
 
 

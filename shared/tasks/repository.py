@@ -129,6 +129,7 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    run_at: datetime | None = None  # a replay of a submit that scheduled its task
 
 
 @dataclass(frozen=True)
@@ -319,9 +320,7 @@ class FirestoreTaskRepository:
                         "this Idempotency-Key was used with a different request body",
                         field="Idempotency-Key",
                     )
-                return Created(
-                    prior["task_id"], replayed=True, dispatch_pending=self._pending(prior)
-                )
+                return Created(prior["task_id"], replayed=True, **self._prior_state(prior))
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
             renew = self._rebatch(task, doc)
@@ -339,9 +338,15 @@ class FirestoreTaskRepository:
         metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
         return batch
 
-    def _pending(self, prior: dict[str, Any]) -> bool:
+    def _prior_state(self, prior: dict[str, Any]) -> dict[str, Any]:
+        """What the original answer said: a deferred dispatch, a scheduled start."""
         snap = self._read(str(prior["task_id"]), SUBMIT_WRITE)
-        return bool(snap is not None and snap.get("dispatch_pending"))
+        if snap is None:
+            return {}
+        return {
+            "dispatch_pending": bool(snap.get("dispatch_pending")),
+            "run_at": snap.get("run_at"),
+        }
 
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())

@@ -1,4 +1,4 @@
-"""Submitting a task: validate, store encrypted, publish its id."""
+"""Submitting a task: validate, store encrypted, publish its id (or leave it `scheduled`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,13 +16,15 @@ from shared.errors import Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
+from shared.tasks.models import MAX_DELAY_S, Task, TaskMessage, TaskRequest, TaskStatus
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
 log = logging.getLogger("aia.submit")
 
 MAX_IDEMPOTENCY_KEY = 255
+# A start this close (or past) is now: the ticker would only add its own delay.
+DUE_NOW = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,11 @@ class Submitted:
     task_id: str
     replayed: bool
     dispatched: bool
+    run_at: datetime | None = None  # stored `scheduled`, not published: the ticker queues it
+
+    @property
+    def status(self) -> TaskStatus:
+        return TaskStatus.QUEUED if self.run_at is None else TaskStatus.SCHEDULED
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,21 @@ def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> Tas
     task_type = registry.get(request.type, include_diagnostic=diagnostic)
     registry.parse_payload(task_type, request.payload)
     return request
+
+
+def start_of(request: TaskRequest, now: datetime) -> datetime | None:
+    """When the task should start (UTC), or None to start now."""
+    if request.run_at is not None and request.delay_s is not None:
+        raise ValidationFailed("give run_at or delay_s, not both", field="delay_s")
+    if request.run_at is not None:
+        start, field = request.run_at.astimezone(UTC), "run_at"
+    elif request.delay_s is not None:
+        start, field = now + timedelta(seconds=request.delay_s), "delay_s"
+    else:
+        return None
+    if start - now > timedelta(seconds=MAX_DELAY_S):
+        raise ValidationFailed(f"{field} is more than 365 days ahead", field=field)
+    return start if start - now > DUE_NOW else None
 
 
 def validate_idempotency_key(key: str) -> str:
@@ -91,23 +113,30 @@ class SubmitService:
                 body_digest=self._sealer.digest(canonical),
             )
         now = datetime.now(UTC)
+        run_at = start_of(request, now)
         task = Task(
             task_id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             type=request.type,
-            status=TaskStatus.QUEUED,
+            status=TaskStatus.QUEUED if run_at is None else TaskStatus.SCHEDULED,
             payload=request.payload,
             max_attempts=request.max_attempts,
             timeout_s=request.timeout_s,
             created_at=now,
             updated_at=now,
+            run_at=run_at,
         )
         created = self._repository.create(task, claim)
         if created.replayed:
             # The original answer, including a dispatch that was deferred.
             return Submitted(
-                created.task_id, replayed=True, dispatched=not created.dispatch_pending
+                created.task_id,
+                replayed=True,
+                dispatched=not created.dispatch_pending,
+                run_at=created.run_at,
             )
+        if run_at is not None:
+            return Submitted(task.task_id, replayed=False, dispatched=True, run_at=run_at)
         return Submitted(task.task_id, replayed=False, dispatched=self._dispatch(task))
 
     def _dispatch(self, task: Task) -> bool:

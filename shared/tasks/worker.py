@@ -121,6 +121,8 @@ class Worker:
             return Processed(Outcome.SKIPPED, "missing")
         if TaskStatus(snapshot.status).terminal:
             return Processed(Outcome.SKIPPED, "terminal")
+        if snapshot.status == TaskStatus.SCHEDULED:  # a stray delivery: the ticker queues it
+            return Processed(Outcome.SKIPPED, "not due")
         lease_until = snapshot.get("lease_until")
         if snapshot.status == TaskStatus.RUNNING and lease_until is not None and lease_until > now:
             # Acknowledged, not nacked: the holder acks its own delivery, and if it dies
