@@ -30,8 +30,8 @@ class TickRequest(BaseModel):
 @http.endpoint
 def schedule_tick(request: flask.Request) -> flask.Response:
     http.require_method(request, "POST")
-    raw = request.get_data(cache=True)
-    body = http.read_json_body(request) if raw.strip() else {}
+    # No body (or `{}`) is one tick.
+    body = http.read_json_body(request) if request.content_length else {}
     try:
         tick = TickRequest.model_validate(body)
     except ValidationError as exc:
