@@ -314,7 +314,11 @@ def expected_invokers(case: str) -> dict[str, set[str]]:
     values = case_values(case)
     users = {"public"} if values.get("public_access", False) else set()
     users |= set(values.get("invoker_members", []))
-    internal = {"process_task": {"pubsub_push"}, "redispatch": {"scheduler"}}
+    internal = {
+        "process_task": {"pubsub_push"},
+        "redispatch": {"scheduler"},
+        "schedule_tick": {"scheduler"},
+    }
     names = package.discover_functions(REPO_ROOT)
     return {n: users if n in USER_FACING else internal.get(n, set()) for n in names}
 
