@@ -3,8 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Debian's chromium, driven by Playwright in tests/e2e/test_dashboard.py. Installed from
+# Debian's packages: no test ever downloads a browser.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: dev test lint unit package bench clean
+.PHONY: dev test lint unit package bench clean chromium
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt $(wildcard requirements-*.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +22,15 @@ dev: $(VENV)/.installed
 	$(PY) -m devtools.stack
 
 ## test: lint, type-check and run every test (starts the emulators it needs)
-test: $(VENV)/.installed lint
+test: $(VENV)/.installed $(CHROMIUM) lint
 	$(PY) -m pytest
+
+## chromium: install Debian's chromium when it is missing
+chromium: $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -11,12 +11,13 @@ import http.client
 import io
 import json
 import logging
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from shared.api import routes
 
 log = logging.getLogger("aia.gateway")
 
@@ -39,33 +40,22 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_TASK_ID = re.compile(r"^/tasks/[^/]+/?$")
+
+def route(method: str, path: str) -> str | None:
+    """Name of the function serving `method path`, or None when nothing does.
+
+    The route table's rules, evaluated as the load balancer evaluates its URL map.
+    """
+    return routes.route_for(method, path)
 
 
-def route(method: str, path: str) -> str | None:  # noqa: PLR0911 - one answer per route
-    """Name of the function serving `method path`, or None when nothing does."""
-    path = path if path == "/" else path.rstrip("/") or "/"
-    if path in ("/", "/health"):
-        return "health"
-    if path == "/metrics":
-        return "metrics"
-    if path == "/tasks/submit":
-        return "submit_task"
-    if path == "/tasks":
-        # One path, two functions: creating is submit_task, listing is task_status.
-        return "submit_task" if method == "POST" else "task_status"
-    if path.startswith("/tasks/") and path.endswith(":replay"):
-        return "submit_task"
-    if _TASK_ID.match(path):
-        return "task_status"
-    if path == "/schedules" or path.startswith("/schedules/"):
-        return "schedules"
-    return None
+# The problem codes of shared.errors for the answers the gateway gives itself.
+_CODES = {404: "not-found", 503: "unavailable"}
 
 
 def problem(status: int, title: str, detail: str, instance: str) -> bytes:
     """An RFC 7807 body in the service's own shape."""
-    slug = title.lower().replace(" ", "-")
+    slug = _CODES.get(status) or title.lower().replace(" ", "-")
     body = {
         "type": f"https://aia.dev/problems/{slug}",
         "title": title,
@@ -93,6 +83,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     # http.server dispatches on these exact names.
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET  # noqa: N815
+
+    def __getattr__(self, name: str) -> Any:
+        # Any other method (TRACE, QUERY, ...) goes to the function too: it answers the
+        # 405 with Allow, where http.server alone would say 501.
+        if name.startswith("do_"):
+            return self._proxy
+        raise AttributeError(name)
 
     def log_message(self, format: str, *args: Any) -> None:
         log.info("%s - %s", self.address_string(), format % args)
@@ -228,6 +225,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Date", self.date_time_string())
         self.send_header("Content-Type", "application/problem+json")
         self.send_header("Content-Length", str(len(body)))
+        if status == 503:
+            # A function restarting is back within seconds (devtools.supervisor).
+            self.send_header("Retry-After", "1")
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()

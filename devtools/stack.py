@@ -64,6 +64,8 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("process_task", "cloudevent"),
     ("schedules", "http"),
     ("schedule_tick", "http"),
+    ("openapi", "http"),
+    ("dashboard", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.

@@ -14,10 +14,9 @@ import flask
 import functions_framework
 
 from shared import http, providers
+from shared.api.dispatch import route_of
 from shared.config import get_settings
-from shared.errors import NotFound
 
-ACTIONS = ("pause", "resume")
 # At start-up: a broken task module stops the function here, not on a request.
 providers.task_registry()
 
@@ -25,34 +24,21 @@ providers.task_registry()
 @functions_framework.http
 @http.endpoint
 def schedules(request: flask.Request) -> flask.Response:
-    parts = [p for p in request.path.split("/") if p]
-    if parts[:1] == ["schedules"]:
-        parts = parts[1:]  # the gateway's path; the function's own URL has no prefix
-    if len(parts) > 1:
-        raise NotFound(f"no route for {request.path}")
-    if not parts:
-        http.require_method(request, "GET", "POST")
-        tenant_id = providers.api_keys().authenticate(http.bearer_token(request))
-        service = providers.schedule_service()
-        if request.method == "GET":
-            return http.json_response(service.list(tenant_id, request.args.to_dict()))
+    route = route_of(request, "schedules", root="/schedules")
+    tenant_id = providers.api_keys().authenticate(http.bearer_token(request))
+    service = providers.schedule_service()
+    if route.operation_id == "listSchedules":
+        return http.json_response(service.list(tenant_id, request.args.to_dict()))
+    if route.operation_id == "createSchedule":
         created = service.create(tenant_id, http.read_json_body(request))
         location = f"{get_settings().public_base_url}/schedules/{created['schedule_id']}"
         return http.json_response(created, 201, {"Location": location})
-    schedule_id, _, action = parts[0].partition(":")
-    if action:
-        if action not in ACTIONS:
-            raise NotFound(f"no route for {request.path}")
-        http.require_method(request, "POST")
-    else:
-        http.require_method(request, "GET", "DELETE")
-    tenant_id = providers.api_keys().authenticate(http.bearer_token(request))
-    service = providers.schedule_service()
-    if action == "pause":
+    schedule_id = request.path.rstrip("/").rsplit("/", 1)[1].partition(":")[0]
+    if route.operation_id == "pauseSchedule":
         return http.json_response(service.pause(tenant_id, schedule_id))
-    if action == "resume":
+    if route.operation_id == "resumeSchedule":
         return http.json_response(service.resume(tenant_id, schedule_id))
-    if request.method == "DELETE":
+    if route.operation_id == "deleteSchedule":
         service.delete(tenant_id, schedule_id)
         return flask.Response(status=204)
     return http.json_response(service.get(tenant_id, schedule_id))

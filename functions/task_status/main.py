@@ -6,23 +6,21 @@ import flask
 import functions_framework
 
 from shared import http, providers
-from shared.errors import NotFound
+from shared.api.dispatch import route_of
 
 
 @functions_framework.http
 @http.endpoint
 def task_status(request: flask.Request) -> flask.Response:
-    http.require_method(request, "GET")
-    parts = [p for p in request.path.split("/") if p]
+    route = route_of(request, "task_status", root="/tasks")
     tenant_id = providers.api_keys().authenticate(http.bearer_token(request))
-    if parts in ([], ["tasks"]):
+    if route.operation_id == "listTasks":
         page = providers.status_service().list(tenant_id, request.args.to_dict())
         return http.json_response(
             page.model_dump(mode="json", exclude_none=True)
             | {"tasks": [view.to_json() for view in page.tasks]}
         )
-    if parts == ["tasks", "counts"]:
+    if route.operation_id == "countTasks":
         return http.json_response({"counts": providers.status_service().counts(tenant_id)})
-    if len(parts) == 2 and parts[0] == "tasks":
-        return http.json_response(providers.status_service().get(tenant_id, parts[1]).to_json())
-    raise NotFound(f"no route for {request.path}")
+    task_id = request.path.rstrip("/").rsplit("/", 1)[1]
+    return http.json_response(providers.status_service().get(tenant_id, task_id).to_json())

@@ -1,4 +1,4 @@
-"""Cron schedules: the request model, the stored document, and its storage on Firestore.
+"""Cron schedules: the stored document, its view, and its storage on Firestore.
 
 A schedule's task payload is client data and is sealed like a task's
 (`shared.security.crypto`), under a data key bound to the tenant, the
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from shared import queries
 from shared.clients import STATUS_READ, SUBMIT_WRITE, TICK_CALL, Deadline
@@ -29,28 +27,10 @@ if TYPE_CHECKING:
     from shared.security.crypto import TaskOpener, TaskSealer
     from shared.tasks.models import TaskRequest
 
-DEFAULT_CATCHUP_S = 3600
-# Inside the 24 h of an Idempotency-Key: a slot retried within its window fires once.
-MAX_CATCHUP_S = 23 * 3600
-# Slots fire within a second or so locally and within a minute in production.
-MIN_CATCHUP_S = 60
-
 
 class ScheduleState(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
-
-
-class ScheduleRequest(BaseModel):
-    """What a client posts to /schedules; `task` is checked as a submit body would be."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cron: str = Field(min_length=1, max_length=100)
-    timezone: str = Field(min_length=1, max_length=64)
-    task: dict[str, Any]
-    overlap: Overlap = Overlap.SKIP
-    catchup_window_s: int = Field(default=DEFAULT_CATCHUP_S, ge=MIN_CATCHUP_S, le=MAX_CATCHUP_S)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -14,14 +15,14 @@ from shared.config import Settings
 from shared.errors import Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.scheduling.cron import CronSchedule
+from shared.scheduling.models import ScheduleRequest
 from shared.scheduling.schedules import (
     FirestoreScheduleRepository,
     ScheduleDocuments,
-    ScheduleRequest,
     ScheduleState,
     StoredSchedule,
 )
-from shared.tasks.registry import TaskRegistry
+from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.submission import parse_request
 
 DEFAULT_PAGE = 20
@@ -34,6 +35,25 @@ _MAX_CONFLICTS = 5
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _parse_schedule(body: dict[str, Any]) -> ScheduleRequest:
+    """The schedule strictly, as JSON Schema reads it (a bool is no integer, "60" no number).
+
+    The task's payload is left to its type's model (`parse_request`), as submit does.
+    """
+    shell = dict(body)
+    task = body.get("task")
+    if isinstance(task, dict) and isinstance(task.get("payload"), dict):
+        shell["task"] = {**task, "payload": {}}
+    try:
+        return ScheduleRequest.model_validate_json(
+            json.dumps(integral_floats_as_ints(shell)), strict=True
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
 
 
 class ScheduleService:
@@ -56,15 +76,18 @@ class ScheduleService:
         if not isinstance(body, dict):
             raise ValidationFailed("request body must be a JSON object", field="body")
         check_depth(body, "body")
-        try:
-            request = ScheduleRequest.model_validate(body)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"]) or "body"
-            raise ValidationFailed(f"{field}: {first['msg']}", field=field) from exc
+        task_body = body.get("task")
+        if isinstance(task_body, dict):
+            for name in _NOT_IN_SCHEDULED_TASKS:
+                if name in task_body:
+                    raise ValidationFailed(
+                        f"task.{name}: a schedule's slots are its start times",
+                        field=f"task.{name}",
+                    )
+        request = _parse_schedule(body)
         now = self._clock()
         cron = CronSchedule.parse(request.cron, request.timezone, now=now)
-        task = self._parse_task(request.task)
+        task = self._parse_task(body["task"])
         schedule_id = uuid.uuid4().hex
         first_run = cron.after(now)
         assert first_run is not None  # parse() refuses a cron that never fires
@@ -93,11 +116,6 @@ class ScheduleService:
 
     def _parse_task(self, task: dict[str, Any]) -> Any:
         """The task as submit would take it; errors name their field under `task.`."""
-        for name in _NOT_IN_SCHEDULED_TASKS:
-            if name in task:
-                raise ValidationFailed(
-                    f"task.{name}: a schedule's slots are its start times", field=f"task.{name}"
-                )
         try:
             return parse_request(task, self._registry, diagnostic=self._settings.diagnostic_tasks)
         except ValidationFailed as exc:
@@ -111,6 +129,9 @@ class ScheduleService:
         unknown = sorted(set(params) - _LIST_PARAMS)
         if unknown:
             raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        empty = sorted(name for name, value in params.items() if not value)
+        if empty:
+            raise ValidationFailed(f"{empty[0]} must not be empty", field=empty[0])
         limit = DEFAULT_PAGE
         if params.get("limit"):
             try:

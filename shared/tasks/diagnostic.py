@@ -51,6 +51,8 @@ class ProbePayload(BaseModel):
     honour_cancel: bool = True
     # Fail (retryably) the first `fail_times` attempts after holding: proves overlap on retry.
     fail_times: int = Field(default=0, ge=0, le=10)
+    # Report progress this many times, spread over `seconds` (proves coalescing).
+    progress_reports: int = Field(default=0, ge=0, le=100_000)
     # Attempts up to this one hold until `release_probe(marker)` (or the deadline):
     # a barrier a test controls. Later attempts run `seconds` only.
     hold_attempts: int = Field(default=0, ge=0, le=10)
@@ -134,13 +136,23 @@ def probe(payload: ProbePayload, ctx: TaskContext) -> dict[str, Any]:
             log.write(json.dumps({**event, "running_beside": beside}) + "\n")
     hold = ctx.attempt <= payload.hold_attempts
     try:
-        until = time.monotonic() + payload.seconds
+        begun = time.monotonic()
+        until = begun + payload.seconds
+        reported = 0
         while (left := until - time.monotonic()) > 0 or hold:
+            if reported < payload.progress_reports and payload.seconds > 0:
+                due = int(payload.progress_reports * (time.monotonic() - begun) / payload.seconds)
+                for n in range(reported, min(due, payload.progress_reports)):
+                    ctx.progress((n + 1) / payload.progress_reports, f"step {n + 1}", step=n + 1)
+                reported = max(reported, min(due, payload.progress_reports))
             if payload.honour_cancel and ctx.cancelled:
                 break
             if hold and (directory / "release").exists():
                 break
-            time.sleep(min(max(left, 0.01), 0.05))
+            time.sleep(min(max(left, 0.001), 0.05 if not payload.progress_reports else 0.001))
+        if not ctx.cancelled:
+            for n in range(reported, payload.progress_reports):
+                ctx.progress((n + 1) / payload.progress_reports, f"step {n + 1}", step=n + 1)
     finally:
         with _locked(directory), contextlib.suppress(FileNotFoundError):
             (directory / str(me)).unlink()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Protocol
 
@@ -40,7 +39,7 @@ class PubSubTaskPublisher:
         self._wait_s = wait_s
 
     def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str:
-        data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
+        data = message.model_dump_json(exclude_none=True).encode()
         attrs = {"tenant_id": message.tenant_id, **(attributes or {})}
         return self._send(self._tasks_topic, data, attrs)
 

@@ -17,7 +17,7 @@ from shared.tasks.models import Task, TaskError, TaskStatus
 if TYPE_CHECKING:
     from shared.security.crypto import Control, TaskKey, TaskOpener, TaskSealer
 
-DATA_FIELDS = ("payload", "result", "error")
+DATA_FIELDS = ("payload", "result", "error", "progress")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
 MAX_SEALED_BYTES = 1024 * 1024 - 16 * 1024
 _PLAIN_FIELDS = (
@@ -37,6 +37,7 @@ _PLAIN_FIELDS = (
     "dead_letter_pending",
     "attempt_base",
     "run_at",
+    "cancel_requested",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -122,6 +123,7 @@ class TaskDocuments:
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
+        values["cancel_requested"] = bool(values.get("cancel_requested"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -133,6 +135,7 @@ class TaskDocuments:
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
+        values["cancel_requested"] = bool(values.get("cancel_requested"))
         return Task.model_validate(values)
 
     @staticmethod

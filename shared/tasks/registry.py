@@ -9,6 +9,7 @@ the children run.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ P = TypeVar("P", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Any])
 
 BUILTIN_MODULES: tuple[str, ...] = ("shared.tasks.builtin", "shared.tasks.diagnostic")
+MAX_PROGRESS_MESSAGE = 500
 _MARK = "__aia_task_type__"
 
 
@@ -59,6 +61,14 @@ class TaskContext:
     def remaining_s(self) -> float:
         """Seconds left before the deadline (never negative)."""
         return max(0.0, self.deadline - time.time())
+
+    def progress(self, fraction: float, message: str | None = None, **metadata: Any) -> None:
+        """Report how far the attempt got (0-1); stored at most once a second, latest wins."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"progress fraction must be within 0-1, got {fraction!r}")
+        if message is not None and len(message) > MAX_PROGRESS_MESSAGE:
+            message = message[:MAX_PROGRESS_MESSAGE]
+        self.emit(("progress", float(fraction), message, metadata))
 
 
 Handler = Callable[[Any, TaskContext], Any]
@@ -156,7 +166,11 @@ class TaskRegistry:
     def parse_payload(self, task: TaskType, payload: dict[str, Any]) -> BaseModel:
         """Validate a payload against its type's model; errors name the field."""
         try:
-            return task.payload_model.model_validate(payload)
+            # Strict, from JSON: a bool is no number and "5" no integer, as the
+            # OpenAPI document says; 5.0 is an integer there, as in JSON Schema.
+            return task.payload_model.model_validate_json(
+                json.dumps(integral_floats_as_ints(payload)), strict=True
+            )
         except ValidationError as exc:
             first = exc.errors()[0]
             path = ".".join(str(p) for p in ("payload", *first["loc"]))
@@ -168,6 +182,17 @@ class TaskRegistry:
                     for e in exc.errors()[:20]
                 ],
             ) from exc
+
+
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON values with 5.0 read as 5, as JSON Schema counts it an integer."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: integral_floats_as_ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [integral_floats_as_ints(v) for v in value]
+    return value
 
 
 def load_registry(modules: Sequence[str]) -> TaskRegistry:

@@ -17,11 +17,13 @@ import functools
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -39,6 +41,7 @@ from shared.errors import (
     AIAError,
     BadRequest,
     ConfigurationError,
+    Conflict,
     IdempotencyMismatch,
     IntegrityError,
     KeyUnavailable,
@@ -50,7 +53,14 @@ from shared.limits import loads_bounded
 from shared.operations import metrics
 from shared.tasks.documents import PLAIN_ERRORS, TaskDocuments
 from shared.tasks.events import NoEvents, TaskEvents
-from shared.tasks.models import TASK_ID_PATTERN, Task, TaskError, TaskStatus
+from shared.tasks.models import (
+    TASK_ID_PATTERN,
+    CreatedTask,
+    Task,
+    TaskError,
+    TaskMessage,
+    TaskStatus,
+)
 
 if TYPE_CHECKING:
     from shared.security.crypto import TaskKey
@@ -63,6 +73,7 @@ MAX_PAGE_TOKEN_CHARS = 512
 # Conditional writes that keep losing to other writers give up (the delivery is retried).
 _MAX_CONFLICTS = 5
 T = TypeVar("T")
+CANCELLED_MESSAGE = "the task was cancelled"
 
 
 class Problem(StrEnum):
@@ -100,15 +111,47 @@ class Opened:
     detail: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Lease:
-    """A claimed attempt: only its holder's conditional writes can finish the task."""
+    """A claimed attempt: only its holder's conditional writes can change the task.
+
+    `version` follows the holder's own writes (progress, then the outcome), so
+    each is conditioned on the document as the holder last left it.
+    """
 
     task: Task
     key: TaskKey
     lease_id: str
     version: Any
     stored_bytes: int  # sealed bytes already in the document, to bound the result
+    lock: threading.Lock = dataclass_field(default_factory=threading.Lock, repr=False)
+
+
+class CancelWatch:
+    """Whether a cancellation was requested for a running task, learnt from a listener."""
+
+    def __init__(self) -> None:
+        self._requested = threading.Event()
+        self._watch: Any = None
+        self._timer: threading.Timer | None = None
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    def set(self) -> None:
+        self._requested.set()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            if self._timer is not None:
+                self._timer.cancel()
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            with contextlib.suppress(Exception):  # a listener torn down twice is harmless
+                watch.unsubscribe()
 
 
 @dataclass(frozen=True)
@@ -130,6 +173,7 @@ class Created:
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
     run_at: datetime | None = None  # a replay of a submit that scheduled its task
+    fresh: CreatedTask | None = None  # the document as created (not for a replay)
 
 
 @dataclass(frozen=True)
@@ -170,6 +214,7 @@ class TaskRepository(Protocol):
         page_token: str | None,
     ) -> tuple[list[Task], str | None]: ...
     def load(self, tenant_id: str, task_id: str) -> Opened: ...
+    def opened_from_message(self, message: TaskMessage) -> Opened | None: ...
     def take_lease(self, opened: Opened, now: datetime, lease_until: datetime) -> Lease | None: ...
     def finish(
         self,
@@ -180,8 +225,13 @@ class TaskRepository(Protocol):
         error: TaskError | None = None,
         duration_s: float,
         until: float,
+    ) -> TaskStatus | None: ...
+    def record_progress(self, lease: Lease, progress: dict[str, Any]) -> bool: ...
+    def watch_cancel(self, task_id: str, *, after_s: float = 0.5) -> CancelWatch: ...
+    def cancel(self, tenant_id: str, task_id: str, now: datetime) -> Task: ...
+    def fail_unstarted(
+        self, opened: Opened, error: TaskError, now: datetime, *, status: TaskStatus = ...
     ) -> bool: ...
-    def fail_unstarted(self, opened: Opened, error: TaskError, now: datetime) -> bool: ...
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None: ...
     def dead_letter_sent(self, task_id: str) -> None: ...
     def mark_dispatch_pending(self, task_id: str) -> None: ...
@@ -280,8 +330,8 @@ class FirestoreTaskRepository:
         batch.create(self._tasks.document(task.task_id), doc)
         metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
         if idempotency is None:
-            batch.commit(**SUBMIT_WRITE.kwargs())
-            return Created(task.task_id, replayed=False)
+            written = batch.commit(**SUBMIT_WRITE.kwargs())
+            return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
         return self._create_idempotent(task, batch, doc, idempotency)
 
     def _create_idempotent(
@@ -306,8 +356,8 @@ class FirestoreTaskRepository:
                 batch = self._rebatch(task, doc)
             batch.create(idem_ref, record)
             try:
-                batch.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                written = batch.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
             except already_exists:
                 pass
             snap = idem_ref.get(**SUBMIT_WRITE.kwargs())
@@ -326,8 +376,8 @@ class FirestoreTaskRepository:
             renew = self._rebatch(task, doc)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
-                renew.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                written = renew.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
             except failed_precondition:
                 continue
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
@@ -462,6 +512,39 @@ class FirestoreTaskRepository:
 
     # -- worker ------------------------------------------------------------
 
+    def opened_from_message(self, message: TaskMessage) -> Opened | None:
+        """The task as its message describes it when fresh: no read. None if it cannot tell.
+
+        Anything that does not open (a forged or damaged message) falls back to
+        reading the document, which is the only source of truth; so does a
+        document that changed since, whose conditional write will then fail.
+        """
+        fresh = message.created
+        if fresh is None or self._documents is None:
+            return None
+        try:
+            from google.api_core.datetime_helpers import DatetimeWithNanoseconds
+
+            doc: dict[str, Any] = {
+                "tenant_id": message.tenant_id,
+                "type": fresh.type,
+                "status": TaskStatus.QUEUED.value,
+                "attempts": 0,
+                "max_attempts": fresh.max_attempts,
+                "timeout_s": fresh.timeout_s,
+                "created_at": fresh.created_at,
+                "updated_at": fresh.created_at,
+                "data_key": base64.b64decode(fresh.data_key, validate=True),
+                "payload": base64.b64decode(fresh.payload, validate=True),
+            }
+            version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
+            key = self._docs.key_of(message.task_id, doc)
+            task = self._docs.decode(message.task_id, doc, open_fields=("payload",))
+        except Exception:  # noqa: BLE001 - whatever is wrong with it, the document decides
+            log.info("task message not usable; reading the document")
+            return None
+        return Opened(Snapshot(message.task_id, doc, version), task=task, key=key)
+
     def load(self, tenant_id: str, task_id: str) -> Opened:
         snapshot = self._read(task_id, WORKER_CALL)
         if snapshot is None or snapshot.get("tenant_id") != tenant_id:
@@ -496,12 +579,14 @@ class FirestoreTaskRepository:
             "dispatch_pending": False,
         }
         ref = self._tasks.document(task.task_id)
-        failed_precondition, _, _ = _google_errors()
+        failed_precondition, not_found, _ = _google_errors()
         try:
             result = ref.update(
                 changes, option=self._after(snapshot.version), **WORKER_CALL.kwargs()
             )
             version = result.update_time
+        except not_found:
+            return None  # gone (expired): the next read says so
         except failed_precondition:
             # Lost to another writer, or our own write landed and its answer was lost.
             again = self._read(task.task_id, WORKER_CALL)
@@ -520,12 +605,54 @@ class FirestoreTaskRepository:
         error: TaskError | None = None,
         duration_s: float,
         until: float,
-    ) -> bool:
-        """Record the attempt's outcome while `lease` still holds; False if it was lost.
+    ) -> TaskStatus | None:
+        """Record the attempt's outcome while `lease` still holds: the status stored, or None.
 
-        Transient failures are retried until `until` (epoch seconds), inside the
-        lease: the handler's work is done and should not be thrown away.
+        None means the lease was lost (its late outcome is dropped). A task
+        cancelled while the attempt ran is stored `cancelled` whatever the
+        attempt produced. Transient failures are retried until `until` (epoch
+        seconds), inside the lease: the handler's work should not be thrown away.
         """
+        ref = self._tasks.document(lease.task.task_id)
+        failed_precondition, _, _ = _google_errors()
+        with lease.lock:
+            version = lease.version
+            for _ in range(_MAX_CONFLICTS):
+                changes = self._outcome(lease, status, result, error)
+                batch = self._db.batch()
+                batch.update(ref, changes, option=self._after(version))
+                if status.terminal:
+                    self.events.stage(batch, lease.task, status)
+                metrics.record_duration(
+                    batch,
+                    self._db,
+                    lease.task.type,
+                    duration_s,
+                    shards=self._shards,
+                    outcome=status.value,
+                )
+                try:
+                    _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
+                except failed_precondition:
+                    again = self._read(lease.task.task_id, WORKER_CALL)
+                    if again is None:
+                        return None
+                    if again.get("finished_by") == lease.lease_id:
+                        return TaskStatus(again.status)  # our write landed; its answer was lost
+                    if again.get("lease_id") != lease.lease_id:
+                        return None
+                    version = again.version  # touched by another writer; we still hold it
+                    if again.get("cancel_requested") and status is not TaskStatus.CANCELLED:
+                        # Cancelled while the attempt ran: its late outcome is discarded.
+                        status, result = TaskStatus.CANCELLED, None
+                        error = TaskError(code="cancelled", message=CANCELLED_MESSAGE)
+                else:
+                    return status
+        raise Unavailable("the task document kept changing while its attempt was recorded")
+
+    def _outcome(
+        self, lease: Lease, status: TaskStatus, result: Any, error: TaskError | None
+    ) -> dict[str, Any]:
         now = _now()
         changes: dict[str, Any] = {
             "status": status.value,
@@ -540,53 +667,143 @@ class FirestoreTaskRepository:
             )
         if error is not None:
             changes.update(self._docs.seal_error(lease.key, error))
-        terminal = status.terminal
-        if terminal:
+        if status.terminal:
             changes["finished_at"] = now
         if status is TaskStatus.FAILED:
             changes["dead_letter_pending"] = True
-        ref = self._tasks.document(lease.task.task_id)
-        failed_precondition, _, _ = _google_errors()
-        version = lease.version
-        for _ in range(_MAX_CONFLICTS):
-            batch = self._db.batch()
-            batch.update(ref, changes, option=self._after(version))
-            if terminal:
-                self.events.stage(batch, lease.task, status)
-            metrics.record_duration(
-                batch,
-                self._db,
-                lease.task.type,
-                duration_s,
-                shards=self._shards,
-                outcome=status.value,
-            )
-            try:
-                _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
-            except failed_precondition:
-                again = self._read(lease.task.task_id, WORKER_CALL)
-                if again is None:
-                    return False
-                if again.get("finished_by") == lease.lease_id:
-                    return True  # our write landed; its answer was lost
-                if again.get("lease_id") != lease.lease_id:
-                    return False
-                version = again.version  # someone else touched the document; we still hold it
-            else:
-                return True
-        raise Unavailable("the task document kept changing while its attempt was recorded")
+        return changes
 
-    def fail_unstarted(self, opened: Opened, error: TaskError, now: datetime) -> bool:
-        """Fail a task no delivery can start (tamper, lost key, exhausted, poison); DLQ outbox."""
+    def record_progress(self, lease: Lease, progress: dict[str, Any]) -> bool:
+        """Store an attempt's latest progress (sealed: messages may quote task data).
+
+        Conditioned on the holder's last write; False once the lease is lost.
+        """
+        failed_precondition, _, _ = _google_errors()
+        ref = self._tasks.document(lease.task.task_id)
+        with lease.lock:
+            for _ in range(_MAX_CONFLICTS):
+                changes = {
+                    "progress": lease.key.seal("progress", progress),
+                    "progress_at": _now(),
+                }
+                try:
+                    written = ref.update(
+                        changes, option=self._after(lease.version), **WORKER_CALL.kwargs()
+                    )
+                except failed_precondition:
+                    again = self._read(lease.task.task_id, WORKER_CALL)
+                    if again is None or again.get("lease_id") != lease.lease_id:
+                        return False
+                    lease.version = again.version
+                    continue
+                lease.version = written.update_time
+                return True
+        return False
+
+    def watch_cancel(self, task_id: str, *, after_s: float = 0.5) -> CancelWatch:
+        """A listener on the task's cancellation flag, started only if the attempt lasts.
+
+        Attempts shorter than `after_s` (most of them) never pay for a listener;
+        a longer one learns of a cancellation within the listener's latency.
+        """
+        watch = CancelWatch()
+
+        def on_snapshot(snapshots: list[Any], changes: Any, read_at: Any) -> None:
+            for snap in snapshots:
+                if snap.exists and (snap.to_dict() or {}).get("cancel_requested"):
+                    watch.set()
+
+        def start() -> None:
+            with watch._lock:
+                if watch._stopped:
+                    return
+                try:
+                    watch._watch = self._tasks.document(task_id).on_snapshot(on_snapshot)
+                except Exception:  # a watch that cannot start leaves the deadline to stop it
+                    log.warning("cancellation listener did not start", exc_info=True)
+
+        timer = threading.Timer(after_s, start)
+        timer.daemon = True
+        watch._timer = timer
+        timer.start()
+        return watch
+
+    def cancel(self, tenant_id: str, task_id: str, now: datetime) -> Task:
+        """Cancel a task: at once if it has not started, through its worker if it runs.
+
+        Idempotent: a cancelled task is returned as it is. A task that succeeded
+        or failed is a `Conflict`.
+        """
+        if not valid_task_id(task_id):
+            raise NotFound(f"no task {task_id!r}")
+        failed_precondition, _, _ = _google_errors()
+        for _ in range(_MAX_CONFLICTS):
+            snapshot = self._read(task_id, SUBMIT_WRITE)
+            doc = snapshot.doc if snapshot is not None else None
+            if (
+                doc is None
+                or doc.get("tenant_id") != tenant_id
+                or TaskDocuments.expired(doc, _now())
+            ):
+                raise NotFound(f"no task {task_id!r}")
+            assert snapshot is not None
+            status = TaskStatus(snapshot.status)
+            if status is TaskStatus.CANCELLED or doc.get("cancel_requested"):
+                return _plain_task(task_id, doc)
+            if status.terminal:
+                raise Conflict(f"task {task_id} already {status}; only unfinished tasks cancel")
+            changes: dict[str, Any] = {"cancel_requested": True, "cancel_requested_at": now}
+            if status in (TaskStatus.QUEUED, TaskStatus.SCHEDULED):
+                # Never started: it ends here, and no delivery will run it.
+                changes.update(
+                    {
+                        "status": TaskStatus.CANCELLED.value,
+                        "finished_at": now,
+                        "updated_at": now,
+                        "error": None,
+                        "error_code": "cancelled",
+                    }
+                )
+            batch = self._db.batch()
+            batch.update(
+                self._tasks.document(task_id), changes, option=self._after(snapshot.version)
+            )
+            task = _plain_task(task_id, {**doc, **changes})
+            if task.status is TaskStatus.CANCELLED:
+                self.events.stage(batch, task, TaskStatus.CANCELLED)
+                metrics.record_outcome(
+                    batch, self._db, task.type, TaskStatus.CANCELLED.value, shards=self._shards
+                )
+            try:
+                batch.commit(**SUBMIT_WRITE.kwargs())
+            except failed_precondition:
+                continue
+            if task.status is TaskStatus.CANCELLED:
+                self.events.flush(task, TaskStatus.CANCELLED)
+            return task
+        raise Unavailable("the task kept changing while it was cancelled")
+
+    def fail_unstarted(
+        self,
+        opened: Opened,
+        error: TaskError,
+        now: datetime,
+        *,
+        status: TaskStatus = TaskStatus.FAILED,
+    ) -> bool:
+        """End a task no delivery can start (tamper, lost key, exhausted, poison, cancelled).
+
+        A failure enters the dead-letter outbox; a cancellation does not.
+        """
         snapshot = opened.snapshot
         assert snapshot is not None
         changes: dict[str, Any] = {
-            "status": TaskStatus.FAILED.value,
+            "status": status.value,
             "finished_at": now,
             "updated_at": now,
             "lease_id": None,
             "lease_until": None,
-            "dead_letter_pending": True,
+            "dead_letter_pending": status is TaskStatus.FAILED,
         }
         if opened.key is not None:
             changes.update(self._docs.seal_error(opened.key, error))
@@ -600,10 +817,10 @@ class FirestoreTaskRepository:
             self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
         )
         metrics.record_outcome(
-            batch, self._db, str(snapshot.get("type")), TaskStatus.FAILED.value, shards=self._shards
+            batch, self._db, str(snapshot.get("type")), status.value, shards=self._shards
         )
         task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
-        self.events.stage(batch, task, TaskStatus.FAILED)
+        self.events.stage(batch, task, status)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:
@@ -772,6 +989,25 @@ def _until(call: Callable[[], T], until: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
+def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
+    """What the first delivery needs of a document just created (its first write's result).
+
+    None for a `scheduled` task: its first delivery comes from the ticker, after
+    the write that queued it, and a message describing it would start it early.
+    """
+    if doc["status"] != TaskStatus.QUEUED.value:
+        return None
+    return CreatedTask(
+        version=written.update_time.rfc3339(),
+        type=doc["type"],
+        max_attempts=doc["max_attempts"],
+        timeout_s=doc["timeout_s"],
+        created_at=doc["created_at"],
+        data_key=base64.b64encode(doc["data_key"]).decode("ascii"),
+        payload=base64.b64encode(doc["payload"]).decode("ascii"),
+    )
+
+
 def _plain_task(task_id: str, doc: dict[str, Any]) -> Task:
     """A Task from plain fields only: what a function without the private ring may say."""
     return TaskDocuments.plain(task_id, doc)
@@ -779,11 +1015,12 @@ def _plain_task(task_id: str, doc: dict[str, Any]) -> Task:
 
 def _view_fields(doc: dict[str, Any]) -> tuple[str, ...]:
     status = doc.get("status")
+    fields = ("progress",) if doc.get("progress") is not None else ()
     if status == TaskStatus.SUCCEEDED.value:
-        return ("result",)
+        return ("result", *fields)
     if status == TaskStatus.FAILED.value:
-        return ("error",)
-    return ()
+        return ("error", *fields)
+    return fields
 
 
 def _now() -> datetime:

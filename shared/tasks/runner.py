@@ -19,6 +19,7 @@ lease that allowed it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import multiprocessing
@@ -27,6 +28,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing import context as mp_context
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -166,6 +169,45 @@ def _result_json(result: Any) -> str:
 # --- the parent side -----------------------------------------------------------
 
 
+class _NoMainPopen(popen_forkserver.Popen):
+    """Forkserver start without re-running the parent's main module in the child.
+
+    multiprocessing re-imports `__main__` in every child it prepares. Under
+    functions-framework that is the server's own entry script (or pytest's):
+    slow at best, and the wrong code at worst. A handler child needs only the
+    task modules, which the fork server preloaded, so the main-module entries
+    are dropped from the preparation data; the rest of `_launch` is CPython's.
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        mp_context.set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            mp_context.set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(
+            self,
+            util.close_fds,  # type: ignore[attr-defined]
+            (parent_w, self.sentinel),
+        )
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _HandlerProcess(mp_context.ForkServerProcess):
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:  # noqa: N802 - multiprocessing's own name
+        return _NoMainPopen(process_obj)
+
+
 @dataclass
 class _Child:
     process: Any
@@ -229,7 +271,7 @@ class ProcessRunner:
         parent_conn, child_conn = context.Pipe()
         watch_read, watch_write = context.Pipe(duplex=False)
         cancel = context.Event()
-        process = context.Process(
+        process = _HandlerProcess(
             target=_child_main,
             args=(child_conn, watch_read, cancel, self._modules),
             name="aia-handler",
@@ -274,17 +316,20 @@ class ProcessRunner:
         except OSError:
             child.kill()
             return _crashed("the handler process was gone before the attempt started", events)
-        stop_at: float | None = None
+        told_to_stop = False  # ctx.cancelled is true in the child
+        was_cancelled = False
+        kill_at = spec.deadline + STOP_GRACE_S
         while True:
             now = time.time()
-            if stop_at is None and (
-                now >= spec.deadline or (cancelled is not None and cancelled())
-            ):
-                child.cancel.set()  # ctx.cancelled turns true; the handler may still return
-                stop_at = now + STOP_GRACE_S
-            wait = (stop_at if stop_at is not None else spec.deadline) - now
+            if not was_cancelled and cancelled is not None and cancelled():
+                # Cancelled: the handler is told at once and may return early; one that
+                # ignores it is still stopped at its deadline, as a timeout would be.
+                was_cancelled = True
+            if not told_to_stop and (was_cancelled or now >= spec.deadline):
+                child.cancel.set()
+                told_to_stop = True
             try:
-                ready = child.conn.poll(max(0.0, min(wait, 0.25)))
+                ready = child.conn.poll(max(0.0, min(kill_at - now, 0.25)))
                 message = child.conn.recv() if ready else None
             except (EOFError, OSError):
                 child.kill()
@@ -296,38 +341,21 @@ class ProcessRunner:
                     if on_event is not None:
                         on_event(body)
                     continue
-                if stop_at is not None:
-                    # Returned after being told to stop: the attempt still ran out of time
-                    # (or was cancelled); its late result is not trusted.
-                    self._checkin(child)
-                    return self._stopped(spec, cancelled, events)
                 self._checkin(child)
+                if was_cancelled:
+                    return _cancelled(events)
+                if now >= spec.deadline:
+                    # Returned only after its deadline: the attempt ran out of time,
+                    # and its late result is not trusted.
+                    return _timed_out(spec, events)
                 return _with_events(body, events)
-            if stop_at is not None and time.time() >= stop_at:
+            if time.time() >= kill_at:
                 child.kill()
                 log.warning(
                     "handler process killed",
                     extra={"task_id": spec.task_id, "attempt": spec.attempt},
                 )
-                return self._stopped(spec, cancelled, events)
-
-    @staticmethod
-    def _stopped(
-        spec: AttemptSpec, cancelled: Callable[[], bool] | None, events: list[tuple[Any, ...]]
-    ) -> AttemptOutcome:
-        if cancelled is not None and cancelled() and time.time() < spec.deadline:
-            return AttemptOutcome(
-                error_code="cancelled",
-                error_message="the task was cancelled while this attempt ran",
-                retryable=False,
-                events=tuple(events),
-            )
-        return AttemptOutcome(
-            error_code="timeout",
-            error_message=f"attempt {spec.attempt} did not finish before its deadline",
-            retryable=True,
-            events=tuple(events),
-        )
+                return _cancelled(events) if was_cancelled else _timed_out(spec, events)
 
     def close(self) -> None:
         """Stop every idle child (tests, and instance shutdown)."""
@@ -335,6 +363,24 @@ class ProcessRunner:
             idle, self._idle = self._idle, []
         for child in idle:
             child.kill()
+
+
+def _cancelled(events: list[tuple[Any, ...]]) -> AttemptOutcome:
+    return AttemptOutcome(
+        error_code="cancelled",
+        error_message="the task was cancelled while this attempt ran",
+        retryable=False,
+        events=tuple(events),
+    )
+
+
+def _timed_out(spec: AttemptSpec, events: list[tuple[Any, ...]]) -> AttemptOutcome:
+    return AttemptOutcome(
+        error_code="timeout",
+        error_message=f"attempt {spec.attempt} did not finish before its deadline",
+        retryable=True,
+        events=tuple(events),
+    )
 
 
 def _crashed(message: str, events: list[tuple[Any, ...]]) -> AttemptOutcome:

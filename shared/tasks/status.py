@@ -28,6 +28,9 @@ class StatusService:
         unknown = sorted(set(params) - _LIST_PARAMS)
         if unknown:
             raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+        empty = sorted(name for name, value in params.items() if not value)
+        if empty:
+            raise ValidationFailed(f"{empty[0]} must not be empty", field=empty[0])
         status = None
         if params.get("status"):
             try:

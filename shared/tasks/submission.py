@@ -16,8 +16,15 @@ from shared.errors import Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import MAX_DELAY_S, Task, TaskMessage, TaskRequest, TaskStatus
-from shared.tasks.registry import TaskRegistry
+from shared.tasks.models import (
+    MAX_DELAY_S,
+    CreatedTask,
+    Task,
+    TaskMessage,
+    TaskRequest,
+    TaskStatus,
+)
+from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
 log = logging.getLogger("aia.submit")
@@ -52,7 +59,15 @@ def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> Tas
     # The HTTP edge checks bodies already; this use case is also called directly.
     check_depth(body, "body")
     try:
-        request = TaskRequest.model_validate(body)
+        # The envelope strictly, as JSON Schema reads it (a bool is no integer, "3" no
+        # number); the payload is checked against its type's model below.
+        envelope = {k: v for k, v in body.items() if k != "payload"}
+        request = TaskRequest.model_validate_json(
+            json.dumps({**integral_floats_as_ints(envelope), "payload": {}}), strict=True
+        )
+        if "payload" not in body or not isinstance(body["payload"], dict):
+            request = TaskRequest.model_validate(body)  # names the payload's own problem
+        request = request.model_copy(update={"payload": body["payload"]})
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "body"
@@ -67,14 +82,16 @@ def start_of(request: TaskRequest, now: datetime) -> datetime | None:
     if request.run_at is not None and request.delay_s is not None:
         raise ValidationFailed("give run_at or delay_s, not both", field="delay_s")
     if request.run_at is not None:
-        start, field = request.run_at.astimezone(UTC), "run_at"
+        # A difference, not astimezone(UTC): a valid time at the calendar's edge
+        # (0001-01-01T00:00+05:00) has no UTC twin, but is simply in the past.
+        ahead, field = request.run_at - now, "run_at"
     elif request.delay_s is not None:
-        start, field = now + timedelta(seconds=request.delay_s), "delay_s"
+        ahead, field = timedelta(seconds=request.delay_s), "delay_s"
     else:
         return None
-    if start - now > timedelta(seconds=MAX_DELAY_S):
+    if ahead > timedelta(seconds=MAX_DELAY_S):
         raise ValidationFailed(f"{field} is more than 365 days ahead", field=field)
-    return start if start - now > DUE_NOW else None
+    return now + ahead if ahead > DUE_NOW else None
 
 
 def validate_idempotency_key(key: str) -> str:
@@ -136,14 +153,18 @@ class SubmitService:
                 run_at=created.run_at,
             )
         if run_at is not None:
+            # Stored `scheduled` and not published: the ticker queues it when due. Its
+            # document must never travel as a fresh task's (that would start it now).
             return Submitted(task.task_id, replayed=False, dispatched=True, run_at=run_at)
-        return Submitted(task.task_id, replayed=False, dispatched=self._dispatch(task))
+        return Submitted(
+            task.task_id, replayed=False, dispatched=self._dispatch(task, created.fresh)
+        )
 
-    def _dispatch(self, task: Task) -> bool:
+    def _dispatch(self, task: Task, fresh: CreatedTask | None = None) -> bool:
         """Publish the task's id; on failure flag it for the sweep and say it was deferred."""
         try:
             self._publisher.publish(
-                TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id),
+                TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id, created=fresh),
                 attributes={"type": task.type},
             )
         except Unavailable:
@@ -164,3 +185,7 @@ class SubmitService:
             # Already queued or running again: the earlier replay's dispatch stands.
             return Replayed(task, dispatched=not task.dispatch_pending)
         return Replayed(task, dispatched=self._dispatch(task))
+
+    def cancel(self, tenant_id: str, task_id: str) -> Task:
+        """Cancel a task: it never starts if it has not, and a running attempt is told to stop."""
+        return self._repository.cancel(tenant_id, task_id, datetime.now(UTC))

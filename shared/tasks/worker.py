@@ -33,7 +33,8 @@ from shared.errors import (
 )
 from shared.limits import loads_bounded
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import TaskError, TaskMessage, TaskStatus
+from shared.tasks.models import Task, TaskError, TaskMessage, TaskStatus
+from shared.tasks.progress import ProgressWriter
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import Lease, Opened, Problem, TaskRepository
 from shared.tasks.runner import STOP_GRACE_S, AttemptOutcome, AttemptRunner, AttemptSpec
@@ -48,6 +49,7 @@ class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     RETRY = "retry"  # attempt failed; Pub/Sub redelivers with backoff
     FAILED = "failed"  # failed for good, dead-lettered
+    CANCELLED = "cancelled"  # cancelled while it ran (or before): acknowledged
     SKIPPED = "skipped"  # duplicate, busy or unknown delivery: acknowledged
 
 
@@ -94,8 +96,11 @@ class Worker:
 
     def process(self, message: TaskMessage) -> Processed:
         self._runner.warm()  # the child starts while the task is read
+        # A fresh task's first delivery carries its document: no read unless it changed.
+        described = self._repository.opened_from_message(message)
         for _ in range(_MAX_CONFLICTS):
-            opened = self._repository.load(message.tenant_id, message.task_id)
+            opened = described or self._repository.load(message.tenant_id, message.task_id)
+            described = None
             now = datetime.now(UTC)
             decided = self._decide(message, opened, now)
             if decided is _RELOAD:
@@ -111,7 +116,7 @@ class Worker:
             return self._run(message, lease, lease_until)
         raise Unavailable(f"task {message.task_id} kept changing under this delivery")
 
-    def _decide(  # noqa: PLR0911 - one answer per way a delivery can end here
+    def _decide(  # noqa: PLR0911, PLR0912 - one answer per way a delivery can end here
         self, message: TaskMessage, opened: Opened, now: datetime
     ) -> object:
         """A final answer for this delivery, `_RELOAD`, or None to claim an attempt."""
@@ -129,6 +134,10 @@ class Worker:
             # the sweep republishes the expired lease. A nack here would count towards
             # Pub/Sub's dead-letter policy although the task is healthy.
             return Processed(Outcome.SKIPPED, "busy")
+        if snapshot.get("cancel_requested"):
+            # Cancelled while its worker was lost: it ends here, no attempt runs.
+            error = TaskError(code="cancelled", message="the task was cancelled")
+            return self._fail_unstarted(message, opened, error, now, status=TaskStatus.CANCELLED)
         if opened.problem is Problem.INTEGRITY:
             return self._fail_unstarted(
                 message, opened, TaskError(code="integrity", message=opened.detail), now
@@ -171,12 +180,20 @@ class Worker:
         return None
 
     def _fail_unstarted(
-        self, message: TaskMessage, opened: Opened, error: TaskError, now: datetime
+        self,
+        message: TaskMessage,
+        opened: Opened,
+        error: TaskError,
+        now: datetime,
+        *,
+        status: TaskStatus = TaskStatus.FAILED,
     ) -> object:
-        if not self._repository.fail_unstarted(opened, error, now):
+        if not self._repository.fail_unstarted(opened, error, now, status=status):
             return _RELOAD
         if opened.task is not None:
-            self._repository.events.flush(opened.task, TaskStatus.FAILED)
+            self._repository.events.flush(opened.task, status)
+        if status is TaskStatus.CANCELLED:
+            return Processed(Outcome.CANCELLED)
         log.warning(
             "task failed before an attempt", extra={"task_id": message.task_id, "code": error.code}
         )
@@ -194,15 +211,22 @@ class Worker:
             max_attempts=task.max_attempts,
             deadline=time.time() + task.timeout_s,
         )
+        progress = ProgressWriter(self._repository, lease)
+        watch = self._repository.watch_cancel(task.task_id)
         started = time.perf_counter()
-        outcome = self._runner.run(spec)
+        try:
+            outcome = self._runner.run(spec, cancelled=watch.requested, on_event=progress.offer)
+        finally:
+            watch.stop()
+            progress.close()
         duration = time.perf_counter() - started
         until = lease_until.timestamp() - 1.0
         error, retryable = _failure_of(outcome)
+        stored: TaskStatus | None = None
         if error is None:
             try:
                 result = loads_bounded(outcome.result_json or "null", "result")
-                owned = self._repository.finish(
+                stored = self._repository.finish(
                     lease,
                     status=TaskStatus.SUCCEEDED,
                     result=result,
@@ -213,13 +237,14 @@ class Worker:
                 invalid = exc if isinstance(exc, ResultTooLarge) else ResultInvalid(exc.detail)
                 error, retryable = TaskError(code=invalid.code, message=invalid.detail), False
             else:
-                if not owned:
-                    return Processed(Outcome.SKIPPED, "lease lost")
-                self._repository.events.flush(task, TaskStatus.SUCCEEDED)
-                log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
-                return Processed(Outcome.SUCCEEDED)
+                return self._finished(message, task, stored, duration)
         assert error is not None
-        final = not retryable or task.attempts_left <= 0
+        if error.code == "cancelled":
+            status = TaskStatus.CANCELLED
+        elif not retryable or task.attempts_left <= 0:
+            status = TaskStatus.FAILED
+        else:
+            status = TaskStatus.QUEUED
         # The message is task data (sealed at rest): logs get its code only.
         log.warning(
             "attempt failed",
@@ -227,28 +252,46 @@ class Worker:
                 "task_id": task.task_id,
                 "attempt": task.attempts,
                 "code": error.code,
-                "final": final,
+                "final": status.terminal,
             },
         )
-        owned = self._repository.finish(
-            lease,
-            status=TaskStatus.FAILED if final else TaskStatus.QUEUED,
-            error=error,
-            duration_s=duration,
-            until=until,
+        stored = self._repository.finish(
+            lease, status=status, error=error, duration_s=duration, until=until
         )
-        if not owned:
+        return self._finished(message, task, stored, duration, error)
+
+    def _finished(
+        self,
+        message: TaskMessage,
+        task: Task,
+        stored: TaskStatus | None,
+        duration: float,
+        error: TaskError | None = None,
+    ) -> Processed:
+        """The delivery's answer once the attempt's outcome is (or is not) stored."""
+        if stored is None:
             return Processed(Outcome.SKIPPED, "lease lost")
-        if final:
-            self._repository.events.flush(task, TaskStatus.FAILED)
-            self._dead_letter(message, error.code)
-            return Processed(Outcome.FAILED, error.code)
-        raise TaskFailure(f"attempt {task.attempts} failed ({error.code}); will be retried")
+        if stored.terminal:
+            self._repository.events.flush(task, stored)
+        if stored is TaskStatus.SUCCEEDED:
+            log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
+            return Processed(Outcome.SUCCEEDED)
+        if stored is TaskStatus.CANCELLED:
+            log.info("task cancelled", extra={"task_id": task.task_id})
+            return Processed(Outcome.CANCELLED)
+        code = error.code if error is not None else "failed"
+        if stored is TaskStatus.FAILED:
+            self._dead_letter(message, code)
+            return Processed(Outcome.FAILED, code)
+        raise TaskFailure(f"attempt {task.attempts} failed ({code}); will be retried")
 
     def _dead_letter(self, message: TaskMessage, reason: str) -> None:
         # At once, rather than after Pub/Sub's >= 5 deliveries; the failed state is
         # stored with an outbox flag first, so a publish lost here is swept later.
-        data = json.dumps(message.model_dump(), separators=(",", ":")).encode()
+        # Ids only: the dead letter names the task, whose document says the rest.
+        data = json.dumps(
+            {"task_id": message.task_id, "tenant_id": message.tenant_id}, separators=(",", ":")
+        ).encode()
         attributes = {"tenant_id": message.tenant_id, "task_id": message.task_id, "reason": reason}
         try:
             self._publisher.dead_letter(data, attributes)

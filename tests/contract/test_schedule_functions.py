@@ -118,12 +118,12 @@ def test_schedules_routes_methods_and_auth(api_key: Callable[[str], str]) -> Non
     assert_problem(client.post(f"/schedules/{'a' * 32}:explode", headers=key), 404)
     missing = client.put("/schedules", headers=key)
     assert_problem(missing, 405)
-    assert missing.headers["Allow"] == "GET, POST"
+    assert missing.headers["Allow"] == "GET, POST, HEAD"
     assert_serves_only(
         client,
         path=f"/schedules/{'a' * 32}",
         unknown=f"/schedules/{'a' * 32}/x",
-        allow="GET, DELETE",
+        allow="DELETE, GET, HEAD",
         refused=("POST", "PUT", "PATCH"),
     )
     pause = client.get(f"/schedules/{'a' * 32}:pause", headers=key)

@@ -415,3 +415,26 @@ def test_a_failed_task_is_replayed_once_as_fresh_attempts(api_key: Callable[[str
     assert assert_problem(conflict, 409)["type"] == "https://aia.dev/problems/not-replayable"
     assert_problem(submit.post("/tasks/unknown:replay", headers=auth(acme)), 404)
     assert_problem(submit.get(f"/tasks/{task_id}:replay", headers=auth(acme)), 405)
+
+
+def test_cancel_over_http(api_key: Callable[[str], str]) -> None:
+    acme, globex = api_key("acme"), api_key("globex")
+    submit = function_client("submit_task")
+    queued = submit.post("/tasks", json={"type": "echo", "payload": {}}, headers=auth(acme))
+    task_id = queued.get_json()["task_id"]
+    assert_problem(submit.post(f"/tasks/{task_id}:cancel", headers=auth(globex)), 404)
+    cancelled = submit.post(f"/tasks/{task_id}:cancel", headers=auth(acme))
+    assert cancelled.status_code == 202
+    assert cancelled.get_json()["status"] == "cancelled"
+    again = submit.post(f"/tasks/{task_id}:cancel", headers=auth(acme))
+    assert (again.status_code, again.get_json()["status"]) == (202, "cancelled")
+    worker = function_client("process_task", "cloudevent")
+    assert worker.post("/", json=push_body({"task_id": task_id, "tenant_id": "acme"})).status_code
+    view = function_client("task_status").get(f"/tasks/{task_id}", headers=auth(acme))
+    assert (view.get_json()["status"], view.get_json()["attempts"]) == ("cancelled", 0)
+
+    done = submit.post("/tasks", json={"type": "echo", "payload": {}}, headers=auth(acme))
+    done_id = done.get_json()["task_id"]
+    assert worker.post("/", json=push_body({"task_id": done_id, "tenant_id": "acme"})).status_code
+    conflict = submit.post(f"/tasks/{done_id}:cancel", headers=auth(acme))
+    assert assert_problem(conflict, 409)["type"] == "https://aia.dev/problems/conflict"

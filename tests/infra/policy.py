@@ -37,7 +37,12 @@ PROJECT_LEVEL_ROLES = frozenset(
     }
 )
 # Functions users call (through the load balancer when there is one).
-USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status", "schedules"})
+USER_FACING = frozenset(
+    {"health", "metrics", "submit_task", "task_status", "schedules", "openapi", "dashboard"}
+)
+# Kept warm in prod: the API's own request path. The OpenAPI document and the
+# dashboard's files are fetched once per visit and tolerate a cold start.
+WARM_IN_PROD = USER_FACING - {"openapi", "dashboard"}
 # Which key ring each function reads (AIA_KEYRING); the others read none.
 # schedules seals a schedule's payload; schedule_tick opens it to submit a slot's task.
 KEYRING = {

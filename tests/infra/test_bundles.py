@@ -295,7 +295,10 @@ def submitted(world: World, bundles: dict[str, package.Bundle], runtime_venv: Pa
     assert_serves(report, 202)
     task_id = json.loads(report["body"])["task_id"]
     messages = pull(world.tasks_observer, host=world.env["PUBSUB_EMULATOR_HOST"])
-    assert [m.json() for m in messages] == [{"task_id": task_id, "tenant_id": "bundle-check"}]
+    assert [(m.json()["task_id"], m.json()["tenant_id"]) for m in messages] == [
+        (task_id, "bundle-check")
+    ]
+    assert set(messages[0].json()["created"]) >= {"version", "data_key", "payload"}
     return Submitted(report, task_id, messages[0])
 
 
@@ -411,6 +414,30 @@ def test_schedule_tick_bundle_serves(
     fired = world.schedules.document(schedule).get()
     task = world.tasks.document(fired.get("last_task_id")).get()
     assert (task.get("tenant_id"), task.get("type")) == ("bundle-check", "echo")
+
+
+def test_openapi_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path="/openapi.json")
+    report = assert_serves(serve("openapi", request, world, bundles, runtime_venv))
+    assert report["content_type"] == "application/json"
+    # The probe keeps the start of the body: the document begins with its version.
+    assert report["body"].startswith('{"openapi":"3.1.0"'), report["body"][:200]
+
+
+def test_dashboard_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # The page and its files travel inside shared/dashboard/ in the bundle.
+    for path, kind in (
+        ("/dashboard", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+    ):
+        report = assert_serves(serve("dashboard", Request(path=path), world, bundles, runtime_venv))
+        assert report["content_type"].startswith(kind), (path, report["content_type"])
+        assert report["body"], path
 
 
 SERVING_CHECKS = {

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from shared import queries
+from shared.api import routes
 from shared.config import ENVIRONMENT, REDELIVERY_MARGIN_S, Settings
 from tests.infra.hclfiles import (
     DEPLOY,
@@ -37,6 +38,7 @@ from tests.infra.policy import (
     PROJECT_LEVEL_ROLES,
     PUBLISHERS,
     USER_FACING,
+    WARM_IN_PROD,
 )
 from tools.package import discover_functions
 from tools.tfschema.venvs import REPO_ROOT
@@ -481,7 +483,7 @@ def _iam_resources() -> list[tuple[str, str, str, dict[str, Any]]]:
 
 
 def test_iam_roles_come_from_the_allow_list(functions: dict[str, dict[str, Any]]) -> None:
-    roles: set[str] = {spec["firestore"] for spec in functions.values()}
+    roles: set[str] = {spec["firestore"] for spec in functions.values() if spec["firestore"]}
     roles |= {spec["keys_firestore"] for spec in functions.values() if spec["keys_firestore"]}
     for module, type_, name, body in _iam_resources():
         assert not type_.endswith(("_iam_binding", "_iam_policy")), (
@@ -620,31 +622,47 @@ def test_required_apis(service: Module) -> None:
 # Load balancer
 
 
-def test_gateway_routes_match_the_local_stack() -> None:
+def test_gateway_routes_are_the_route_tables_rules() -> None:
+    """The URL map is shared.api.routes.routing_rules(), rule for rule, in the same order."""
     gateway = load_module(GATEWAY)
-    routes = gateway.locals["routes"]
-    by_path = {(r["full_path"] or r["prefix"], r["method"]): r["backend"] for r in routes}
-    assert by_path == {
-        ("/health", None): "health",
-        ("/metrics", None): "metrics",
-        ("/tasks/submit", None): "submit_task",
-        ("/tasks", "POST"): "submit_task",
-        ("/tasks", None): "task_status",
-        ("/tasks/", None): "task_status",
-        ("/schedules", None): "schedules",
-        ("/schedules/", None): "schedules",
-    }
-    priorities = [r["priority"] for r in routes]
+    routes_tf = gateway.locals["routes"]
+    priorities = [r["priority"] for r in routes_tf]
     assert priorities == sorted(set(priorities))
-    # POST /tasks must win over the catch-all /tasks rule.
-    post = next(r for r in routes if r["method"] == "POST")
-    get = next(r for r in routes if r["full_path"] == "/tasks" and r["method"] is None)
-    assert post["priority"] < get["priority"]
+    planned = [
+        routes.Rule(
+            path=r["full_path"] or r["prefix"],
+            prefix=r["prefix"] is not None,
+            method=r["method"],
+            function=r["backend"],
+        )
+        for r in routes_tf
+    ]
+    for r in routes_tf:
+        assert (r["full_path"] is None) != (r["prefix"] is None), r
+    assert planned == list(routes.routing_rules())
     url_map = gateway.text()
     assert 'header_name = ":method"' in url_map
     assert set(gateway.locals["backends"]) == USER_FACING
+    assert {r.function for r in routes.ROUTES} == USER_FACING
     for backend in gateway.resources["google_compute_backend_service"].values():
         assert backend["load_balancing_scheme"] == "EXTERNAL_MANAGED"
+
+
+def test_every_route_reaches_its_function_through_the_load_balancer() -> None:
+    """Each route, at an example path, through the rules as a URL map applies them."""
+    rules = load_module(GATEWAY).locals["routes"]
+
+    def backend(method: str, path: str) -> str:
+        for r in sorted(rules, key=lambda r: r["priority"]):
+            if r["method"] not in (None, method):
+                continue
+            if path == r["full_path"] or (r["prefix"] and path.startswith(r["prefix"])):
+                return str(r["backend"])
+        return "health"  # the URL map's default service
+
+    for route in routes.ROUTES:
+        path = route.example_path()
+        assert backend(route.method, path) == route.function, (route.method, path)
 
 
 # Conventions
@@ -741,7 +759,7 @@ def test_prod_values_in_tfvars() -> None:
     prod = tfvars("prod")
     assert prod["delete_protection"] is True
     assert prod["point_in_time_recovery"] is True
-    for name in USER_FACING:
+    for name in WARM_IN_PROD:
         assert prod["scaling"][name]["min_instances"] >= 1, name
     for env in ENV_NAMES:
         assert tfvars(env)["point_in_time_recovery"] is True, env

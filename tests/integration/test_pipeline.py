@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from shared.errors import (
+    Conflict,
     IdempotencyMismatch,
     IntegrityError,
     KeyUnavailable,
@@ -108,8 +110,15 @@ def test_submit_stores_sealed_task_and_publishes_only_ids(pipeline: Pipeline) ->
     assert secret not in json.dumps(raw, default=repr)
 
     published = pipeline.pull(pipeline.tasks_sub)
-    assert [m["data"] for m in published] == [{"task_id": task_id, "tenant_id": "acme"}]
+    assert len(published) == 1
+    data = published[0]["data"]
+    assert (data["task_id"], data["tenant_id"]) == (task_id, "acme")
     assert published[0]["attributes"]["type"] == "echo"
+    # The fresh task's document travels as stored: sealed, never the plaintext payload.
+    created = data["created"]
+    assert base64.b64decode(created["payload"]) == raw["payload"]
+    assert base64.b64decode(created["data_key"]) == raw["data_key"]
+    assert secret not in json.dumps(data)
 
     view = pipeline.status.get("acme", task_id)
     assert view.status is TaskStatus.QUEUED
@@ -766,3 +775,174 @@ def test_handler_error_text_stays_out_of_the_logs(
     error = pipeline.status.get("acme", task_id).error
     assert error is not None
     assert card in error.message  # the client still reads why it failed
+
+
+def test_a_queued_task_cancelled_never_starts(pipeline: Pipeline) -> None:
+    probe = marker()
+    task_id = submit(pipeline, {"type": "probe", "payload": {"marker": probe}})
+    with pytest.raises(NotFound):
+        pipeline.submit.cancel("globex", task_id)  # another tenant's is nobody's
+    cancelled = pipeline.submit.cancel("acme", task_id)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert pipeline.submit.cancel("acme", task_id).status is TaskStatus.CANCELLED  # idempotent
+    outcome = pipeline.worker.process(message(task_id))
+    assert (outcome.outcome, outcome.detail) == (Outcome.SKIPPED, "terminal")
+    assert read_probe(probe)["attempts"] == []
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.CANCELLED, 0)
+    assert pipeline.pull(pipeline.dead_letter_sub) == []
+
+
+def test_a_running_task_sees_cancelled_and_its_late_result_is_discarded(
+    pipeline: Pipeline,
+) -> None:
+    probe = marker()
+    body = {"type": "probe", "payload": {"marker": probe, "hold_attempts": 1}}
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    asked = pipeline.submit.cancel("acme", task_id)
+    assert (asked.status, asked.cancel_requested) == (TaskStatus.RUNNING, True)
+    # The well-behaved handler stops on ctx.cancelled (it would otherwise hold forever).
+    assert running.result().outcome is Outcome.CANCELLED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.attempts) == (TaskStatus.CANCELLED, 1)
+    assert view.result is None
+    assert pipeline.pull(pipeline.dead_letter_sub) == []
+    with pytest.raises(Conflict):
+        pipeline.submit.cancel("acme", submit_and_run(pipeline))
+
+
+def test_a_handler_ignoring_cancellation_is_stopped_at_its_deadline(pipeline: Pipeline) -> None:
+    probe = marker()
+    body = {
+        "type": "probe",
+        "payload": {"marker": probe, "seconds": 60, "honour_cancel": False},
+        "timeout_s": 2,
+    }
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    until(lambda: read_probe(probe)["attempts"] == [1])
+    pipeline.submit.cancel("acme", task_id)
+    assert running.result().outcome is Outcome.CANCELLED
+    assert pipeline.status.get("acme", task_id).status is TaskStatus.CANCELLED
+    _, _, pid = read_probe(probe)["starts"][0]
+    assert not _alive(pid)
+
+
+def test_a_result_that_lands_as_the_cancel_arrives_is_discarded(pipeline: Pipeline) -> None:
+    task_id = submit(pipeline, {"type": "echo", "payload": {"v": 1}})
+    opened = pipeline.repository.load("acme", task_id)
+    now = datetime.now(UTC)
+    lease = pipeline.repository.take_lease(opened, now, now + timedelta(minutes=1))
+    assert lease is not None
+    pipeline.submit.cancel("acme", task_id)  # between the handler's return and the write
+    stored = pipeline.repository.finish(
+        lease, status=TaskStatus.SUCCEEDED, result={"v": 1}, duration_s=0.01, until=time.time() + 30
+    )
+    assert stored is TaskStatus.CANCELLED
+    view = pipeline.status.get("acme", task_id)
+    assert (view.status, view.result) == (TaskStatus.CANCELLED, None)
+
+
+def test_progress_is_stored_coalesced_and_shown_in_the_view(pipeline: Pipeline) -> None:
+    probe = marker()
+    body = {
+        "type": "probe",
+        "payload": {"marker": probe, "seconds": 2.5, "progress_reports": 5000},
+    }
+    task_id = submit(pipeline, body)
+    running = Delivery(pipeline.worker, task_id)
+    running.start()
+    seen = until(lambda: pipeline.status.get("acme", task_id).progress)
+    assert 0 < seen.fraction <= 1
+    assert seen.message is not None
+    assert seen.message.startswith("step ")
+    assert running.result().outcome is Outcome.SUCCEEDED
+    final = pipeline.status.get("acme", task_id).to_json()
+    assert final["progress"]["fraction"] == 1.0
+    assert final["progress"]["metadata"] == {"step": 5000}
+    # Sealed like the payload: a database reader learns nothing from it.
+    assert b"step" not in raw(pipeline, task_id)["progress"]
+
+
+def submit_and_run(p: Pipeline) -> str:
+    task_id = submit(p, {"type": "echo", "payload": {}})
+    assert p.worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    return task_id
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class CountingReads(FirestoreTaskRepository):
+    """The real repository, counting the task documents it reads."""
+
+    reads = 0
+
+    def _read(self, task_id: str, deadline: Any) -> Any:
+        type(self).reads += 1
+        return super()._read(task_id, deadline)
+
+
+def counting(p: Pipeline) -> tuple[Worker, type[CountingReads]]:
+    documents = TaskDocuments(TaskSealer(p.ring), TaskOpener(p.ring), retention=timedelta(days=1))
+    repository = CountingReads(p.db, documents, metric_shards=4)
+    CountingReads.reads = 0
+    return p.worker_with(repository), CountingReads
+
+
+def published(p: Pipeline) -> dict[str, TaskMessage]:
+    """Every message waiting on the tasks topic, by task id."""
+    return {
+        m["data"]["task_id"]: TaskMessage.model_validate(m["data"]) for m in p.pull(p.tasks_sub)
+    }
+
+
+def test_a_fresh_tasks_first_delivery_reads_nothing(pipeline: Pipeline) -> None:
+    worker, reads = counting(pipeline)
+    task_id = submit(pipeline, {"type": "echo", "payload": {"fast": True}})
+    delivered = published(pipeline)[task_id]
+    assert delivered.created is not None
+    assert worker.process(delivered).outcome is Outcome.SUCCEEDED
+    assert reads.reads == 0
+    assert pipeline.status.get("acme", task_id).result == {"fast": True}
+    # A duplicate of the same message finds the document changed: it reads, and skips.
+    assert worker.process(delivered).outcome is Outcome.SKIPPED
+    assert reads.reads >= 1
+
+
+def test_a_message_describing_another_document_falls_back_to_the_stored_one(
+    pipeline: Pipeline,
+) -> None:
+    worker, reads = counting(pipeline)
+    real = submit(pipeline, {"type": "echo", "payload": {"mine": 1}})
+    other = submit(pipeline, {"type": "echo", "payload": {"forged": 2}})
+    messages = published(pipeline)
+    genuine, forged_from = messages[real], messages[other]
+    assert genuine.created is not None
+    assert forged_from.created is not None
+    # Another task's sealed payload does not open under this task's key: the stored one runs.
+    forged = genuine.model_copy(
+        update={
+            "created": genuine.created.model_copy(update={"payload": forged_from.created.payload})
+        }
+    )
+    assert worker.process(forged).outcome is Outcome.SUCCEEDED
+    assert reads.reads >= 1
+    assert pipeline.status.get("acme", real).result == {"mine": 1}
+    # A stale description (the task was cancelled since) loses its conditional write.
+    cancelled = submit(pipeline, {"type": "echo", "payload": {}})
+    stale = published(pipeline)[cancelled]
+    pipeline.submit.cancel("acme", cancelled)
+    assert worker.process(stale).outcome is Outcome.SKIPPED
+    assert pipeline.status.get("acme", cancelled).status is TaskStatus.CANCELLED

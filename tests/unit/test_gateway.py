@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from devtools.gateway import GatewayServer, route
+from shared.api import routes
 from tests.support.problems import problem_body
 
 FUNCTIONS = ("health", "metrics", "submit_task", "task_status")
@@ -31,19 +32,42 @@ FUNCTIONS = ("health", "metrics", "submit_task", "task_status")
         ("GET", "/tasks/", "task_status"),
         ("GET", "/tasks/abc123", "task_status"),
         ("DELETE", "/tasks/abc123", "task_status"),
+        # Under /tasks/ as the load balancer's prefix rule: task_status answers the 404.
+        ("GET", "/tasks/a/b", "task_status"),
+        ("GET", "/tasks/counts", "task_status"),
+        ("POST", "/tasks/abc:replay", "submit_task"),
+        ("GET", "/openapi.json", "openapi"),
+        ("GET", "/dashboard", "dashboard"),
+        ("GET", "/dashboard/app.js", "dashboard"),
         ("POST", "/schedules", "schedules"),
         ("GET", "/schedules", "schedules"),
         ("GET", "/schedules/abc123", "schedules"),
         ("POST", "/schedules/abc123:pause", "schedules"),
         ("DELETE", "/schedules/abc123", "schedules"),
+        # Under /schedules/ as the load balancer's prefix rule: schedules answers the 404.
+        ("GET", "/schedules/a/b", "schedules"),
         ("GET", "/schedulesx", None),
-        ("GET", "/tasks/a/b", None),
         ("GET", "/nope", None),
+        ("GET", "/openapi.json/x", None),
         ("POST", "/projects/p/topics/t", None),
     ],
 )
 def test_route(method: str, path: str, expected: str | None) -> None:
     assert route(method, path) == expected
+
+
+def test_routes_exactly_the_route_table() -> None:
+    """Every route reaches its function; its other methods reach a function serving the path."""
+    for r in routes.ROUTES:
+        path = r.example_path()
+        assert route(r.method, path) == r.function, (r.method, r.path)
+        for other in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+            served = routes.find(other, path)
+            if served is not None:
+                assert route(other, path) == served.function, (other, r.path)
+            else:
+                # Someone serving this path answers 405 with Allow.
+                assert route(other, path) in {x.function for x in routes.ROUTES}, (other, path)
 
 
 class _Upstream(BaseHTTPRequestHandler):
@@ -102,7 +126,7 @@ class _Upstream(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_POST = do_PUT = do_HEAD = do_GET  # noqa: N815
+    do_POST = do_PUT = do_HEAD = do_TRACE = do_QUERY = do_PROPFIND = do_GET  # noqa: N815
 
 
 @pytest.fixture(scope="module")
@@ -263,3 +287,11 @@ def test_function_refusing_connections_is_502() -> None:
 def test_taken_port_fails_to_bind(gateway: GatewayServer) -> None:
     with pytest.raises(OSError, match="in use"):
         GatewayServer("127.0.0.1", gateway.port)
+
+
+@pytest.mark.parametrize("method", ["TRACE", "QUERY", "PROPFIND"])
+def test_any_method_reaches_the_function(gateway: GatewayServer, method: str) -> None:
+    """The function decides (405 with Allow); the gateway never answers 501 itself."""
+    resp, data = _request(gateway, method, "/tasks/1")
+    assert resp.status == 202
+    assert json.loads(data)["method"] == method

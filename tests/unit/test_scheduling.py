@@ -232,7 +232,15 @@ def test_delay_and_run_at_give_the_start_in_utc() -> None:
 
 
 @pytest.mark.parametrize(
-    "fields", [{}, {"delay_s": 0}, {"delay_s": 1}, {"run_at": "2020-01-01T00:00:00Z"}]
+    "fields",
+    [
+        {},
+        {"delay_s": 0},
+        {"delay_s": 1},
+        {"run_at": "2020-01-01T00:00:00Z"},
+        # Valid RFC 3339 with no UTC twin (before year 1 in UTC): in the past all the same.
+        {"run_at": "0001-01-01T00:00:00+05:00"},
+    ],
 )
 def test_past_or_within_a_second_is_now(fields: dict[str, Any]) -> None:
     assert start_of(request(**fields), NOW) is None
@@ -243,6 +251,8 @@ def test_past_or_within_a_second_is_now(fields: dict[str, Any]) -> None:
     [
         ({"run_at": "2026-06-01T16:00:00Z", "delay_s": 5}, "delay_s"),
         ({"run_at": "2027-06-02T12:00:00Z"}, "run_at"),
+        # Past year 9999 in UTC: far ahead, not a crash.
+        ({"run_at": "9999-12-31T23:00:00-05:00"}, "run_at"),
     ],
 )
 def test_start_refusals_name_their_field(fields: dict[str, Any], field: str) -> None:

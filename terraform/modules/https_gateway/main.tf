@@ -1,17 +1,25 @@
 /**
- * One HTTPS base URL for the functions, with the local stack's paths:
+ * One HTTPS base URL for the functions, with the local stack's paths. The
+ * rules are shared/api/routes.py's routing_rules(), in the same order (a test
+ * compares them), so the dev gateway and this URL map route alike:
  *
- *   GET  /health            -> health
- *   GET  /metrics           -> metrics
- *   POST /tasks/submit      -> submit_task
- *   POST /tasks             -> submit_task   (route rule on the :method pseudo-header)
- *   GET  /tasks, /tasks/{id} -> task_status
- *   /schedules, /schedules/* -> schedules
- *   anything else           -> health, which answers 404 problem+json
+ *   POST /tasks                      -> submit_task  (route rule on the :method pseudo-header)
+ *   /tasks                           -> task_status
+ *   /tasks/submit                    -> submit_task
+ *   /tasks/counts                    -> task_status
+ *   /schedules                       -> schedules
+ *   /health, /                       -> health
+ *   /metrics                         -> metrics
+ *   /openapi.json                    -> openapi
+ *   /dashboard, /dashboard/...       -> dashboard
+ *   /schedules/...                   -> schedules
+ *   POST /tasks/...  (:replay)       -> submit_task
+ *   /tasks/...       ({task_id})     -> task_status
+ *   anything else                    -> health, which answers 404 problem+json
  *
  * A URL map routes by path, but route rules of the global external Application
  * Load Balancer (EXTERNAL_MANAGED) can also match headers, and ":method" names
- * the request method, so POST and GET /tasks reach different functions.
+ * the request method, so POST and GET of one path reach different functions.
  */
 
 locals {
@@ -21,18 +29,26 @@ locals {
     submit_task = var.services.submit_task
     task_status = var.services.task_status
     schedules   = var.services.schedules
+    openapi     = var.services.openapi
+    dashboard   = var.services.dashboard
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
   routes = [
-    { priority = 10, backend = "health", full_path = "/health", prefix = null, method = null },
-    { priority = 20, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 10, backend = "submit_task", full_path = "/tasks", prefix = null, method = "POST" },
+    { priority = 20, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
     { priority = 30, backend = "submit_task", full_path = "/tasks/submit", prefix = null, method = null },
-    { priority = 40, backend = "submit_task", full_path = "/tasks", prefix = null, method = "POST" },
-    { priority = 50, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
-    { priority = 60, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
-    { priority = 70, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
-    { priority = 80, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 40, backend = "task_status", full_path = "/tasks/counts", prefix = null, method = null },
+    { priority = 50, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
+    { priority = 60, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 70, backend = "health", full_path = "/", prefix = null, method = null },
+    { priority = 80, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 90, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
+    { priority = 100, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 110, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 120, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 130, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 140, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

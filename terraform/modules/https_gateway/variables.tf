@@ -36,5 +36,7 @@ variable "services" {
     submit_task = string
     task_status = string
     schedules   = string
+    openapi     = string
+    dashboard   = string
   })
 }

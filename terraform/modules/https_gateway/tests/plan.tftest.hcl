@@ -9,6 +9,8 @@ variables {
     submit_task = "submit-task"
     task_status = "task-status"
     schedules   = "schedules"
+    openapi     = "openapi"
+    dashboard   = "dashboard"
   }
 }
 
@@ -16,13 +18,18 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 8
-    error_message = "Eight route rules."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 14
+    error_message = "Fourteen route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
-    condition     = one([for r in google_compute_url_map.this.path_matcher[0].route_rules : r.match_rules[0].header_matches[0].exact_match if length(r.match_rules[0].header_matches) > 0]) == "POST"
-    error_message = "Exactly one rule matches on the method, for POST /tasks."
+    condition     = [for r in google_compute_url_map.this.path_matcher[0].route_rules : r.match_rules[0].header_matches[0].exact_match if length(r.match_rules[0].header_matches) > 0] == ["POST", "POST"]
+    error_message = "Two rules match on the method: POST /tasks and POST /tasks/{id}:replay."
+  }
+
+  assert {
+    condition     = length(google_compute_backend_service.this) == 7
+    error_message = "One backend per public function."
   }
 
   assert {
