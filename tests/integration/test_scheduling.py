@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,7 +21,7 @@ from shared.scheduling.service import ScheduleService
 from shared.scheduling.ticker import Ticker
 from shared.scheduling.timers import DueTask, FirestoreTimers
 from shared.security.crypto import TaskOpener, TaskSealer
-from shared.tasks.models import TaskMessage, TaskStatus
+from shared.tasks.models import Task, TaskMessage, TaskStatus
 from shared.tasks.worker import Outcome
 
 from .conftest import PROJECT, Pipeline
@@ -179,6 +180,41 @@ def test_a_stray_early_delivery_does_not_run_a_scheduled_task(pipeline: Pipeline
     assert doc["status"] == "scheduled"
     assert doc["attempts"] == 0
     assert doc.get("lease_id") is None
+
+
+def test_a_delayed_task_never_travels_as_a_fresh_one(pipeline: Pipeline) -> None:
+    # The fast path: a fresh task's message carries its created document and the worker
+    # starts it without a read. A scheduled one must not (it would start before run_at).
+    now = datetime.now(UTC)
+    task = Task(
+        task_id=uuid.uuid4().hex,
+        tenant_id="acme",
+        type="echo",
+        status=TaskStatus.SCHEDULED,
+        payload={},
+        max_attempts=3,
+        timeout_s=60,
+        created_at=now,
+        updated_at=now,
+        run_at=now + timedelta(minutes=10),
+    )
+    assert pipeline.repository.create(task, None).fresh is None
+    immediate = task.model_copy(
+        update={"task_id": uuid.uuid4().hex, "status": TaskStatus.QUEUED, "run_at": None}
+    )
+    assert pipeline.repository.create(immediate, None).fresh is not None
+
+
+def test_a_cancelled_delayed_task_is_never_queued(pipeline: Pipeline) -> None:
+    submitted = pipeline.submit.submit("acme", {"type": "echo", "payload": {}, "delay_s": 600})
+    assert submitted.run_at is not None
+    cancelled = pipeline.submit.cancel("acme", submitted.task_id)
+    assert cancelled.status is TaskStatus.CANCELLED
+    due = ticker(pipeline, submitted.run_at + timedelta(seconds=1)).tick()
+    assert due.tasks_dispatched == 0
+    assert pipeline.pull(pipeline.tasks_sub) == []
+    view = pipeline.status.get("acme", submitted.task_id)
+    assert (view.status, view.run_at) == (TaskStatus.CANCELLED, submitted.run_at)
 
 
 # -- cron schedules --------------------------------------------------------------------
