@@ -62,6 +62,8 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("task_status", "http"),
     ("redispatch", "http"),
     ("process_task", "cloudevent"),
+    ("schedules", "http"),
+    ("schedule_tick", "http"),
     ("openapi", "http"),
     ("dashboard", "http"),
 )
@@ -104,6 +106,8 @@ class Options:
     state_dir: Path = REPO_ROOT / ".aia"
     project: str = DEFAULT_PROJECT
     redispatch_every_s: float = 15.0
+    # Delayed tasks start within about this of their run_at (production: every second too).
+    tick_every_s: float = 1.0
     redispatch_after_s: float = 10.0
     # The worker subscription's maximum backoff; the sweep must wait longer than it.
     retry_max_backoff_s: int = 4
@@ -217,8 +221,12 @@ class Stack:
         self._supervise()
         self.gateway.start()
         self._serving = True
-        if "redispatch" in self.functions:
-            self._start_scheduler(self.functions["redispatch"])
+        for name, every_s in (
+            ("redispatch", self.opts.redispatch_every_s),
+            ("schedule_tick", self.opts.tick_every_s),
+        ):
+            if name in self.functions:
+                self._start_scheduler(name, self.functions[name], every_s)
         self._write_dev_env()
 
     def _check_stop(self) -> None:
@@ -445,26 +453,26 @@ class Stack:
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
         return _child_env({**extra, RUN_MARKER_ENV: self.run_id})
 
-    def _start_scheduler(self, redispatch_url: str) -> None:
-        """Call `redispatch` periodically, as Cloud Scheduler does in production."""
+    def _start_scheduler(self, name: str, url: str, every_s: float) -> None:
+        """POST to function `name` every `every_s`, as Cloud Scheduler does in production."""
         sched = logging.getLogger("aia.scheduler")
-        host, _, port = redispatch_url.removeprefix("http://").rpartition(":")
+        host, _, port = url.removeprefix("http://").rpartition(":")
 
         def tick() -> None:
-            while not self.stop_event.wait(self.opts.redispatch_every_s):
+            while not self.stop_event.wait(every_s):
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:
                     conn.request(
                         "POST", "/", body=b"{}", headers={"Content-Type": "application/json"}
                     )
                     resp = conn.getresponse()
-                    sched.info("POST redispatch -> %s %s", resp.status, resp.read()[:500])
+                    sched.info("POST %s -> %s %s", name, resp.status, resp.read()[:500])
                 except OSError as exc:
-                    sched.warning("POST redispatch failed: %r", exc)
+                    sched.warning("POST %s failed: %r", name, exc)
                 finally:
                     conn.close()
 
-        threading.Thread(target=tick, name="scheduler", daemon=True).start()
+        threading.Thread(target=tick, name=f"scheduler-{name}", daemon=True).start()
 
     def _write_dev_env(self) -> None:
         lines = [
@@ -709,6 +717,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--redispatch-every", type=float, default=15.0, help="seconds between redispatch calls"
     )
     parser.add_argument(
+        "--tick-every", type=float, default=1.0, help="seconds between schedule_tick calls"
+    )
+    parser.add_argument(
         "--redispatch-after",
         type=float,
         default=10.0,
@@ -733,6 +744,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         state_dir=args.state_dir.resolve(),
         project=args.project,
         redispatch_every_s=args.redispatch_every,
+        tick_every_s=args.tick_every,
         redispatch_after_s=args.redispatch_after,
         functions_dir=args.functions_dir.resolve(),
         restart_backoff_s=args.restart_backoff,

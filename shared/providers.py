@@ -27,6 +27,8 @@ BACKGROUND_PUBLISH_WAIT_S = 5.0
 if TYPE_CHECKING:
     from shared.operations.counters import TaskCounters
     from shared.operations.redispatch import Redispatcher
+    from shared.scheduling.service import ScheduleService
+    from shared.scheduling.ticker import Ticker
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
@@ -178,6 +180,39 @@ def redispatcher() -> Redispatcher:
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
 
 
+@functools.cache
+def schedule_service() -> ScheduleService:
+    from shared.scheduling.schedules import FirestoreScheduleRepository, ScheduleDocuments
+    from shared.scheduling.service import ScheduleService
+    from shared.security.crypto import TaskSealer
+
+    # The public ring seals a schedule's payload; only the ticker opens it.
+    documents = ScheduleDocuments(TaskSealer(keyring()), None)
+    return ScheduleService(
+        FirestoreScheduleRepository(firestore_client()),
+        documents,
+        task_registry(),
+        get_settings(),
+    )
+
+
+@functools.cache
+def ticker() -> Ticker:
+    from shared.scheduling.schedules import FirestoreScheduleRepository, ScheduleDocuments
+    from shared.scheduling.ticker import Ticker
+    from shared.scheduling.timers import FirestoreTimers
+    from shared.security.crypto import TaskOpener, TaskSealer
+
+    ring = keyring()
+    return Ticker(
+        FirestoreTimers(firestore_client()),
+        FirestoreScheduleRepository(firestore_client()),
+        ScheduleDocuments(TaskSealer(ring), TaskOpener(ring)),
+        submit_service(),
+        task_publisher(BACKGROUND_PUBLISH_WAIT_S),
+    )
+
+
 def reset() -> None:
     """Forget every cached provider, client and setting (stopping the worker's processes)."""
     if worker.cache_info().currsize:
@@ -198,6 +233,8 @@ def reset() -> None:
         status_service,
         worker,
         redispatcher,
+        schedule_service,
+        ticker,
     ):
         provider.cache_clear()
     reset_clients()

@@ -28,6 +28,7 @@ PROMETHEUS = "text/plain; version=1.0.0; charset=utf-8"
 PROBLEM_BASE = "https://aia.dev/problems/"
 
 TASK_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "32 lowercase hex digits"}
+SCHEDULE_ID = TASK_ID
 
 
 class Auth(StrEnum):
@@ -47,7 +48,9 @@ class Header:
 
 
 HEADERS: dict[str, Header] = {
-    "Location": Header("URL of the task's status", {"type": "string"}, required=True),
+    "Location": Header(
+        "URL of the task's status, or of the schedule created", {"type": "string"}, required=True
+    ),
     "Idempotent-Replayed": Header(
         "`true` when this is the stored answer to an earlier request with the same "
         "Idempotency-Key and body",
@@ -160,13 +163,14 @@ IDEMPOTENCY_KEY = Param(
     "original answer with `Idempotent-Replayed: true`; the same key with another body is a 422",
     {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
 )
-TASK_STATUSES = ["queued", "running", "succeeded", "failed"]
+# shared.tasks.models.TaskStatus (a unit test keeps them equal): any of them filters a list.
+TASK_STATUSES = ["scheduled", "queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 
 _SUBMIT_ANSWERS = (
     Answer(
         202,
-        "Stored (encrypted) and queued; `dispatch: deferred` when the publish is left "
-        "to the redispatch sweep",
+        "Stored (encrypted) and queued, or `scheduled` until its `run_at` when a start "
+        "time was given; `dispatch: deferred` when the publish is left to the redispatch sweep",
         (Content(JSON, "shared.api.models:TaskAccepted"),),
         headers=("Location", "Idempotent-Replayed"),
     ),
@@ -203,6 +207,174 @@ def _submit(path: str, operation_id: str, summary: str, description: str = "") -
         body_by_task_type=True,
     )
 
+
+# Cron schedules (functions/schedules). schedule_tick, which fires them, is internal:
+# Cloud Scheduler invokes it, like redispatch, and it has no public route.
+
+SCHEDULE_ID_PARAM = Param(
+    "schedule_id", "path", "The schedule's id, as create answered it", SCHEDULE_ID, True
+)
+_SCHEDULE_VIEW = (Content(JSON, "shared.scheduling.models:ScheduleView"),)
+_NO_SCHEDULE = Answer(404, "No such schedule, or another tenant's", problems=("not-found",))
+
+
+def _schedule_action(action: str, operation_id: str, summary: str, description: str) -> Route:
+    return Route(
+        "POST",
+        f"/schedules/{{schedule_id}}:{action}",
+        "schedules",
+        operation_id=operation_id,
+        summary=summary,
+        description=description,
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(200, "The schedule as it is now", _SCHEDULE_VIEW),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            *(
+                (Answer(422, "The cron names no later slot", problems=("validation",)),)
+                if action == "resume"
+                else ()
+            ),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    )
+
+
+_SCHEDULE_ROUTES = (
+    Route(
+        "POST",
+        "/schedules",
+        "schedules",
+        operation_id="createSchedule",
+        summary="Create a cron schedule: each slot submits the task",
+        description=(
+            "`task` is checked as a submit body would be (its `payload` against its `type`),"
+            " and its payload is stored sealed. Each slot is submitted once, with the"
+            " Idempotency-Key `schedule:<id>:<slot>`."
+        ),
+        auth=Auth.API_KEY,
+        tag="schedules",
+        body="shared.scheduling.models:ScheduleRequest",
+        answers=(
+            Answer(
+                201,
+                "Created: the schedule and its next 5 runs",
+                _SCHEDULE_VIEW,
+                headers=("Location",),
+            ),
+            Answer(
+                400,
+                "The body is not JSON, or nests too deeply",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(
+                413,
+                "The body is over 1 MiB, or the task's payload too large to store",
+                problems=("payload-too-large",),
+            ),
+            Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+            Answer(
+                422,
+                "No cron expression or time zone, an unknown task type, an invalid payload or"
+                " field, or a start time in the task",
+                problems=("validation",),
+            ),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/schedules",
+        "schedules",
+        operation_id="listSchedules",
+        summary="The caller's schedules, newest first, a page at a time",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(
+            Param(
+                "limit",
+                "query",
+                "Page size",
+                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            ),
+            Param(
+                "page_token",
+                "query",
+                "The `next_page_token` of the previous page",
+                {"type": "string", "minLength": 1},
+            ),
+        ),
+        answers=(
+            Answer(
+                200,
+                "A page of schedules",
+                (Content(JSON, "shared.scheduling.models:SchedulePage"),),
+            ),
+            Answer(
+                400,
+                "A page_token this API did not issue",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/schedules/{schedule_id}",
+        "schedules",
+        operation_id="getSchedule",
+        summary="A schedule: its cron, state, next runs, last run and counters",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(200, "The schedule", _SCHEDULE_VIEW),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    _schedule_action(
+        "pause",
+        "pauseSchedule",
+        "Pause a schedule: no slot fires until it is resumed",
+        "A slot held by `buffer_one` is dropped. Idempotent.",
+    ),
+    _schedule_action(
+        "resume",
+        "resumeSchedule",
+        "Resume a paused schedule from its next slot after now",
+        "Slots that passed while it was paused never fire. Idempotent.",
+    ),
+    Route(
+        "DELETE",
+        "/schedules/{schedule_id}",
+        "schedules",
+        operation_id="deleteSchedule",
+        summary="Delete a schedule: no slot fires after this answers",
+        description="Tasks it already submitted are not touched.",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(204, "Deleted"),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+)
 
 _HEALTH_ANSWERS = (
     Answer(
@@ -364,6 +536,7 @@ ROUTES: tuple[Route, ...] = (
             UNAVAILABLE,
         ),
     ),
+    *_SCHEDULE_ROUTES,
     Route(
         "GET",
         "/health",

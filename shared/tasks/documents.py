@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigurationError, PayloadTooLarge, ResultTooLarge
-from shared.queries import EXPIRES_AT
+from shared.queries import EXPIRES_AT, TIMER_SHARD, timer_shard
 from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ _PLAIN_FIELDS = (
     "dispatch_pending",
     "dead_letter_pending",
     "attempt_base",
+    "run_at",
     "cancel_requested",
     "has_dependents",
     "parent_id",
@@ -92,6 +93,10 @@ class TaskDocuments:
             if doc[name] is None:
                 del doc[name]
         doc["status"] = task.status.value
+        if task.run_at is None:
+            del doc["run_at"]  # absent, not null: an immediate task stays out of the timer index
+        else:
+            doc[TIMER_SHARD] = timer_shard(task.task_id)
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
         if self.sealed_size(doc) > MAX_SEALED_BYTES:

@@ -174,6 +174,7 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    run_at: datetime | None = None  # a replay of a submit that scheduled its task
     fresh: CreatedTask | None = None  # the document as created (not for a replay)
 
 
@@ -492,9 +493,7 @@ class FirestoreTaskRepository:
                         "this Idempotency-Key was used with a different request body",
                         field="Idempotency-Key",
                     )
-                return Created(
-                    prior["task_id"], replayed=True, dispatch_pending=self._pending(prior)
-                )
+                return Created(prior["task_id"], replayed=True, **self._prior_state(prior))
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
             renew = self._rebatch(task, doc, extra)
@@ -515,9 +514,15 @@ class FirestoreTaskRepository:
             extra(batch)
         return batch
 
-    def _pending(self, prior: dict[str, Any]) -> bool:
+    def _prior_state(self, prior: dict[str, Any]) -> dict[str, Any]:
+        """What the original answer said: a deferred dispatch, a scheduled start."""
         snap = self._read(str(prior["task_id"]), SUBMIT_WRITE)
-        return bool(snap is not None and snap.get("dispatch_pending"))
+        if snap is None:
+            return {}
+        return {
+            "dispatch_pending": bool(snap.get("dispatch_pending")),
+            "run_at": snap.get("run_at"),
+        }
 
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())
@@ -1112,8 +1117,14 @@ def _until(call: Callable[[], T], until: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask:
-    """What the first delivery needs of a document just created (its first write's result)."""
+def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
+    """What the first delivery needs of a document just created (its first write's result).
+
+    None for a `scheduled` task: its first delivery comes from the ticker, after
+    the write that queued it, and a message describing it would start it early.
+    """
+    if doc["status"] != TaskStatus.QUEUED.value:
+        return None
     return CreatedTask(
         version=written.update_time.rfc3339(),
         type=doc["type"],

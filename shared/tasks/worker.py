@@ -134,6 +134,8 @@ class Worker:
             return Processed(Outcome.SKIPPED, "missing")
         if TaskStatus(snapshot.status).terminal:
             return Processed(Outcome.SKIPPED, "terminal")
+        if snapshot.status == TaskStatus.SCHEDULED:  # a stray delivery: the ticker queues it
+            return Processed(Outcome.SKIPPED, "not due")
         if snapshot.status == TaskStatus.WAITING:
             # Waiting for children or a join: its work resumes when they report in.
             return Processed(Outcome.SKIPPED, "waiting")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import jsonschema_rs
@@ -44,6 +45,19 @@ def _submitted(key: str) -> str:
     return str(response.get_json()["task_id"])
 
 
+HOURLY = {"cron": "0 * * * *", "timezone": "Europe/Paris", "task": {"type": "echo", "payload": {}}}
+
+
+def _schedule(key: str, *, paused: bool = False) -> str:
+    client = function_client("schedules")
+    response = client.post("/schedules", json=HOURLY, headers=_auth(key))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    schedule_id = str(response.get_json()["schedule_id"])
+    if paused:
+        assert client.post(f"/schedules/{schedule_id}:pause", headers=_auth(key)).status_code == 200
+    return schedule_id
+
+
 # One valid request per operation: a new route needs one here (a test says so).
 EXAMPLES: dict[str, Callable[[str], Call]] = {
     "submitTask": lambda key: Call("/tasks", {"type": "sleep", "payload": {"seconds": 0}}),
@@ -57,6 +71,12 @@ EXAMPLES: dict[str, Callable[[str], Call]] = {
     "replayTask": lambda key: Call(f"/tasks/{_submitted(key)}:replay"),
     # A queued task: cancelled at once.
     "cancelTask": lambda key: Call(f"/tasks/{_submitted(key)}:cancel"),
+    "createSchedule": lambda key: Call("/schedules", HOURLY),
+    "listSchedules": lambda key: Call("/schedules?limit=5"),
+    "getSchedule": lambda key: Call(f"/schedules/{_schedule(key)}"),
+    "pauseSchedule": lambda key: Call(f"/schedules/{_schedule(key)}:pause"),
+    "resumeSchedule": lambda key: Call(f"/schedules/{_schedule(key, paused=True)}:resume"),
+    "deleteSchedule": lambda key: Call(f"/schedules/{_schedule(key)}"),
     "health": lambda key: Call("/health"),
     "healthAtRoot": lambda key: Call("/"),
     "metrics": lambda key: Call("/metrics", headers={"Accept": "application/json"}),
@@ -142,6 +162,30 @@ def test_route_answers_as_declared_with_credentials(
     assert response.status_code in route.statuses, response.get_data(as_text=True)
     assert 200 <= response.status_code < 300, response.get_data(as_text=True)
     _validate(document, _response_spec(document, route, response.status_code), response)
+
+
+def test_delayed_submits_and_their_views_answer_as_declared(
+    api_key: Callable[[str], str], document: dict[str, Any]
+) -> None:
+    key = api_key("acme")
+    submit = ROUTES["submitTask"]
+    in_an_hour = datetime.now(UTC).astimezone(timezone(timedelta(hours=1))) + timedelta(hours=1)
+    for start in ({"delay_s": 600}, {"run_at": in_an_hour.isoformat()}):
+        call = Call("/tasks", {"type": "echo", "payload": {}, **start})
+        response = _call(submit, call, _auth(key))
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert response.get_json()["status"] == "scheduled"
+        _validate(document, _response_spec(document, submit, 202), response)
+        task_id = response.get_json()["task_id"]
+        view = _call(ROUTES["getTask"], Call(f"/tasks/{task_id}"), _auth(key))
+        assert view.get_json()["status"] == "scheduled"
+        assert "run_at" in view.get_json()
+        _validate(document, _response_spec(document, ROUTES["getTask"], 200), view)
+    both = {"type": "echo", "payload": {}, "delay_s": 5, "run_at": "2030-01-01T00:00:00Z"}
+    schema = document["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    root = {"components": document["components"], "allOf": [schema["schema"]]}
+    assert not jsonschema_rs.validator_for(root).is_valid(both), "the document allows both"
+    assert jsonschema_rs.validator_for(root).is_valid({**both, "delay_s": None})
 
 
 @pytest.mark.parametrize("operation", sorted(ROUTES))

@@ -334,6 +334,28 @@ def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
     assert target["oidc_token"][0]["audience"] == target["uri"]
 
 
+def test_schedule_tick_is_called_every_minute_and_ticks_within_its_timeout(
+    service: Module, functions: dict[str, dict[str, Any]]
+) -> None:
+    from shared.scheduling.ticker import MAX_LOOP_S
+
+    job = service.resources["google_cloud_scheduler_job"]["schedule_tick"]
+    assert job["schedule"] == "* * * * *"
+    target = job["http_target"][0]
+    assert target["uri"] == '${module.function["schedule_tick"].uri}'
+    assert target["oidc_token"][0]["audience"] == target["uri"]
+    assert target["oidc_token"][0]["service_account_email"] == (
+        "${google_service_account.scheduler_invoker.email}"
+    )
+    assert target["body"] == "${base64encode(jsonencode({for_s = var.tick_loop_s, every_s = 1}))}"
+    assert functions["schedule_tick"]["invokers"] == ["scheduler"]
+    (bounds,) = service.variables["tick_loop_s"]["validation"]
+    high = int(re.findall(r"var\.tick_loop_s <= (\d+)", bounds["condition"])[0])
+    # The loop the code accepts, inside the function's timeout and the job's deadline.
+    assert high <= MAX_LOOP_S < functions["schedule_tick"]["timeout"]
+    assert job["attempt_deadline"] == f"{functions['schedule_tick']['timeout']}s"
+
+
 # Firestore
 
 
@@ -370,6 +392,22 @@ def test_every_query_has_its_composite_index(service: Module) -> None:
     assert not unmatched, f"queries without a composite index: {unmatched}"
     unused = set(indexes) - used
     assert not unused, f"indexes no query uses (each costs writes): {sorted(unused)}"
+
+
+def test_due_times_are_exempt_from_single_field_indexes(service: Module) -> None:
+    exempt = {(f["collection"], f["field"]) for f in service.locals["not_indexed"].values()}
+    assert exempt == set(queries.NOT_INDEXED)
+    field = service.resources["google_firestore_field"]["not_indexed"]
+    assert field["for_each"] == "${local.not_indexed}"
+    assert field["index_config"] == [{}]
+    assert "ttl_config" not in field
+    # Each exempt field is queried only behind a leading shard.
+    for collection, name in queries.NOT_INDEXED:
+        specs = [
+            q for q in queries.ALL_QUERIES if name in (q.range_field, *(f for f, _ in q.order))
+        ]
+        assert specs, name
+        assert all(q.collection == collection and q.equals[0] == queries.TIMER_SHARD for q in specs)
 
 
 def test_index_resource_uses_the_list(service: Module) -> None:

@@ -311,12 +311,21 @@ def test_environment_variables_per_function(env: str, plans: dict[str, Any]) -> 
     }
 
 
+# Who calls the functions users do not: Pub/Sub push, and Cloud Scheduler.
+INTERNAL_INVOKERS = {
+    "process_task": {"pubsub_push"},
+    "redispatch": {"scheduler"},
+    "schedule_tick": {"scheduler"},
+}
+INTERNAL_GRANTS = sum(map(len, INTERNAL_INVOKERS.values()))
+
+
 def expected_invokers(case: str) -> dict[str, set[str]]:
     """Function -> the keys of its run.invoker members, from the case's variables."""
     values = case_values(case)
     users = {"public"} if values.get("public_access", False) else set()
     users |= set(values.get("invoker_members", []))
-    internal = {"process_task": {"pubsub_push"}, "redispatch": {"scheduler"}}
+    internal = INTERNAL_INVOKERS
     names = package.discover_functions(REPO_ROOT)
     return {n: users if n in USER_FACING else internal.get(n, set()) for n in names}
 
@@ -347,7 +356,9 @@ def test_invokers_in_plan(case: str, plans: dict[str, Any]) -> None:
     expected = expected_invokers(case)
     assert {f: k for f, k in planned.items() if k} == {f: k for f, k in expected.items() if k}
     public = bool(values.get("public_access", False))
-    assert len(members) == 2 + len(USER_FACING) * (public + len(values.get("invoker_members", [])))
+    assert len(members) == INTERNAL_GRANTS + len(USER_FACING) * (
+        public + len(values.get("invoker_members", []))
+    )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -366,7 +377,7 @@ def test_iam_in_plan(case: str, plans: dict[str, Any]) -> None:
     # Every grant the plan holds, counted by kind: one more or less is a reviewed change.
     invokers = len(expected_invokers(case)["health"])
     assert counted == {
-        "google_cloud_run_v2_service_iam_member": 2 + len(USER_FACING) * invokers,
+        "google_cloud_run_v2_service_iam_member": INTERNAL_GRANTS + len(USER_FACING) * invokers,
         # tasks database for every function, keys database for its readers, 2 for builds
         "google_project_iam_member": len(functions(plans[case])) + len(KEYS_READERS) + 2,
         "google_secret_manager_secret_iam_member": len(KEYRING) + len(METRICS_TOKEN),

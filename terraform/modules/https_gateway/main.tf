@@ -7,10 +7,12 @@
  *   /tasks                           -> task_status
  *   /tasks/submit                    -> submit_task
  *   /tasks/counts                    -> task_status
+ *   /schedules                       -> schedules
  *   /health, /                       -> health
  *   /metrics                         -> metrics
  *   /openapi.json                    -> openapi
  *   /dashboard, /dashboard/...       -> dashboard
+ *   /schedules/...                   -> schedules
  *   POST /tasks/...  (:replay)       -> submit_task
  *   /tasks/...       ({task_id})     -> task_status
  *   anything else                    -> health, which answers 404 problem+json
@@ -26,6 +28,7 @@ locals {
     metrics     = var.services.metrics
     submit_task = var.services.submit_task
     task_status = var.services.task_status
+    schedules   = var.services.schedules
     openapi     = var.services.openapi
     dashboard   = var.services.dashboard
   }
@@ -36,14 +39,16 @@ locals {
     { priority = 20, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
     { priority = 30, backend = "submit_task", full_path = "/tasks/submit", prefix = null, method = null },
     { priority = 40, backend = "task_status", full_path = "/tasks/counts", prefix = null, method = null },
-    { priority = 50, backend = "health", full_path = "/health", prefix = null, method = null },
-    { priority = 60, backend = "health", full_path = "/", prefix = null, method = null },
-    { priority = 70, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
-    { priority = 80, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
-    { priority = 90, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
-    { priority = 100, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
-    { priority = 110, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
-    { priority = 120, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 50, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
+    { priority = 60, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 70, backend = "health", full_path = "/", prefix = null, method = null },
+    { priority = 80, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 90, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
+    { priority = 100, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 110, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 120, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 130, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 140, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

@@ -35,6 +35,7 @@ variable "services" {
     metrics     = string
     submit_task = string
     task_status = string
+    schedules   = string
     openapi     = string
     dashboard   = string
   })

@@ -35,6 +35,27 @@ locals {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
+    # Timers: the shard leads, so nearly monotonic due times spread over
+    # TIMER_SHARDS index ranges (Firestore serves ~500 writes/s per range).
+    due_tasks = {
+      collection = "tasks"
+      fields     = [["timer_shard", "ASCENDING"], ["status", "ASCENDING"], ["run_at", "ASCENDING"]]
+    }
+    due_schedules = {
+      collection = "schedules"
+      fields     = [["timer_shard", "ASCENDING"], ["state", "ASCENDING"], ["due_at", "ASCENDING"]]
+    }
+    list_schedules = {
+      collection = "schedules"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+  }
+
+  # shared/queries.py NOT_INDEXED: due times only the sharded indexes above may
+  # hold; their automatic single-field index would be the unsharded hot range.
+  not_indexed = {
+    tasks_run_at     = { collection = "tasks", field = "run_at" }
+    schedules_due_at = { collection = "schedules", field = "due_at" }
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
@@ -102,6 +123,17 @@ resource "google_firestore_field" "ttl" {
   field      = local.ttl_field
 
   ttl_config {}
+
+  index_config {}
+}
+
+resource "google_firestore_field" "not_indexed" {
+  for_each = local.not_indexed
+
+  project    = var.project_id
+  database   = google_firestore_database.this.name
+  collection = each.value.collection
+  field      = each.value.field
 
   index_config {}
 }

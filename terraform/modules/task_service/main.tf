@@ -177,6 +177,40 @@ locals {
       cpu           = "0.333"
       concurrency   = 1
     }
+    schedules = {
+      invokers       = []
+      description    = "The caller's cron schedules: create, list, read, pause, resume, delete."
+      user_facing    = true
+      firestore      = "roles/datastore.user"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = []
+      views          = []
+      # Seals a schedule's task payload; only schedule_tick can open it.
+      keyring       = "public"
+      metrics_token = false
+      timeout       = 30
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
+    }
+    schedule_tick = {
+      invokers       = ["scheduler"]
+      description    = "Each minute, ticking every second: queues due delayed tasks, fires due cron slots."
+      user_facing    = false
+      firestore      = "roles/datastore.user"
+      keys_firestore = null
+      publishes      = ["tasks"]
+      views          = []
+      # Opens a schedule's sealed payload to submit the slot's task.
+      keyring       = "private"
+      metrics_token = false
+      # A call ticks for var.tick_loop_s (at most 100 s), mostly asleep: a
+      # third of a CPU keeps the always-busy instance cheap.
+      timeout     = 120
+      memory      = "512Mi"
+      cpu         = "0.333"
+      concurrency = 1
+    }
   }
 
   default_scaling = {
@@ -304,6 +338,7 @@ module "gateway" {
     metrics     = module.function["metrics"].service
     submit_task = module.function["submit_task"].service
     task_status = module.function["task_status"].service
+    schedules   = module.function["schedules"].service
     openapi     = module.function["openapi"].service
     dashboard   = module.function["dashboard"].service
   }

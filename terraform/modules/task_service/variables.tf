@@ -151,6 +151,17 @@ variable "redispatch_schedule" {
   default     = "* * * * *"
 }
 
+variable "tick_loop_s" {
+  description = "Seconds each minute's schedule_tick call keeps ticking (every second): 59 keeps a tick every second (delayed tasks ~1 s late, one instance busy); 0 ticks once a minute (up to ~60 s late, near-zero cost)."
+  type        = number
+  default     = 59
+
+  validation {
+    condition     = var.tick_loop_s >= 0 && var.tick_loop_s <= 100
+    error_message = "tick_loop_s must be between 0 and 100 (the function's timeout is 120 s)."
+  }
+}
+
 variable "log_level" {
   description = "Log level of the functions (AIA_LOG_LEVEL)."
   type        = string
