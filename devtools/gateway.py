@@ -58,6 +58,8 @@ def route(method: str, path: str) -> str | None:  # noqa: PLR0911 - one answer p
         return "submit_task"
     if _TASK_ID.match(path):
         return "task_status"
+    if path == "/webhooks" or path.startswith("/webhooks/"):
+        return "webhooks"
     return None
 
 

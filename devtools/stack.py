@@ -43,7 +43,7 @@ from typing import Any
 from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
 from devtools.gateway import GatewayServer
 from devtools.procs import RUN_MARKER_ENV, group_alive, kill_group
-from devtools.pubsub_setup import setup_pubsub
+from devtools.pubsub_setup import setup_pubsub, setup_webhook_pubsub
 from devtools.supervisor import Child, Process, RestartPolicy, State, Supervisor
 from shared.config import DEFAULT_PROJECT
 
@@ -62,6 +62,8 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("task_status", "http"),
     ("redispatch", "http"),
     ("process_task", "cloudevent"),
+    ("webhooks", "http"),
+    ("deliver_webhooks", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.
@@ -77,6 +79,7 @@ OWNED_ENV = (
     "AIA_KEYS_DATABASE",
     "AIA_DIAGNOSTIC_DIR",
     "AIA_METRICS_TOKEN",
+    "AIA_WEBHOOKS_ALLOW_LOOPBACK",
     "AIA_BASE_URL",
     "AIA_API_KEY",
     RUN_MARKER_ENV,
@@ -202,6 +205,14 @@ class Stack:
                 emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
                 max_backoff_s=self.opts.retry_max_backoff_s,
             )
+            deliver = self.functions.get("deliver_webhooks")
+            if deliver is not None:
+                setup_webhook_pubsub(
+                    self.opts.project,
+                    deliver,
+                    emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
+                    max_backoff_s=self.opts.retry_max_backoff_s,
+                )
             if key_proc is not None:
                 self.api_key = _finish_key_creation(key_proc, self.logs / "cli.log")
                 self.env["AIA_API_KEY"] = self.api_key
@@ -215,8 +226,13 @@ class Stack:
         self._supervise()
         self.gateway.start()
         self._serving = True
+        jobs: list[tuple[str, str]] = []
         if "redispatch" in self.functions:
-            self._start_scheduler(self.functions["redispatch"])
+            jobs.append(("redispatch", self.functions["redispatch"]))
+        if "deliver_webhooks" in self.functions:
+            jobs.append(("webhook sweep", f"{self.functions['deliver_webhooks']}/sweep"))
+        if jobs:
+            self._start_scheduler(jobs)
         self._write_dev_env()
 
     def _check_stop(self) -> None:
@@ -299,6 +315,8 @@ class Stack:
                 "AIA_PUBLIC_BASE_URL": base_url,
                 "AIA_REDISPATCH_AFTER_S": _num(self.opts.redispatch_after_s),
                 "AIA_RETRY_MAX_BACKOFF_S": _num(self.opts.retry_max_backoff_s),
+                # Developers and tests receive webhooks on this machine, over plain http.
+                "AIA_WEBHOOKS_ALLOW_LOOPBACK": "true",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -443,24 +461,32 @@ class Stack:
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
         return _child_env({**extra, RUN_MARKER_ENV: self.run_id})
 
-    def _start_scheduler(self, redispatch_url: str) -> None:
-        """Call `redispatch` periodically, as Cloud Scheduler does in production."""
+    def _start_scheduler(self, jobs: list[tuple[str, str]]) -> None:
+        """POST each job's URL periodically, as Cloud Scheduler does in production.
+
+        The jobs are `redispatch` and the webhook sweep (`deliver_webhooks /sweep`).
+        """
         sched = logging.getLogger("aia.scheduler")
-        host, _, port = redispatch_url.removeprefix("http://").rpartition(":")
+
+        def call(name: str, url: str) -> None:
+            address, _, path = url.removeprefix("http://").partition("/")
+            host, _, port = address.rpartition(":")
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            try:
+                conn.request(
+                    "POST", f"/{path}", body=b"{}", headers={"Content-Type": "application/json"}
+                )
+                resp = conn.getresponse()
+                sched.info("POST %s -> %s %s", name, resp.status, resp.read()[:500])
+            except OSError as exc:
+                sched.warning("POST %s failed: %r", name, exc)
+            finally:
+                conn.close()
 
         def tick() -> None:
             while not self.stop_event.wait(self.opts.redispatch_every_s):
-                conn = http.client.HTTPConnection(host, int(port), timeout=60)
-                try:
-                    conn.request(
-                        "POST", "/", body=b"{}", headers={"Content-Type": "application/json"}
-                    )
-                    resp = conn.getresponse()
-                    sched.info("POST redispatch -> %s %s", resp.status, resp.read()[:500])
-                except OSError as exc:
-                    sched.warning("POST redispatch failed: %r", exc)
-                finally:
-                    conn.close()
+                for name, url in jobs:
+                    call(name, url)
 
         threading.Thread(target=tick, name="scheduler", daemon=True).start()
 

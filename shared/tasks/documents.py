@@ -17,7 +17,7 @@ from shared.tasks.models import Task, TaskError, TaskStatus
 if TYPE_CHECKING:
     from shared.security.crypto import Control, TaskKey, TaskOpener, TaskSealer
 
-DATA_FIELDS = ("payload", "result", "error")
+DATA_FIELDS = ("payload", "result", "error", "webhook_url")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
 MAX_SEALED_BYTES = 1024 * 1024 - 16 * 1024
 _PLAIN_FIELDS = (
@@ -36,6 +36,7 @@ _PLAIN_FIELDS = (
     "dispatch_pending",
     "dead_letter_pending",
     "attempt_base",
+    "notify",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -63,6 +64,9 @@ class TaskDocuments:
         doc["status"] = task.status.value
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
+        if task.webhook_url is not None:
+            doc["webhook_url"] = key.seal("webhook_url", task.webhook_url)
+        doc["notify"] = task.webhook_url is not None
         if self.sealed_size(doc) > MAX_SEALED_BYTES:
             raise PayloadTooLarge(
                 f"payload is {len(doc['payload'])} bytes once stored; "
@@ -117,6 +121,7 @@ class TaskDocuments:
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -128,6 +133,7 @@ class TaskDocuments:
         values["dispatch_pending"] = bool(values.get("dispatch_pending"))
         values["dead_letter_pending"] = bool(values.get("dead_letter_pending"))
         values["attempt_base"] = int(values.get("attempt_base") or 0)
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod

@@ -36,6 +36,8 @@ class TaskRequest(BaseModel):
     payload: dict[str, Any]
     max_attempts: int = Field(default=3, ge=1, le=10)
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+    # This task's own completion webhook (shared.webhooks): checked at submit, stored sealed.
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class TaskError(BaseModel):
@@ -68,6 +70,8 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+    webhook_url: str | None = None  # None when not decrypted for this read
+    notify: bool = False  # plain: the task has a webhook_url, known without decrypting
 
     @property
     def attempts_left(self) -> int:

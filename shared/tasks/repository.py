@@ -543,11 +543,13 @@ class FirestoreTaskRepository:
         ref = self._tasks.document(lease.task.task_id)
         failed_precondition, _, _ = _google_errors()
         version = lease.version
+        # What follows the transition sees the task as this commit records it.
+        recorded = lease.task.model_copy(update={"status": status, "finished_at": now})
         for _ in range(_MAX_CONFLICTS):
             batch = self._db.batch()
             batch.update(ref, changes, option=self._after(version))
             if terminal:
-                self.events.stage(batch, lease.task, status)
+                self.events.stage(batch, recorded, status)
             metrics.record_duration(
                 batch,
                 self._db,
@@ -598,7 +600,8 @@ class FirestoreTaskRepository:
             batch, self._db, str(snapshot.get("type")), TaskStatus.FAILED.value, shards=self._shards
         )
         task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
-        self.events.stage(batch, task, TaskStatus.FAILED)
+        recorded = task.model_copy(update={"status": TaskStatus.FAILED, "finished_at": now})
+        self.events.stage(batch, recorded, TaskStatus.FAILED)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:
