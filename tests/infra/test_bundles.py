@@ -207,8 +207,8 @@ class World:
     tasks_observer: str
 
     def env_for(self, name: str) -> dict[str, str]:
-        """What Terraform gives `name`: submit_task holds the public ring only."""
-        ring = self.ring.public_only() if name == "submit_task" else self.ring
+        """What Terraform gives `name`: submit_task and webhooks hold the public ring only."""
+        ring = self.ring.public_only() if name in ("submit_task", "webhooks") else self.ring
         return {**self.env, "AIA_KEYRING": ring.to_json()}
 
     def auth(self) -> dict[str, str]:
@@ -360,6 +360,28 @@ def test_redispatch_bundle_serves(
     assert report["content_type"] == "application/json"
     swept = json.loads(report["body"])
     assert set(swept) == {"found", "published", "dead_lettered"}
+    assert all(type(n) is int for n in swept.values())
+
+
+def test_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # A public IP literal: the URL passes the egress rules without DNS.
+    body = {"url": "https://93.184.216.34/hook", "events": ["task.succeeded"]}
+    request = Request.post_json("/webhooks", body, world.auth())
+    report = assert_serves(serve("webhooks", request, world, bundles, runtime_venv), 201)
+    answer = json.loads(report["body"])
+    assert answer["secret"].startswith("whsec_")
+    assert answer["url"] == body["url"]
+
+
+def test_deliver_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request("POST", "/sweep")
+    report = assert_serves(serve("deliver_webhooks", request, world, bundles, runtime_venv))
+    swept = json.loads(report["body"])
+    assert set(swept) == {"events", "deliveries", "caught_up"}
     assert all(type(n) is int for n in swept.values())
 
 

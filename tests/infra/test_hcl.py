@@ -188,7 +188,7 @@ def test_topics_and_secrets_named_by_functions_exist(
         assert set(spec["views"]) <= topics, name
         for key in spec["invokers"]:
             assert f"{key} =" in service.locals["invoker_identities"], (name, key)
-    assert set(service.locals["topics"]) == {"tasks", "dead_letter"}
+    assert set(service.locals["topics"]) == {"tasks", "dead_letter", "webhook_events"}
 
 
 def test_functions_publish_only_where_they_must(functions: dict[str, dict[str, Any]]) -> None:
@@ -321,7 +321,11 @@ def test_retry_backoff_has_one_source(service: Module) -> None:
         for policy in sub.get("retry_policy", [])
     }
     backoff_of_var = "${var.retry_max_backoff_s}s"
-    assert policies == {"worker_push": backoff_of_var, "backstop_push": backoff_of_var}
+    assert policies == {
+        "worker_push": backoff_of_var,
+        "backstop_push": backoff_of_var,
+        "webhook_push": backoff_of_var,
+    }
 
 
 def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
@@ -330,6 +334,28 @@ def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
     assert target["http_method"] == "POST"
     assert target["uri"] == '${module.function["redispatch"].uri}'
     assert target["oidc_token"][0]["audience"] == target["uri"]
+
+
+def test_webhooks_are_pushed_and_swept_on_the_delivery_functions_paths(service: Module) -> None:
+    """The paths functions/deliver_webhooks serves; OIDC audiences are the service URL."""
+    uri = '${module.function["deliver_webhooks"].uri}'
+    job = service.resources["google_cloud_scheduler_job"]["webhook_sweep"]
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == '${module.function["deliver_webhooks"].uri}/sweep'
+    assert target["oidc_token"][0]["audience"] == uri
+    sub = service.resources["google_pubsub_subscription"]["webhook_push"]
+    assert sub["topic"] == "${google_pubsub_topic.webhook_events.id}"
+    push = sub["push_config"][0]
+    assert push["push_endpoint"] == '${module.function["deliver_webhooks"].uri}/push'
+    oidc = push["oidc_token"][0]
+    assert oidc["service_account_email"] == "${google_service_account.push_invoker.email}"
+    assert oidc["audience"] == uri
+    functions = service.locals["functions"]
+    assert functions["deliver_webhooks"]["timeout"] <= sub["ack_deadline_seconds"]
+    assert functions["deliver_webhooks"]["invokers"] == ["pubsub_push", "scheduler"]
+    # Pub/Sub gives up on nothing here: the sweep republishes what a lost message named.
+    assert "dead_letter_policy" not in sub
 
 
 # Firestore
@@ -593,6 +619,8 @@ def test_gateway_routes_match_the_local_stack() -> None:
         ("/tasks", "POST"): "submit_task",
         ("/tasks", None): "task_status",
         ("/tasks/", None): "task_status",
+        ("/webhooks", None): "webhooks",
+        ("/webhooks/", None): "webhooks",
     }
     priorities = [r["priority"] for r in routes]
     assert priorities == sorted(set(priorities))

@@ -23,6 +23,9 @@ scaling = {
   task_status  = { min_instances = 1, max_instances = 50 }
   process_task = { max_instances = 100 }
   redispatch   = { max_instances = 1 }
+  webhooks     = { min_instances = 1, max_instances = 10 }
+  # Waits on receivers (up to 15 s each), 16 deliveries at a time per instance.
+  deliver_webhooks = { max_instances = 50 }
 }
 
 # notification_channels = ["projects/my-aia-prod/notificationChannels/123"]

@@ -31,10 +31,23 @@ locals {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
+    # Webhooks: a new endpoint's catch-up, and the tenant's pages of endpoints and deliveries.
+    tasks_finished_between = {
+      collection = "tasks"
+      fields     = [["tenant_id", "ASCENDING"], ["finished_at", "ASCENDING"], ["__name__", "ASCENDING"]]
+    }
+    list_webhook_endpoints = {
+      collection = "webhook_endpoints"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    list_webhook_deliveries = {
+      collection = "webhook_deliveries"
+      fields     = [["tenant_id", "ASCENDING"], ["endpoint_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys"]
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries"]
   ttl_field       = "expires_at"
 }
 
