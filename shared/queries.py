@@ -20,6 +20,8 @@ WEBHOOK_DELIVERIES = "webhook_deliveries"
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
 TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WEBHOOK_EVENTS, WEBHOOK_DELIVERIES)
+# (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
+UNINDEXED_FIELDS = ((WEBHOOK_ENDPOINTS, "secrets"), (WEBHOOK_DELIVERIES, "attempts"))
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 

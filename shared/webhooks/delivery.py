@@ -46,7 +46,7 @@ from shared.webhooks.models import (
 )
 from shared.webhooks.outbox import CATCHUP_WINDOW, EVENT_GRACE, Notifier
 from shared.webhooks.schedule import INLINE_MAX_S, RetryPolicy, Verdict, verdict_of
-from shared.webhooks.signing import webhook_headers
+from shared.webhooks.signing import Scheme, webhook_headers
 from shared.webhooks.store import FirestoreWebhookStore
 
 log = logging.getLogger("aia.webhooks")
@@ -156,7 +156,7 @@ class Deliverer:
             endpoint_id=signer_id,
             tenant_id=tenant_id,
             kind=EndpointKind.TASK,
-            signature="v1",
+            signature=Scheme.V1,
             created_at=now,
             updated_at=now,
         )

@@ -10,8 +10,8 @@ import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from devtools.receiver import ReceiverServer, receiver
 from tests.e2e.support import E2E, eventually
-from tests.support.receiver import ReceiverServer, receiver
 
 pytestmark = pytest.mark.e2e
 

@@ -419,6 +419,18 @@ def test_ttl_policies(service: Module) -> None:
     assert queries.EXPIRES_AT not in used_in_queries
 
 
+def test_unindexed_fields_are_never_queried(service: Module) -> None:
+    fields = service.locals["unindexed_fields"]
+    assert {(f["collection"], f["field"]) for f in fields.values()} == set(queries.UNINDEXED_FIELDS)
+    unindexed = service.resources["google_firestore_field"]["unindexed"]
+    assert unindexed["for_each"] == "${local.unindexed_fields}"
+    assert unindexed["index_config"] == [{}]
+    for collection, name in queries.UNINDEXED_FIELDS:
+        for query in queries.ALL_QUERIES:
+            if query.collection == collection:
+                assert name not in (*query.equals, *(f for f, _ in query.order)), query
+
+
 def test_firestore_database(service: Module) -> None:
     db = service.resources["google_firestore_database"]["this"]
     assert db["type"] == "FIRESTORE_NATIVE"

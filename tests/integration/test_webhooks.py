@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from devtools.receiver import ReceiverServer, receiver
 from shared.errors import Conflict, DeliveryNotReplayable, NotFound, ValidationFailed
 from shared.security.crypto import TaskOpener, TaskSealer
 from shared.tasks.documents import TaskDocuments
@@ -37,7 +38,6 @@ from shared.webhooks.signing import verify_v1a
 from shared.webhooks.store import FirestoreWebhookStore
 from tests.conftest import observed_topics
 from tests.support.pubsub import pull
-from tests.support.receiver import ReceiverServer, receiver
 
 from .conftest import PROJECT, Pipeline
 

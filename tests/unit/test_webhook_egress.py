@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from devtools.receiver import receiver
 from shared.webhooks.egress import (
     Egress,
     UrlRefused,
@@ -25,7 +26,6 @@ from shared.webhooks.egress import (
     check_url,
     system_resolver,
 )
-from tests.support.receiver import receiver
 
 PUBLIC = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "2002:808:808::1"]
 REFUSED = [

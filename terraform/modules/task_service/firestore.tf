@@ -48,7 +48,13 @@ locals {
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
   ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries"]
-  ttl_field       = "expires_at"
+
+  # shared/queries.py UNINDEXED_FIELDS.
+  unindexed_fields = {
+    webhook_endpoint_secrets  = { collection = "webhook_endpoints", field = "secrets" }
+    webhook_delivery_attempts = { collection = "webhook_deliveries", field = "attempts" }
+  }
+  ttl_field = "expires_at"
 }
 
 resource "google_firestore_database" "this" {
@@ -111,6 +117,19 @@ resource "google_firestore_field" "ttl" {
   field      = local.ttl_field
 
   ttl_config {}
+
+  index_config {}
+}
+
+# Never filtered or ordered on, and bulky (sealed keys, the attempt log):
+# exempt from indexing, so writing them costs no index entries.
+resource "google_firestore_field" "unindexed" {
+  for_each = local.unindexed_fields
+
+  project    = var.project_id
+  database   = google_firestore_database.this.name
+  collection = each.value.collection
+  field      = each.value.field
 
   index_config {}
 }

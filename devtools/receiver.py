@@ -1,11 +1,18 @@
-"""A webhook receiver for tests: a threaded HTTP server on loopback that records every request.
+"""A webhook receiver on loopback: a threaded HTTP server that records every request.
 
 Each path answers from its own script of statuses (then 200 for ever), so a test
-can ask for "500, then 200" or "410" and read back exactly what arrived.
+can ask for "500, then 200" or "410" and read back exactly what arrived. The
+local stack allows loopback endpoints, so a developer can watch deliveries too:
+
+    python -m devtools.receiver [--port 9000]    # prints each delivery it receives
+    curl -X POST $AIA_BASE_URL/webhooks -H "Authorization: Bearer $AIA_API_KEY" \
+         -H 'Content-Type: application/json' \
+         -d '{"url": "http://127.0.0.1:9000/hook", "events": ["task.succeeded"]}'
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import threading
 import time
@@ -49,8 +56,8 @@ class _Handler(BaseHTTPRequestHandler):
 class ReceiverServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self._lock = threading.Condition()
         self._scripts: dict[str, deque[tuple[int, dict[str, str]]]] = defaultdict(deque)
         self.received: list[Received] = []
@@ -90,10 +97,17 @@ class ReceiverServer(ThreadingHTTPServer):
                     raise AssertionError(f"{path} received {len(got)} of {count} requests")
                 self._lock.wait(left)
 
+    def wait_for_any(self, seen: int) -> list[Received]:
+        """Requests after the first `seen`, waiting until there is one."""
+        with self._lock:
+            while len(self.received) <= seen:
+                self._lock.wait(1.0)
+            return self.received[seen:]
+
 
 @contextlib.contextmanager
-def receiver() -> Iterator[ReceiverServer]:
-    server = ReceiverServer()
+def receiver(port: int = 0) -> Iterator[ReceiverServer]:
+    server = ReceiverServer(port)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -103,3 +117,31 @@ def receiver() -> Iterator[ReceiverServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m devtools.receiver", description=__doc__)
+    parser.add_argument("--port", type=int, default=9000)
+    port = parser.parse_args().port
+    with receiver(port) as server:
+        print(f"receiving webhooks on {server.url}/<any path>; Ctrl-C stops", flush=True)
+        seen = 0
+        try:
+            while True:
+                got = server.wait_for_any(seen)
+                for item in got:
+                    names = ("webhook-id", "webhook-timestamp", "webhook-signature")
+                    print(
+                        f"POST {item.path}",
+                        *(f"{n}: {item.headers.get(n)}" for n in names),
+                        item.body.decode("utf-8", "replace"),
+                        sep="\n  ",
+                        flush=True,
+                    )
+                seen += len(got)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()
