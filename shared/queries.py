@@ -81,6 +81,7 @@ EVENTS_NOT_FANNED_OUT = QuerySpec(
 ENDPOINTS_TO_CATCH_UP = QuerySpec(
     WEBHOOK_ENDPOINTS, (), (("catchup_due_at", "ASCENDING"),), range_field="catchup_due_at"
 )
+ENDPOINTS_IN_ID_ORDER = QuerySpec(WEBHOOK_ENDPOINTS, (), (("__name__", "ASCENDING"),))
 # A new endpoint's catch-up: the tenant's tasks that finished while caches could be stale.
 TASKS_FINISHED_BETWEEN = QuerySpec(
     TASKS,
@@ -107,6 +108,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     DUE_DELIVERIES,
     EVENTS_NOT_FANNED_OUT,
     ENDPOINTS_TO_CATCH_UP,
+    ENDPOINTS_IN_ID_ORDER,
     TASKS_FINISHED_BETWEEN,
 )
 

@@ -13,12 +13,17 @@ from __future__ import annotations
 import base64
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from shared.errors import IntegrityError
+from shared.errors import IntegrityError, KeyUnavailable
 from shared.security.crypto import TaskOpener, TaskSealer
 from shared.webhooks.models import StoredSecret
 from shared.webhooks.signing import Scheme, SigningKey
+
+if TYPE_CHECKING:
+    from shared.webhooks.store import FirestoreWebhookStore
 
 SECRET_FIELD = "webhook_secret"  # noqa: S105 - the sealed field's name, not a secret
 # Both the old and the new key sign for this long after a rotation.
@@ -76,3 +81,50 @@ def rotated(
     if live:
         kept.append(live[0].model_copy(update={"expires_at": now + ROTATION_OVERLAP}))
     return kept
+
+
+@dataclass(frozen=True)
+class KeysRewrapped:
+    scanned: int
+    rewrapped: int
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (endpoint id, why)
+
+
+def rewrap_endpoint_keys(
+    store: FirestoreWebhookStore, opener: TaskOpener, *, batch_size: int = 200
+) -> KeysRewrapped:
+    """Re-wrap every endpoint signing key's data key under the ring's current key.
+
+    Part of a key ring rotation (`aia keys rotate-data`): a key retired from the
+    ring would otherwise leave endpoints unable to sign. Keys already under the
+    current key are skipped unread, so runs converge; each endpoint is written
+    only if unchanged since it was read (a rotation meanwhile: the next run).
+    """
+    scanned = rewrapped = 0
+    unreadable: list[tuple[str, str]] = []
+    after: str | None = None
+    while True:
+        page = store.endpoints_page(after, batch_size)
+        for found in page:
+            endpoint = found.value
+            scanned += 1
+            try:
+                fresh = [
+                    (s, opener.rewrap(endpoint.tenant_id, endpoint.endpoint_id, bytes(s.data_key)))
+                    for s in endpoint.secrets
+                ]
+            except (IntegrityError, KeyUnavailable) as exc:
+                unreadable.append((endpoint.endpoint_id, exc.code))
+                continue
+            if all(wrapped is None for _, wrapped in fresh):
+                continue
+            secrets = [
+                s if wrapped is None else s.model_copy(update={"data_key": wrapped})
+                for s, wrapped in fresh
+            ]
+            now = datetime.now(UTC)
+            if store.replace_secrets(endpoint.endpoint_id, secrets, found.version, now):
+                rewrapped += 1
+        if len(page) < batch_size:
+            return KeysRewrapped(scanned, rewrapped, unreadable)
+        after = page[-1].value.endpoint_id

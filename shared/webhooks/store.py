@@ -261,6 +261,14 @@ class FirestoreWebhookStore:
         except not_found:
             return  # deleted meanwhile: nothing left to disable
 
+    def endpoints_page(self, after: str | None, limit: int) -> list[Versioned]:
+        """Every tenant's endpoints in id order, a page at a time (key ring rotation)."""
+        query = self._query(queries.ENDPOINTS_IN_ID_ORDER, {})
+        if after:
+            query = query.start_after({"__name__": self._endpoints.document(after)})
+        snaps = query.limit(limit).stream(**SWEEP_CALL.kwargs())
+        return [Versioned(_endpoint(s.id, s.to_dict() or {}), s.update_time) for s in snaps]
+
     def catchups_due(self, now: datetime, limit: int) -> list[Versioned]:
         snaps = (
             self._due(queries.ENDPOINTS_TO_CATCH_UP, now).limit(limit).stream(**SWEEP_CALL.kwargs())

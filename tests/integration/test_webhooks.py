@@ -15,7 +15,8 @@ from standardwebhooks.webhooks import Webhook
 
 from devtools.receiver import ReceiverServer, receiver
 from shared.errors import Conflict, DeliveryNotReplayable, NotFound, ValidationFailed
-from shared.security.crypto import TaskOpener, TaskSealer
+from shared.security.crypto import TaskOpener, TaskSealer, key_id_of
+from shared.security.keyring import KeyRing, rotate_keyring
 from shared.tasks.documents import TaskDocuments
 from shared.tasks.models import TaskMessage
 from shared.tasks.repository import FirestoreTaskRepository
@@ -25,6 +26,7 @@ from shared.tasks.worker import Worker
 from shared.webhooks.delivery import Deliverer, Handled, StatusBodies, Sweeper
 from shared.webhooks.egress import Egress
 from shared.webhooks.endpoints import EndpointService, TaskWebhookCheck, signer_id
+from shared.webhooks.keys import open_key, rewrap_endpoint_keys
 from shared.webhooks.models import Endpoint, WebhookMessage
 from shared.webhooks.outbox import (
     CATCHUP_WINDOW,
@@ -523,3 +525,23 @@ def test_the_per_task_key_is_one_per_tenant(h: Hooks) -> None:
     h.service.create_signing_key("acme", {"signature": "v1a"})
     with pytest.raises(Conflict, match="rotate"):
         h.service.create_signing_key("acme", {})
+
+
+def test_a_key_ring_rotation_rewraps_webhook_keys_and_they_still_sign(h: Hooks) -> None:
+    endpoint = h.register()
+    rotated = rotate_keyring(h.p.ring)
+    first = rewrap_endpoint_keys(h.store, TaskOpener(rotated), batch_size=1)
+    assert (first.scanned, first.rewrapped, first.unreadable) == (1, 1, [])
+    assert rewrap_endpoint_keys(h.store, TaskOpener(rotated)).rewrapped == 0  # converged
+    (secret,) = h.p.db.collection("webhook_endpoints").document(endpoint["id"]).get().get("secrets")
+    assert key_id_of(bytes(secret["data_key"])) == rotated.current_key_id
+    # The old key can now be retired from the ring: the signing key still opens.
+    document = json.loads(rotated.to_json())
+    del document["keys"][h.p.ring.current_key_id]
+    only_new = TaskOpener(KeyRing.from_json(json.dumps(document)))
+    stored = h.store.get_endpoint(endpoint["id"])
+    assert stored is not None
+    (kept,) = stored.value.secrets
+    assert open_key(only_new, "acme", endpoint["id"], stored.value.signature, kept).material == (
+        base64.b64decode(endpoint["secret"].removeprefix("whsec_"))
+    )
