@@ -43,7 +43,7 @@ from typing import Any
 from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
 from devtools.gateway import GatewayServer
 from devtools.procs import RUN_MARKER_ENV, group_alive, kill_group
-from devtools.pubsub_setup import setup_pubsub
+from devtools.pubsub_setup import setup_pubsub, setup_webhook_pubsub
 from devtools.supervisor import Child, Process, RestartPolicy, State, Supervisor
 from shared.config import DEFAULT_PROJECT
 
@@ -66,6 +66,8 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("schedule_tick", "http"),
     ("openapi", "http"),
     ("dashboard", "http"),
+    ("webhooks", "http"),
+    ("deliver_webhooks", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.
@@ -81,6 +83,7 @@ OWNED_ENV = (
     "AIA_KEYS_DATABASE",
     "AIA_DIAGNOSTIC_DIR",
     "AIA_METRICS_TOKEN",
+    "AIA_WEBHOOKS_ALLOW_LOOPBACK",
     "AIA_BASE_URL",
     "AIA_API_KEY",
     RUN_MARKER_ENV,
@@ -208,6 +211,14 @@ class Stack:
                 emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
                 max_backoff_s=self.opts.retry_max_backoff_s,
             )
+            deliver = self.functions.get("deliver_webhooks")
+            if deliver is not None:
+                setup_webhook_pubsub(
+                    self.opts.project,
+                    deliver,
+                    emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
+                    max_backoff_s=self.opts.retry_max_backoff_s,
+                )
             if key_proc is not None:
                 self.api_key = _finish_key_creation(key_proc, self.logs / "cli.log")
                 self.env["AIA_API_KEY"] = self.api_key
@@ -221,12 +232,14 @@ class Stack:
         self._supervise()
         self.gateway.start()
         self._serving = True
-        for name, every_s in (
-            ("redispatch", self.opts.redispatch_every_s),
-            ("schedule_tick", self.opts.tick_every_s),
-        ):
-            if name in self.functions:
-                self._start_scheduler(name, self.functions[name], every_s)
+        jobs = (
+            ("redispatch", "redispatch", "", self.opts.redispatch_every_s),
+            ("schedule_tick", "schedule_tick", "", self.opts.tick_every_s),
+            ("webhook sweep", "deliver_webhooks", "/sweep", self.opts.redispatch_every_s),
+        )
+        for name, function, path, every_s in jobs:
+            if function in self.functions:
+                self._start_scheduler(name, self.functions[function] + path, every_s)
         self._write_dev_env()
 
     def _check_stop(self) -> None:
@@ -309,6 +322,8 @@ class Stack:
                 "AIA_PUBLIC_BASE_URL": base_url,
                 "AIA_REDISPATCH_AFTER_S": _num(self.opts.redispatch_after_s),
                 "AIA_RETRY_MAX_BACKOFF_S": _num(self.opts.retry_max_backoff_s),
+                # Developers and tests receive webhooks on this machine, over plain http.
+                "AIA_WEBHOOKS_ALLOW_LOOPBACK": "true",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -454,16 +469,17 @@ class Stack:
         return _child_env({**extra, RUN_MARKER_ENV: self.run_id})
 
     def _start_scheduler(self, name: str, url: str, every_s: float) -> None:
-        """POST to function `name` every `every_s`, as Cloud Scheduler does in production."""
+        """POST to `url` (a function, or a path on it) every `every_s`, as Cloud Scheduler does."""
         sched = logging.getLogger("aia.scheduler")
-        host, _, port = url.removeprefix("http://").rpartition(":")
+        address, _, path = url.removeprefix("http://").partition("/")
+        host, _, port = address.rpartition(":")
 
         def tick() -> None:
             while not self.stop_event.wait(every_s):
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:
                     conn.request(
-                        "POST", "/", body=b"{}", headers={"Content-Type": "application/json"}
+                        "POST", f"/{path}", body=b"{}", headers={"Content-Type": "application/json"}
                     )
                     resp = conn.getresponse()
                     sched.info("POST %s -> %s %s", name, resp.status, resp.read()[:500])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from shared.clients import (
     PUBLISH_WAIT_S,
+    WEBHOOK_DELIVERY,
     firestore_client,
     keys_firestore_client,
     publisher,
@@ -32,11 +33,17 @@ if TYPE_CHECKING:
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
+    from shared.tasks.documents import TaskDocuments
     from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository
     from shared.tasks.status import StatusService
     from shared.tasks.submission import SubmitService
     from shared.tasks.worker import Worker
+    from shared.webhooks.delivery import Deliverer, Sweeper
+    from shared.webhooks.egress import Egress
+    from shared.webhooks.endpoints import EndpointService, TaskWebhookCheck
+    from shared.webhooks.outbox import Notifier, WebhookEvents
+    from shared.webhooks.store import FirestoreWebhookStore
     from shared.workflows.joins import Joins
 
 
@@ -63,26 +70,38 @@ def keyring() -> KeyRing:
 
 
 @functools.cache
-def task_repository() -> FirestoreTaskRepository:
+def task_documents() -> TaskDocuments:
     from shared.security.crypto import TaskOpener, TaskSealer
     from shared.tasks.documents import TaskDocuments
-    from shared.tasks.repository import FirestoreTaskRepository
 
-    settings = get_settings()
     ring = keyring()
     # A public-only ring (submit_task's) can seal but never open.
     opener = TaskOpener(ring) if ring.can_decrypt() else None
-    documents = TaskDocuments(
-        TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
-    )
+    return TaskDocuments(TaskSealer(ring), opener, retention=_retention())
+
+
+def _retention() -> timedelta:
+    return timedelta(days=get_settings().task_retention_days)
+
+
+@functools.cache
+def task_repository() -> FirestoreTaskRepository:
+    from shared.tasks.events import AllEvents
+    from shared.tasks.repository import FirestoreTaskRepository
+
     repository = FirestoreTaskRepository(
-        firestore_client(), documents, metric_shards=settings.metrics_shards, counters=counters()
+        firestore_client(),
+        task_documents(),
+        metric_shards=get_settings().metrics_shards,
+        counters=counters(),
     )
-    repository.events = joins_for(repository)
+    # A terminal commit counts the parent's join and stages the webhook event together.
+    repository.events = AllEvents(task_joins(repository), webhook_events())
     return repository
 
 
-def joins_for(repository: FirestoreTaskRepository) -> Joins:
+@functools.cache
+def task_joins(repository: FirestoreTaskRepository) -> Joins:
     """The fan-out join store over `repository`, following its terminal transitions."""
     from shared.workflows.joins import Joins
 
@@ -127,7 +146,6 @@ def api_keys() -> ApiKeys:
 def submit_service() -> SubmitService:
     from shared.security.crypto import TaskSealer
     from shared.tasks.submission import SubmitService
-    from shared.workflows.joins import Joins
 
     repository = task_repository()
     return SubmitService(
@@ -136,7 +154,8 @@ def submit_service() -> SubmitService:
         task_registry(),
         TaskSealer(keyring()),
         get_settings(),
-        dependencies=repository.events if isinstance(repository.events, Joins) else None,
+        dependencies=task_joins(repository),
+        webhook_check=task_webhook_check(),
     )
 
 
@@ -151,11 +170,10 @@ def status_service() -> StatusService:
 def worker() -> Worker:
     from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
-    from shared.workflows.joins import Joins
 
     registry = task_registry()
     repository = task_repository()
-    joins = repository.events if isinstance(repository.events, Joins) else None
+    joins = task_joins(repository)
     return Worker(
         repository,
         registry,
@@ -168,6 +186,7 @@ def worker() -> Worker:
 @functools.cache
 def redispatcher() -> Redispatcher:
     from shared.operations.redispatch import Redispatcher
+    from shared.tasks.events import AllEvents
     from shared.tasks.repository import FirestoreTaskRepository
 
     settings = get_settings()
@@ -175,7 +194,7 @@ def redispatcher() -> Redispatcher:
     repository = FirestoreTaskRepository(
         firestore_client(), None, metric_shards=settings.metrics_shards, counters=counters()
     )
-    repository.events = joins_for(repository)
+    repository.events = AllEvents(task_joins(repository), webhook_events())
     after = timedelta(seconds=settings.redispatch_after_s)
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
 
@@ -213,6 +232,93 @@ def ticker() -> Ticker:
     )
 
 
+# -- webhooks ------------------------------------------------------------------
+
+
+@functools.cache
+def webhook_store() -> FirestoreWebhookStore:
+    from shared.webhooks.store import FirestoreWebhookStore
+
+    return FirestoreWebhookStore(firestore_client())
+
+
+@functools.cache
+def webhook_notifier(wait_s: float = PUBLISH_WAIT_S) -> Notifier:
+    from shared.webhooks.outbox import Notifier
+
+    return Notifier(publisher, topic_path(get_settings().webhook_events_topic), wait_s=wait_s)
+
+
+@functools.cache
+def webhook_egress() -> Egress:
+    from shared.webhooks.egress import Egress, system_resolver
+
+    # The API resolves a URL to check it while a client waits: a short DNS budget there.
+    return Egress(
+        allow_loopback=get_settings().webhooks_allow_loopback, resolve=system_resolver(1.0)
+    )
+
+
+@functools.cache
+def webhook_events() -> WebhookEvents:
+    from shared.webhooks.outbox import EndpointDirectory, WebhookEvents, directory_loader
+
+    store = webhook_store()
+    directory = EndpointDirectory(directory_loader(store), ttl_s=get_settings().webhook_cache_s)
+    return WebhookEvents(directory, store, webhook_notifier(), retention=_retention())
+
+
+@functools.cache
+def endpoint_service() -> EndpointService:
+    from shared.security.crypto import TaskSealer
+    from shared.webhooks.endpoints import EndpointService
+
+    return EndpointService(
+        webhook_store(), TaskSealer(keyring()), webhook_egress().check, webhook_notifier()
+    )
+
+
+@functools.cache
+def task_webhook_check() -> TaskWebhookCheck:
+    from shared.security.crypto import TaskSealer
+    from shared.webhooks.endpoints import TaskWebhookCheck
+
+    return TaskWebhookCheck(
+        webhook_store(),
+        TaskSealer(keyring()),
+        webhook_egress().check,
+        cache_s=get_settings().webhook_cache_s,
+    )
+
+
+@functools.cache
+def deliverer() -> Deliverer:
+    from shared.security.crypto import TaskOpener
+    from shared.webhooks.delivery import Deliverer, StatusBodies
+    from shared.webhooks.egress import Egress
+    from shared.webhooks.endpoints import signer_id
+    from shared.webhooks.store import FirestoreWebhookStore
+
+    opener = TaskOpener(keyring())
+    return Deliverer(
+        FirestoreWebhookStore(firestore_client(), deadline=WEBHOOK_DELIVERY),
+        StatusBodies(status_service(), firestore_client(), task_documents()),
+        opener,
+        Egress(allow_loopback=get_settings().webhooks_allow_loopback),
+        signer_id=lambda tenant_id: signer_id(opener, tenant_id),
+        retention=_retention(),
+    )
+
+
+@functools.cache
+def webhook_sweeper() -> Sweeper:
+    from shared.webhooks.delivery import Sweeper
+
+    return Sweeper(
+        webhook_store(), webhook_notifier(BACKGROUND_PUBLISH_WAIT_S), retention=_retention()
+    )
+
+
 def reset() -> None:
     """Forget every cached provider, client and setting (stopping the worker's processes)."""
     if worker.cache_info().currsize:
@@ -226,7 +332,9 @@ def reset() -> None:
         counters,
         task_registry,
         keyring,
+        task_documents,
         task_repository,
+        task_joins,
         task_publisher,
         api_keys,
         submit_service,
@@ -235,6 +343,14 @@ def reset() -> None:
         redispatcher,
         schedule_service,
         ticker,
+        webhook_store,
+        webhook_notifier,
+        webhook_egress,
+        webhook_events,
+        endpoint_service,
+        task_webhook_check,
+        deliverer,
+        webhook_sweeper,
     ):
         provider.cache_clear()
     reset_clients()

@@ -15,10 +15,15 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 API_KEYS = "api_keys"
 METRIC_SHARDS = "metric_shards"
 SCHEDULES = "schedules"
+WEBHOOK_ENDPOINTS = "webhook_endpoints"
+WEBHOOK_EVENTS = "webhook_events"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
-TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS)
+TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WEBHOOK_EVENTS, WEBHOOK_DELIVERIES)
+# (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
+UNINDEXED_FIELDS = ((WEBHOOK_ENDPOINTS, "secrets"), (WEBHOOK_DELIVERIES, "attempts"))
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 
@@ -93,6 +98,29 @@ LIST_SCHEDULES = QuerySpec(SCHEDULES, ("tenant_id",), _NEWEST_FIRST)
 # automatic single-field indexes would be the unsharded hot range, so
 # Terraform exempts them.
 NOT_INDEXED: tuple[tuple[str, str], ...] = ((TASKS, "run_at"), (SCHEDULES, "due_at"))
+# Webhooks. A tenant's endpoints (the outbox's cached lookup, the fan-out) and
+# the sweeps' due records are single-field queries; due fields are cleared
+# (None) once handled, and a range filter never matches a None.
+TENANT_ENDPOINTS = QuerySpec(WEBHOOK_ENDPOINTS, ("tenant_id",))
+LIST_ENDPOINTS = QuerySpec(WEBHOOK_ENDPOINTS, ("tenant_id",), _NEWEST_FIRST)
+LIST_DELIVERIES = QuerySpec(WEBHOOK_DELIVERIES, ("tenant_id", "endpoint_id"), _NEWEST_FIRST)
+DUE_DELIVERIES = QuerySpec(
+    WEBHOOK_DELIVERIES, (), (("next_attempt_at", "ASCENDING"),), range_field="next_attempt_at"
+)
+EVENTS_NOT_FANNED_OUT = QuerySpec(
+    WEBHOOK_EVENTS, (), (("fanout_due_at", "ASCENDING"),), range_field="fanout_due_at"
+)
+ENDPOINTS_TO_CATCH_UP = QuerySpec(
+    WEBHOOK_ENDPOINTS, (), (("catchup_due_at", "ASCENDING"),), range_field="catchup_due_at"
+)
+ENDPOINTS_IN_ID_ORDER = QuerySpec(WEBHOOK_ENDPOINTS, (), (("__name__", "ASCENDING"),))
+# A new endpoint's catch-up: the tenant's tasks that finished while caches could be stale.
+TASKS_FINISHED_BETWEEN = QuerySpec(
+    TASKS,
+    ("tenant_id",),
+    (("finished_at", "ASCENDING"), ("__name__", "ASCENDING")),
+    range_field="finished_at",
+)
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS,
@@ -112,6 +140,14 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     DUE_TASKS,
     DUE_SCHEDULES,
     LIST_SCHEDULES,
+    TENANT_ENDPOINTS,
+    LIST_ENDPOINTS,
+    LIST_DELIVERIES,
+    DUE_DELIVERIES,
+    EVENTS_NOT_FANNED_OUT,
+    ENDPOINTS_TO_CATCH_UP,
+    ENDPOINTS_IN_ID_ORDER,
+    TASKS_FINISHED_BETWEEN,
 )
 
 

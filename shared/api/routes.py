@@ -376,6 +376,188 @@ _SCHEDULE_ROUTES = (
     ),
 )
 
+# Webhooks (functions/webhooks). deliver_webhooks, which sends them, is internal:
+# Pub/Sub pushes to it and Cloud Scheduler runs its sweep.
+
+WEBHOOK_ID = {
+    "type": "string",
+    "pattern": "^(ep|tk)_[0-9a-f]{32}$",
+    "description": "`ep_` and 32 hex digits (an endpoint), or `tk_`... (the per-task key)",
+}
+DELIVERY_ID = {"type": "string", "pattern": "^dl_[0-9a-f]{32}$"}
+WEBHOOK_ID_PARAM = Param("webhook_id", "path", "The webhook's id", WEBHOOK_ID, True)
+_WEBHOOK_VIEW = (Content(JSON, "shared.webhooks.models:EndpointView"),)
+_WEBHOOK_CREATED = (Content(JSON, "shared.webhooks.models:EndpointCreated"),)
+_NO_WEBHOOK = Answer(404, "No such webhook, or another tenant's", problems=("not-found",))
+_BODY_400 = Answer(
+    400, "The body is not JSON, or nests too deeply", problems=("bad-request", "nesting-too-deep")
+)
+_BODY_415 = Answer(415, "The body is not application/json", problems=("unsupported-media-type",))
+_BODY_413 = Answer(413, "The body is over 1 MiB", problems=("payload-too-large",))
+_PAGE_PARAMS = (
+    Param(
+        "limit",
+        "query",
+        "Page size",
+        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    ),
+    Param(
+        "page_token",
+        "query",
+        "The `next_page_token` of the previous page",
+        {"type": "string", "minLength": 1},
+    ),
+)
+_PAGE_400 = Answer(
+    400, "A page_token this API did not issue", problems=("bad-request", "nesting-too-deep")
+)
+_PAGE_422 = Answer(422, "An unknown query parameter or a bad value", problems=("validation",))
+
+
+def _webhook_route(
+    method: str,
+    path: str,
+    operation_id: str,
+    summary: str,
+    answers: tuple[Answer, ...],
+    **extra: Any,
+) -> Route:
+    return Route(
+        method,
+        path,
+        "webhooks",
+        operation_id=operation_id,
+        summary=summary,
+        auth=Auth.API_KEY,
+        tag="webhooks",
+        answers=(*answers, INTERNAL, UNAVAILABLE),
+        **extra,
+    )
+
+
+_WEBHOOK_ROUTES = (
+    _webhook_route(
+        "POST",
+        "/webhooks",
+        "createWebhook",
+        "Register an endpoint for task events: its signing secret is shown once",
+        (
+            Answer(201, "Registered", _WEBHOOK_CREATED, headers=("Location",)),
+            _BODY_400,
+            API_KEY_401,
+            Answer(409, "The tenant has 20 webhooks already", problems=("too-many-webhooks",)),
+            _BODY_413,
+            _BODY_415,
+            Answer(
+                422,
+                "An invalid field, or a URL refused: not https, credentials in it, or an "
+                "address that is not public (the rule is named)",
+                problems=("validation",),
+            ),
+        ),
+        description=(
+            "Deliveries follow Standard Webhooks: `webhook-id`, `webhook-timestamp` and"
+            " `webhook-signature` (`v1,` HMAC-SHA256, or `v1a,` Ed25519 with `signature: v1a`)."
+        ),
+        body="shared.webhooks.models:EndpointRequest",
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks",
+        "listWebhooks",
+        "The caller's webhooks, newest first, a page at a time (never a secret)",
+        (
+            Answer(
+                200, "A page of webhooks", (Content(JSON, "shared.webhooks.models:EndpointPage"),)
+            ),
+            _PAGE_400,
+            API_KEY_401,
+            _PAGE_422,
+        ),
+        params=_PAGE_PARAMS,
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/signing-key",
+        "createSigningKey",
+        "Create the key that signs deliveries to a submit's own `webhook_url`",
+        (
+            Answer(201, "Created: the key, shown once", _WEBHOOK_CREATED, headers=("Location",)),
+            _BODY_400,
+            API_KEY_401,
+            Answer(409, "The tenant has one: rotate it instead", problems=("conflict",)),
+            _BODY_413,
+            _BODY_415,
+            Answer(422, "An invalid field", problems=("validation",)),
+        ),
+        description="`{}` asks for a `v1` (HMAC) key.",
+        body="shared.webhooks.models:SigningKeyRequest",
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks/{webhook_id}",
+        "getWebhook",
+        "A webhook: its URL, events, status and the keys signing now",
+        (Answer(200, "The webhook", _WEBHOOK_VIEW), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "DELETE",
+        "/webhooks/{webhook_id}",
+        "deleteWebhook",
+        "Remove a webhook: nothing more is sent to it",
+        (Answer(204, "Deleted"), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/{webhook_id}:rotate-secret",
+        "rotateWebhookSecret",
+        "A new signing key, shown once; the old one keeps signing beside it for 24 h",
+        (Answer(200, "Rotated: the new key", _WEBHOOK_CREATED), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks/{webhook_id}/deliveries",
+        "listWebhookDeliveries",
+        "A webhook's deliveries, newest first, each with every attempt",
+        (
+            Answer(
+                200,
+                "A page of deliveries",
+                (Content(JSON, "shared.webhooks.models:DeliveryPage"),),
+            ),
+            _PAGE_400,
+            API_KEY_401,
+            _NO_WEBHOOK,
+            _PAGE_422,
+        ),
+        params=(WEBHOOK_ID_PARAM, *_PAGE_PARAMS),
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/deliveries/{delivery_id}:replay",
+        "replayWebhookDelivery",
+        "Send a delivery again, with the same `webhook-id`, on a fresh retry schedule",
+        (
+            Answer(
+                202,
+                "Pending again (idempotent while pending)",
+                (Content(JSON, "shared.webhooks.models:DeliveryReplayed"),),
+            ),
+            API_KEY_401,
+            Answer(404, "No such delivery, or another tenant's", problems=("not-found",)),
+            Answer(
+                409,
+                "Its webhook was deleted or disabled",
+                problems=("delivery-not-replayable",),
+            ),
+        ),
+        params=(Param("delivery_id", "path", "The delivery's id", DELIVERY_ID, True),),
+    ),
+)
+
 _HEALTH_ANSWERS = (
     Answer(
         200,
@@ -537,6 +719,7 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     *_SCHEDULE_ROUTES,
+    *_WEBHOOK_ROUTES,
     Route(
         "GET",
         "/health",

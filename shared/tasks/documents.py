@@ -17,7 +17,7 @@ from shared.tasks.models import Task, TaskError, TaskStatus
 if TYPE_CHECKING:
     from shared.security.crypto import Control, TaskKey, TaskOpener, TaskSealer
 
-DATA_FIELDS = ("payload", "result", "error", "progress")
+DATA_FIELDS = ("payload", "result", "error", "progress", "webhook_url")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
 MAX_SEALED_BYTES = 1024 * 1024 - 16 * 1024
 _PLAIN_FIELDS = (
@@ -48,6 +48,7 @@ _PLAIN_FIELDS = (
     "inputs_from",
     "result_from",
     "depends_on",
+    "notify",
 )
 
 _OPTIONAL_FIELDS = (
@@ -99,6 +100,9 @@ class TaskDocuments:
             doc[TIMER_SHARD] = timer_shard(task.task_id)
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
+        if task.webhook_url is not None:
+            doc["webhook_url"] = key.seal("webhook_url", task.webhook_url)
+        doc["notify"] = task.webhook_url is not None
         if self.sealed_size(doc) > MAX_SEALED_BYTES:
             raise PayloadTooLarge(
                 f"payload is {len(doc['payload'])} bytes once stored; "
@@ -155,6 +159,7 @@ class TaskDocuments:
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
         values["has_dependents"] = bool(values.get("has_dependents"))
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -168,6 +173,7 @@ class TaskDocuments:
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
         values["has_dependents"] = bool(values.get("has_dependents"))
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod

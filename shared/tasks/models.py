@@ -91,6 +91,9 @@ class TaskRequest(BaseModel):
         except ValidationError as exc:
             raise ValueError(exc.errors()[0]["msg"]) from None
 
+    # This task's own completion webhook (shared.webhooks): checked at submit, stored sealed.
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
+
 
 class TaskError(BaseModel):
     """Why an attempt failed: a stable code and a human message."""
@@ -137,6 +140,8 @@ class Task(BaseModel):
     depends_on: list[str] | None = None  # tasks that must succeed before this one starts
     has_dependents: bool = False  # some waiting task depends on this one
     result_from: str | None = None  # a parent's result is its continuation's
+    webhook_url: str | None = None  # None when not decrypted for this read
+    notify: bool = False  # plain: the task has a webhook_url, known without decrypting
 
     @property
     def attempts_left(self) -> int:
@@ -235,6 +240,7 @@ class CreatedTask(BaseModel):
     created_at: datetime
     data_key: str  # base64 of the wrapped data key
     payload: str  # base64 of the sealed payload
+    notify: bool = False  # it has a webhook_url: its outcome stages a per-task webhook
 
 
 class TaskMessage(BaseModel):

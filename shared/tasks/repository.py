@@ -662,6 +662,7 @@ class FirestoreTaskRepository:
                 "updated_at": fresh.created_at,
                 "data_key": base64.b64decode(fresh.data_key, validate=True),
                 "payload": base64.b64decode(fresh.payload, validate=True),
+                "notify": fresh.notify,
             }
             version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
             key = self._docs.key_of(message.task_id, doc)
@@ -748,7 +749,11 @@ class FirestoreTaskRepository:
                 batch = self._db.batch()
                 batch.update(ref, changes, option=self._after(version))
                 if status.terminal:
-                    self.events.stage(batch, lease.task, status)
+                    # What follows the outcome sees the task as this commit records it.
+                    recorded = lease.task.model_copy(
+                        update={"status": status, "finished_at": changes["finished_at"]}
+                    )
+                    self.events.stage(batch, recorded, status)
                 try:
                     _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
                 except failed_precondition:
@@ -946,7 +951,8 @@ class FirestoreTaskRepository:
             self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
         )
         task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
-        self.events.stage(batch, task, status)
+        recorded = task.model_copy(update={"status": status, "finished_at": now})
+        self.events.stage(batch, recorded, status)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:
@@ -1133,6 +1139,7 @@ def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
         created_at=doc["created_at"],
         data_key=base64.b64encode(doc["data_key"]).decode("ascii"),
         payload=base64.b64encode(doc["payload"]).decode("ascii"),
+        notify=bool(doc.get("notify")),
     )
 
 

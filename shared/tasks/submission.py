@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,8 @@ log = logging.getLogger("aia.submit")
 MAX_IDEMPOTENCY_KEY = 255
 # A start this close (or past) is now: the ticker would only add its own delay.
 DUE_NOW = timedelta(seconds=1)
+# Checks a submit's webhook_url for its tenant (shared.webhooks): raises ValidationFailed.
+WebhookUrlCheck = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class SubmitService:
         settings: Settings,
         *,
         dependencies: Joins | None = None,
+        webhook_check: WebhookUrlCheck | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
@@ -126,9 +130,14 @@ class SubmitService:
         self._sealer = sealer
         self._settings = settings
         self._dependencies = dependencies
+        self._webhook_check = webhook_check
 
     def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
         request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
+        if request.webhook_url is not None:
+            if self._webhook_check is None:
+                raise ValidationFailed("webhook_url: webhooks are not enabled", field="webhook_url")
+            self._webhook_check(tenant_id, request.webhook_url)
         claim = None
         if idempotency_key is not None:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -160,6 +169,8 @@ class SubmitService:
             payload=request.payload,
             max_attempts=request.max_attempts,
             timeout_s=request.timeout_s,
+            webhook_url=request.webhook_url,
+            notify=request.webhook_url is not None,
             created_at=now,
             updated_at=now,
             depends_on=deps or None,

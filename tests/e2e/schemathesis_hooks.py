@@ -14,6 +14,9 @@ LATEST_START = timedelta(days=364)
 # What createSchedule's valid cases carry where the API checks by meaning (below).
 VALID_SCHEDULE = {"cron": "0 0 1 1 *", "timezone": "Europe/Paris"}
 VALID_TASK = {"type": "echo", "payload": {}}
+# A receiver the local stack's egress allows (loopback, by its configuration); nothing
+# listens there, so its deliveries fail fast and retry on schedule.
+VALID_WEBHOOK_URL = "http://127.0.0.1:9/schemathesis"
 
 
 @schemathesis.hook
@@ -32,8 +35,14 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if case.method.upper() == "POST" and case.path in ("/tasks", "/tasks/submit"):
         _start_within_a_year(body)
         _no_unknown_dependencies(body)
+        # A per-task webhook_url needs the tenant's signing key (the declared 422 without).
+        body.pop("webhook_url", None)
     elif case.method.upper() == "POST" and case.path == "/schedules":
         _meaningful_schedule(body)
+    elif case.method.upper() == "POST" and case.path == "/webhooks":
+        # Whether a URL may receive webhooks depends on what it resolves to (the declared
+        # 422 for a private or unresolvable host): a valid case gets one that may.
+        body["url"] = VALID_WEBHOOK_URL
 
 
 def _start_within_a_year(body: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
 ]
 """
-    for operation in ("listTasks", "listSchedules")
+    for operation in ("listTasks", "listSchedules", "listWebhooks", "listWebhookDeliveries")
 )
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 

@@ -208,8 +208,9 @@ class World:
     tasks_observer: str
 
     def env_for(self, name: str) -> dict[str, str]:
-        """What Terraform gives `name`: submit_task and schedules hold the public ring only."""
-        ring = self.ring.public_only() if name in ("submit_task", "schedules") else self.ring
+        """What Terraform gives `name`: the sealing functions hold the public ring only."""
+        sealing_only = name in ("submit_task", "schedules", "webhooks")
+        ring = self.ring.public_only() if sealing_only else self.ring
         return {**self.env, "AIA_KEYRING": ring.to_json()}
 
     def auth(self) -> dict[str, str]:
@@ -438,6 +439,28 @@ def test_dashboard_bundle_serves(
         report = assert_serves(serve("dashboard", Request(path=path), world, bundles, runtime_venv))
         assert report["content_type"].startswith(kind), (path, report["content_type"])
         assert report["body"], path
+
+
+def test_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # A public IP literal: the URL passes the egress rules without DNS.
+    body = {"url": "https://93.184.216.34/hook", "events": ["task.succeeded"]}
+    request = Request.post_json("/webhooks", body, world.auth())
+    report = assert_serves(serve("webhooks", request, world, bundles, runtime_venv), 201)
+    answer = json.loads(report["body"])
+    assert answer["secret"].startswith("whsec_")
+    assert answer["url"] == body["url"]
+
+
+def test_deliver_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request("POST", "/sweep")
+    report = assert_serves(serve("deliver_webhooks", request, world, bundles, runtime_venv))
+    swept = json.loads(report["body"])
+    assert set(swept) == {"events", "deliveries", "caught_up"}
+    assert all(type(n) is int for n in swept.values())
 
 
 SERVING_CHECKS = {

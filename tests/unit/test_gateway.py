@@ -47,6 +47,11 @@ FUNCTIONS = ("health", "metrics", "submit_task", "task_status")
         # Under /schedules/ as the load balancer's prefix rule: schedules answers the 404.
         ("GET", "/schedules/a/b", "schedules"),
         ("GET", "/schedulesx", None),
+        ("POST", "/webhooks", "webhooks"),
+        ("GET", "/webhooks/", "webhooks"),
+        ("DELETE", "/webhooks/ep_1", "webhooks"),
+        ("POST", "/webhooks/deliveries/dl_1:replay", "webhooks"),
+        ("GET", "/webhooksx", None),
         ("GET", "/nope", None),
         ("GET", "/openapi.json/x", None),
         ("POST", "/projects/p/topics/t", None),

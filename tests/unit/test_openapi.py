@@ -21,7 +21,7 @@ from tools.package import discover_functions, signature_type
 from tools.tfschema.venvs import REPO_ROOT
 
 # Internal functions: invoked by Pub/Sub and Cloud Scheduler, never through the public URL.
-INTERNAL = frozenset({"process_task", "redispatch", "schedule_tick"})
+INTERNAL = frozenset({"process_task", "redispatch", "schedule_tick", "deliver_webhooks"})
 
 
 @pytest.fixture(scope="module")

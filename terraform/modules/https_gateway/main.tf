@@ -8,11 +8,14 @@
  *   /tasks/submit                    -> submit_task
  *   /tasks/counts                    -> task_status
  *   /schedules                       -> schedules
+ *   /webhooks, /webhooks/signing-key -> webhooks
  *   /health, /                       -> health
  *   /metrics                         -> metrics
  *   /openapi.json                    -> openapi
  *   /dashboard, /dashboard/...       -> dashboard
+ *   /webhooks/deliveries/...         -> webhooks
  *   /schedules/...                   -> schedules
+ *   /webhooks/...                    -> webhooks
  *   POST /tasks/...  (:replay)       -> submit_task
  *   /tasks/...       ({task_id})     -> task_status
  *   anything else                    -> health, which answers 404 problem+json
@@ -31,6 +34,7 @@ locals {
     schedules   = var.services.schedules
     openapi     = var.services.openapi
     dashboard   = var.services.dashboard
+    webhooks    = var.services.webhooks
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
@@ -40,15 +44,19 @@ locals {
     { priority = 30, backend = "submit_task", full_path = "/tasks/submit", prefix = null, method = null },
     { priority = 40, backend = "task_status", full_path = "/tasks/counts", prefix = null, method = null },
     { priority = 50, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
-    { priority = 60, backend = "health", full_path = "/health", prefix = null, method = null },
-    { priority = 70, backend = "health", full_path = "/", prefix = null, method = null },
-    { priority = 80, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
-    { priority = 90, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
-    { priority = 100, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
-    { priority = 110, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
-    { priority = 120, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
-    { priority = 130, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
-    { priority = 140, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 60, backend = "webhooks", full_path = "/webhooks", prefix = null, method = null },
+    { priority = 70, backend = "webhooks", full_path = "/webhooks/signing-key", prefix = null, method = null },
+    { priority = 80, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 90, backend = "health", full_path = "/", prefix = null, method = null },
+    { priority = 100, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 110, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
+    { priority = 120, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 130, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
+    { priority = 140, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 150, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 160, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
+    { priority = 170, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 180, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

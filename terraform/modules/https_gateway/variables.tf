@@ -38,5 +38,6 @@ variable "services" {
     schedules   = string
     openapi     = string
     dashboard   = string
+    webhooks    = string
   })
 }

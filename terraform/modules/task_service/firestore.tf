@@ -49,6 +49,19 @@ locals {
       collection = "schedules"
       fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # Webhooks: a new endpoint's catch-up, and the tenant's pages of endpoints and deliveries.
+    tasks_finished_between = {
+      collection = "tasks"
+      fields     = [["tenant_id", "ASCENDING"], ["finished_at", "ASCENDING"], ["__name__", "ASCENDING"]]
+    }
+    list_webhook_endpoints = {
+      collection = "webhook_endpoints"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    list_webhook_deliveries = {
+      collection = "webhook_deliveries"
+      fields     = [["tenant_id", "ASCENDING"], ["endpoint_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py NOT_INDEXED: due times only the sharded indexes above may
@@ -59,8 +72,14 @@ locals {
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys"]
-  ttl_field       = "expires_at"
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries"]
+
+  # shared/queries.py UNINDEXED_FIELDS.
+  unindexed_fields = {
+    webhook_endpoint_secrets  = { collection = "webhook_endpoints", field = "secrets" }
+    webhook_delivery_attempts = { collection = "webhook_deliveries", field = "attempts" }
+  }
+  ttl_field = "expires_at"
 }
 
 resource "google_firestore_database" "this" {
@@ -129,6 +148,19 @@ resource "google_firestore_field" "ttl" {
 
 resource "google_firestore_field" "not_indexed" {
   for_each = local.not_indexed
+
+  project    = var.project_id
+  database   = google_firestore_database.this.name
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
+}
+
+# Never filtered or ordered on, and bulky (sealed keys, the attempt log):
+# exempt from indexing, so writing them costs no index entries.
+resource "google_firestore_field" "unindexed" {
+  for_each = local.unindexed_fields
 
   project    = var.project_id
   database   = google_firestore_database.this.name

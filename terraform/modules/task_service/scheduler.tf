@@ -55,3 +55,31 @@ resource "google_cloud_scheduler_job" "schedule_tick" {
 
   depends_on = [google_project_service.this]
 }
+
+# The webhook sweep: events whose flush was lost, deliveries whose retry is due,
+# and the catch-up of endpoints registered while instances cached "none".
+resource "google_cloud_scheduler_job" "webhook_sweep" {
+  project          = var.project_id
+  region           = var.region
+  name             = "${var.name_prefix}-webhook-sweep"
+  description      = "Sends webhook deliveries that are due and events not yet fanned out."
+  schedule         = var.webhook_sweep_schedule
+  time_zone        = "Etc/UTC"
+  attempt_deadline = "180s"
+
+  retry_config {
+    retry_count = 0 # the next run a minute later is the retry
+  }
+
+  http_target {
+    http_method = "POST"
+    uri         = "${module.function["deliver_webhooks"].uri}/sweep"
+
+    oidc_token {
+      service_account_email = google_service_account.scheduler_invoker.email
+      audience              = module.function["deliver_webhooks"].uri
+    }
+  }
+
+  depends_on = [google_project_service.this]
+}

@@ -293,3 +293,26 @@ variable "metrics_flush_s" {
     error_message = "metrics_flush_s must be 0-300."
   }
 }
+
+variable "webhook_events_topic" {
+  description = "Name of the topic carrying webhook event and delivery ids to deliver_webhooks (AIA_WEBHOOK_EVENTS_TOPIC)."
+  type        = string
+  default     = "aia-webhook-events"
+}
+
+variable "webhook_cache_s" {
+  description = "Seconds an instance trusts what it read about a tenant's webhook endpoints (AIA_WEBHOOK_CACHE_S); a new endpoint's catch-up covers 30 s, so no more."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.webhook_cache_s >= 0 && var.webhook_cache_s <= 30
+    error_message = "webhook_cache_s must be 0-30."
+  }
+}
+
+variable "webhook_sweep_schedule" {
+  description = "Cron schedule of the webhook sweep (due retries, lost flushes, catch-ups)."
+  type        = string
+  default     = "* * * * *"
+}

@@ -11,6 +11,7 @@ variables {
     schedules   = "schedules"
     openapi     = "openapi"
     dashboard   = "dashboard"
+    webhooks    = "webhooks"
   }
 }
 
@@ -18,8 +19,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 14
-    error_message = "Fourteen route rules: shared/api/routes.py's routing_rules()."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 18
+    error_message = "Eighteen route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
@@ -28,7 +29,7 @@ run "routes" {
   }
 
   assert {
-    condition     = length(google_compute_backend_service.this) == 7
+    condition     = length(google_compute_backend_service.this) == 8
     error_message = "One backend per public function."
   }
 
