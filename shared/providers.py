@@ -25,6 +25,11 @@ from shared.config import get_settings, task_modules
 BACKGROUND_PUBLISH_WAIT_S = 5.0
 
 if TYPE_CHECKING:
+    from shared.flow.admission import Admission
+    from shared.flow.budgets import BudgetBank
+    from shared.flow.ledger import BudgetEvents
+    from shared.flow.limits_store import FlowConfigStore
+    from shared.flow.usage import UsageService
     from shared.operations.redispatch import Redispatcher
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
@@ -72,8 +77,72 @@ def task_repository() -> FirestoreTaskRepository:
         TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
     )
     return FirestoreTaskRepository(
-        firestore_client(), documents, metric_shards=settings.metrics_shards
+        firestore_client(),
+        documents,
+        metric_shards=settings.metrics_shards,
+        events=budget_events(),
     )
+
+
+@functools.cache
+def budget_events() -> BudgetEvents:
+    """Settles budgeted tasks' holds in their terminal commit (nothing for the others)."""
+    from shared.flow.ledger import BudgetEvents
+
+    settings = get_settings()
+    return BudgetEvents(
+        firestore_client(),
+        retention=timedelta(days=settings.ledger_retention_days),
+        metric_shards=settings.metrics_shards,
+    )
+
+
+@functools.cache
+def flow_config() -> FlowConfigStore:
+    from shared.flow.limits_store import FlowConfigStore
+
+    return FlowConfigStore(firestore_client(), cache_s=get_settings().flow_cache_s)
+
+
+@functools.cache
+def budget_bank() -> BudgetBank:
+    from shared.flow.budgets import BudgetBank
+
+    settings = get_settings()
+    return BudgetBank(
+        firestore_client(),
+        flow_config(),
+        default_shards=settings.budget_shards,
+        retention=timedelta(days=settings.ledger_retention_days),
+        metric_shards=settings.metrics_shards,
+    )
+
+
+@functools.cache
+def admission() -> Admission:
+    from shared.flow.admission import Admission
+    from shared.flow.limits_store import parse_limit
+    from shared.flow.metrics import RefusalCounter
+    from shared.flow.ratelimits import RateLimiter
+
+    settings = get_settings()
+    return Admission(
+        firestore_client(),
+        flow_config(),
+        RateLimiter(firestore_client()),
+        budget_bank(),
+        task_registry(),
+        prices=settings.task_prices,
+        default_limit=parse_limit(settings.rate_limit_default),
+        refusals=RefusalCounter(shards=settings.metrics_shards),
+    )
+
+
+@functools.cache
+def usage_service() -> UsageService:
+    from shared.flow.usage import UsageService
+
+    return UsageService(firestore_client(), flow_config(), budget_bank())
 
 
 @functools.cache
@@ -109,6 +178,7 @@ def submit_service() -> SubmitService:
         task_registry(),
         TaskSealer(keyring()),
         get_settings(),
+        admission=admission(),
     )
 
 
@@ -164,6 +234,11 @@ def reset() -> None:
         status_service,
         worker,
         redispatcher,
+        budget_events,
+        flow_config,
+        budget_bank,
+        admission,
+        usage_service,
     ):
         provider.cache_clear()
     reset_clients()

@@ -13,10 +13,17 @@ TASKS = "tasks"
 IDEMPOTENCY_KEYS = "idempotency_keys"
 API_KEYS = "api_keys"
 METRIC_SHARDS = "metric_shards"
+# Flow control (shared.flow): per-tenant configuration, the escrow shards of budgets,
+# usage per period, the ledger, and rate-limit slot shards.
+FLOW_CONFIG = "flow_config"
+BUDGET_SHARDS = "budget_shards"
+BUDGET_USAGE = "budget_usage"
+LEDGER = "ledger"
+RATE_SHARDS = "rate_shards"
 
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
-TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS)
+TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, LEDGER, RATE_SHARDS)
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 
@@ -60,6 +67,16 @@ DEAD_LETTER_PENDING = QuerySpec(
     TASKS, ("dead_letter_pending",), (("updated_at", "ASCENDING"),), range_field="updated_at"
 )
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
+# A tenant's ledger, newest first, all entries or of one kind.
+LEDGER_BY_TENANT = QuerySpec(
+    LEDGER, ("tenant_id",), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
+)
+LEDGER_BY_TENANT_KIND = QuerySpec(
+    LEDGER, ("tenant_id", "kind"), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
+)
+# Every escrow shard of a tenant; its usage shards of one period (equality only).
+BUDGET_SHARDS_OF_TENANT = QuerySpec(BUDGET_SHARDS, ("tenant_id",))
+USAGE_OF_PERIOD = QuerySpec(BUDGET_USAGE, ("tenant_id", "period"))
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS,
@@ -73,6 +90,10 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     EXPIRED_LEASES,
     DEAD_LETTER_PENDING,
     KEYS_TO_REWRAP,
+    LEDGER_BY_TENANT,
+    LEDGER_BY_TENANT_KIND,
+    BUDGET_SHARDS_OF_TENANT,
+    USAGE_OF_PERIOD,
 )
 
 

@@ -32,7 +32,7 @@ def submit_task(request: flask.Request) -> flask.Response:
     )
     status_url = _status_url(submitted.task_id)
     answer = {"task_id": submitted.task_id, "status": "queued", "status_url": status_url}
-    headers = {"Location": status_url}
+    headers = {"Location": status_url, **submitted.headers}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     if not submitted.dispatched:

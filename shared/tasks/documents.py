@@ -36,6 +36,8 @@ _PLAIN_FIELDS = (
     "dispatch_pending",
     "dead_letter_pending",
     "attempt_base",
+    "hold",
+    "tokens_charged",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -61,6 +63,7 @@ class TaskDocuments:
         key = self._sealer.new_task_key(task.tenant_id, task.task_id, control_of(task))
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
         doc["status"] = task.status.value
+        doc["hold"] = task.hold.model_dump() if task.hold is not None else None
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
         if self.sealed_size(doc) > MAX_SEALED_BYTES:

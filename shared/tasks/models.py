@@ -45,6 +45,14 @@ class TaskError(BaseModel):
     message: str
 
 
+class TokenHold(BaseModel):
+    """Tokens a budgeted tenant's submit reserved for the task (see shared.flow)."""
+
+    id: str  # the ledger key: the task id, then "<task_id>.r<n>" for its n-th replay
+    tokens: int = Field(ge=0)
+    shard: int = Field(ge=0)  # the escrow shard it came from; settled back into the same
+
+
 class Task(BaseModel):
     """A task as the service knows it (plaintext; storage encrypts data fields)."""
 
@@ -68,6 +76,9 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+    # Budgeted tenants only: what submit reserved, and what attempts reported using.
+    hold: TokenHold | None = None
+    tokens_charged: int | None = None  # None: no attempt reported any use
 
     @property
     def attempts_left(self) -> int:

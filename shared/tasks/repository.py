@@ -19,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -44,6 +44,7 @@ from shared.errors import (
     KeyUnavailable,
     NotFound,
     NotReplayable,
+    StagedConflict,
     Unavailable,
 )
 from shared.limits import loads_bounded
@@ -154,10 +155,35 @@ class StuckTask:
     version: Any = None
 
 
+class Staged(Protocol):
+    """Writes another feature adds to a task's commit (a budget hold), conditioned as it needs.
+
+    If one of its preconditions fails the commit stores nothing and the
+    repository raises `StagedConflict`; the caller stages afresh.
+    """
+
+    def stage(self, batch: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rehold:
+    """What a replay adds to the task it queues again: fields, and writes in the same commit."""
+
+    fields: dict[str, Any]
+    writes: tuple[Staged, ...]
+
+
+# Given the task (plain fields) and its replay number: a fresh hold for its next run, or None.
+ReholdFor = Callable[[Task, int], Rehold | None]
+
+
 class TaskRepository(Protocol):
     events: TaskEvents  # what follows a terminal transition, staged in its commit
 
-    def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created: ...
+    def create(
+        self, task: Task, idempotency: IdempotencyClaim | None, staged: Sequence[Staged] = ()
+    ) -> Created: ...
+    def replayed(self, claim: IdempotencyClaim, now: datetime) -> Created | None: ...
     def get(self, tenant_id: str, task_id: str) -> Task: ...
     def list_tasks(
         self,
@@ -179,12 +205,15 @@ class TaskRepository(Protocol):
         error: TaskError | None = None,
         duration_s: float,
         until: float,
+        charged: int | None = None,
     ) -> bool: ...
     def fail_unstarted(self, opened: Opened, error: TaskError, now: datetime) -> bool: ...
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None: ...
     def dead_letter_sent(self, task_id: str) -> None: ...
     def mark_dispatch_pending(self, task_id: str) -> None: ...
-    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]: ...
+    def replay(
+        self, tenant_id: str, task_id: str, now: datetime, rehold: ReholdFor | None = None
+    ) -> tuple[Task, bool]: ...
     def count_by_status(self, tenant_id: str) -> dict[str, int]: ...
     def stuck(
         self, now: datetime, queued_before: datetime, dead_letter_before: datetime, limit: int
@@ -273,18 +302,28 @@ class FirestoreTaskRepository:
 
     # -- submit ------------------------------------------------------------
 
-    def create(self, task: Task, idempotency: IdempotencyClaim | None) -> Created:
+    def create(
+        self, task: Task, idempotency: IdempotencyClaim | None, staged: Sequence[Staged] = ()
+    ) -> Created:
         doc = self._docs.encode_new(task)
-        batch = self._db.batch()
-        batch.create(self._tasks.document(task.task_id), doc)
-        metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
+        batch = self._rebatch(task, doc, staged)
         if idempotency is None:
-            batch.commit(**SUBMIT_WRITE.kwargs())
+            # Only a staged write carries a precondition here: the task id is new.
+            failed_precondition, _, _ = _google_errors()
+            try:
+                batch.commit(**SUBMIT_WRITE.kwargs())
+            except failed_precondition as exc:
+                raise StagedConflict("a budget shard changed under this submit") from exc
             return Created(task.task_id, replayed=False)
-        return self._create_idempotent(task, batch, doc, idempotency)
+        return self._create_idempotent(task, batch, doc, idempotency, staged)
 
     def _create_idempotent(
-        self, task: Task, batch: Any, doc: dict[str, Any], claim: IdempotencyClaim
+        self,
+        task: Task,
+        batch: Any,
+        doc: dict[str, Any],
+        claim: IdempotencyClaim,
+        staged: Sequence[Staged] = (),
     ) -> Created:
         """Create the key's record with the task in one batch; an existing record is a replay.
 
@@ -302,13 +341,16 @@ class FirestoreTaskRepository:
         }
         for attempt in range(_MAX_CONFLICTS):
             if attempt:
-                batch = self._rebatch(task, doc)
+                batch = self._rebatch(task, doc, staged)
             batch.create(idem_ref, record)
             try:
                 batch.commit(**SUBMIT_WRITE.kwargs())
                 return Created(task.task_id, replayed=False)
             except already_exists:
                 pass
+            except failed_precondition as exc:
+                # Creates only, besides what was staged: a staged write lost its race.
+                raise StagedConflict("a budget shard changed under this submit") from exc
             snap = idem_ref.get(**SUBMIT_WRITE.kwargs())
             if not snap.exists:
                 continue  # expired and deleted in between: create it afresh
@@ -324,20 +366,47 @@ class FirestoreTaskRepository:
                 )
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
-            renew = self._rebatch(task, doc)
+            renew = self._rebatch(task, doc, staged)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
                 renew.commit(**SUBMIT_WRITE.kwargs())
                 return Created(task.task_id, replayed=False)
-            except failed_precondition:
+            except failed_precondition as exc:
+                if staged:
+                    # Ours or the record's precondition: the caller stages afresh either way.
+                    raise StagedConflict("a budget shard changed under this submit") from exc
                 continue
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
 
-    def _rebatch(self, task: Task, doc: dict[str, Any]) -> Any:
+    def _rebatch(self, task: Task, doc: dict[str, Any], staged: Sequence[Staged] = ()) -> Any:
         batch = self._db.batch()
         batch.create(self._tasks.document(task.task_id), doc)
         metrics.record_submitted(batch, self._db, task.type, shards=self._shards)
+        for writes in staged:
+            writes.stage(batch)
         return batch
+
+    def replayed(self, claim: IdempotencyClaim, now: datetime) -> Created | None:
+        """The stored answer for `claim` if its key was used within its window, else None.
+
+        For a submit refused before anything was written (over budget, over a
+        rate): an earlier accepted submit with the same key still answers as
+        itself, so a client retrying a lost answer never mistakes it for a refusal.
+        """
+        snap = (
+            self._db.collection(queries.IDEMPOTENCY_KEYS)
+            .document(claim.doc_id)
+            .get(**SUBMIT_WRITE.kwargs())
+        )
+        prior = snap.to_dict() if snap.exists else None
+        if not prior or prior[queries.EXPIRES_AT] <= now:
+            return None
+        if prior["body_digest"] != claim.body_digest:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was used with a different request body",
+                field="Idempotency-Key",
+            )
+        return Created(prior["task_id"], replayed=True, dispatch_pending=self._pending(prior))
 
     def _pending(self, prior: dict[str, Any]) -> bool:
         snap = self._read(str(prior["task_id"]), SUBMIT_WRITE)
@@ -346,13 +415,16 @@ class FirestoreTaskRepository:
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())
 
-    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]:
+    def replay(
+        self, tenant_id: str, task_id: str, now: datetime, rehold: ReholdFor | None = None
+    ) -> tuple[Task, bool]:
         """Queue a task that failed for good again, for a fresh set of attempts.
 
         Returns the task and whether this call queued it. Idempotent: a task
         already queued or running again is returned as it is. The write is
         conditioned on the document as read, so two replays (or a replay racing
-        the sweep) reset it once.
+        the sweep) reset it once. `rehold` reserves the next run's budget in the
+        same commit (its first run's hold was settled when it failed).
         """
         if not valid_task_id(task_id):
             raise NotFound(f"no task {task_id!r}")
@@ -391,13 +463,24 @@ class FirestoreTaskRepository:
                 "key_wait_since": None,
                 # Its dead letter (if still unsent) no longer describes the task.
                 "dead_letter_pending": False,
+                # The first run's hold was settled when it failed: the next is held afresh
+                # (below) or not at all, never settled twice.
+                "hold": None,
+                "tokens_charged": None,
             }
+            held = rehold(_plain_task(task_id, doc), changes["replays"]) if rehold else None
+            batch = self._db.batch()
+            if held is not None:
+                changes.update(held.fields)
+            batch.update(
+                self._tasks.document(task_id), changes, option=self._after(snapshot.version)
+            )
+            for writes in held.writes if held is not None else ():
+                writes.stage(batch)
             try:
-                self._tasks.document(task_id).update(
-                    changes, option=self._after(snapshot.version), **SUBMIT_WRITE.kwargs()
-                )
+                batch.commit(**SUBMIT_WRITE.kwargs())
             except failed_precondition:
-                continue
+                continue  # the task, or a budget shard, changed: read both again
             return _plain_task(task_id, {**doc, **changes}), True
         raise Unavailable("the task kept changing while it was replayed")
 
@@ -515,11 +598,14 @@ class FirestoreTaskRepository:
         error: TaskError | None = None,
         duration_s: float,
         until: float,
+        charged: int | None = None,
     ) -> bool:
         """Record the attempt's outcome while `lease` still holds; False if it was lost.
 
         Transient failures are retried until `until` (epoch seconds), inside the
         lease: the handler's work is done and should not be thrown away.
+        `charged` (tokens the attempt reported) adds to the task's total in the
+        same write, so a terminal commit settles every attempt's use.
         """
         now = _now()
         changes: dict[str, Any] = {
@@ -540,6 +626,12 @@ class FirestoreTaskRepository:
             changes["finished_at"] = now
         if status is TaskStatus.FAILED:
             changes["dead_letter_pending"] = True
+        task = lease.task
+        if charged is not None:
+            total = (task.tokens_charged or 0) + charged
+            # Absolute, not an increment: the write is conditioned on the version read.
+            changes["tokens_charged"] = total
+            task = task.model_copy(update={"tokens_charged": total})
         ref = self._tasks.document(lease.task.task_id)
         failed_precondition, _, _ = _google_errors()
         version = lease.version
@@ -547,7 +639,7 @@ class FirestoreTaskRepository:
             batch = self._db.batch()
             batch.update(ref, changes, option=self._after(version))
             if terminal:
-                self.events.stage(batch, lease.task, status)
+                self.events.stage(batch, task, status)
             metrics.record_duration(
                 batch,
                 self._db,

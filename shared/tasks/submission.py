@@ -5,24 +5,35 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.errors import Unavailable, ValidationFailed
+from shared.errors import (
+    BudgetExhausted,
+    RateLimited,
+    StagedConflict,
+    Unavailable,
+    ValidationFailed,
+)
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskMessage, TaskRequest, TaskStatus
 from shared.tasks.registry import TaskRegistry
-from shared.tasks.repository import IdempotencyClaim, TaskRepository
+from shared.tasks.repository import Created, IdempotencyClaim, TaskRepository
+
+if TYPE_CHECKING:
+    from shared.flow.admission import Admission
 
 log = logging.getLogger("aia.submit")
 
 MAX_IDEMPOTENCY_KEY = 255
+# Holds whose commit lost to another submit on the same budget shard try again.
+MAX_HOLD_CONFLICTS = 40
 
 
 @dataclass(frozen=True)
@@ -30,6 +41,7 @@ class Submitted:
     task_id: str
     replayed: bool
     dispatched: bool
+    headers: dict[str, str] = field(default_factory=dict)  # flow control's (RateLimit fields)
 
 
 @dataclass(frozen=True)
@@ -72,12 +84,15 @@ class SubmitService:
         registry: TaskRegistry,
         sealer: TaskSealer,
         settings: Settings,
+        *,
+        admission: Admission | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
         self._registry = registry
         self._sealer = sealer
         self._settings = settings
+        self._admission = admission  # None: no flow control (rate limits, budgets)
 
     def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
         request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
@@ -102,13 +117,43 @@ class SubmitService:
             created_at=now,
             updated_at=now,
         )
-        created = self._repository.create(task, claim)
+        try:
+            created, flow_headers = self._create(task, claim)
+        except (BudgetExhausted, RateLimited):
+            # Refused before anything was written; an earlier accepted submit with this
+            # Idempotency-Key still answers as itself.
+            prior = self._repository.replayed(claim, now) if claim is not None else None
+            if prior is None:
+                raise
+            created, flow_headers = prior, {}
         if created.replayed:
             # The original answer, including a dispatch that was deferred.
             return Submitted(
-                created.task_id, replayed=True, dispatched=not created.dispatch_pending
+                created.task_id,
+                replayed=True,
+                dispatched=not created.dispatch_pending,
+                headers=flow_headers,
             )
-        return Submitted(task.task_id, replayed=False, dispatched=self._dispatch(task))
+        return Submitted(
+            task.task_id, replayed=False, dispatched=self._dispatch(task), headers=flow_headers
+        )
+
+    def _create(self, task: Task, claim: IdempotencyClaim | None) -> tuple[Created, dict[str, str]]:
+        """Store the task, with its hold in the same commit when its tenant has a budget."""
+        if self._admission is None:
+            return self._repository.create(task, claim), {}
+        admitted = self._admission.admit(task.tenant_id, task.type)
+        for _ in range(MAX_HOLD_CONFLICTS):
+            reservation = self._admission.reserve(admitted, task.task_id)
+            held = task.model_copy(update=reservation.fields) if reservation.fields else task
+            try:
+                created = self._repository.create(held, claim, reservation.writes)
+            except StagedConflict:
+                self._admission.lost(reservation)  # another submit took that shard first
+                continue
+            self._admission.committed(reservation)
+            return created, admitted.headers
+        raise Unavailable("the tenant's budget is contended; retry shortly")
 
     def _dispatch(self, task: Task) -> bool:
         """Publish the task's id; on failure flag it for the sweep and say it was deferred."""
@@ -130,7 +175,8 @@ class SubmitService:
 
     def replay(self, tenant_id: str, task_id: str) -> Replayed:
         """Run a task that failed for good again, as fresh attempts of the same task."""
-        task, queued = self._repository.replay(tenant_id, task_id, datetime.now(UTC))
+        rehold = self._admission.rehold if self._admission is not None else None
+        task, queued = self._repository.replay(tenant_id, task_id, datetime.now(UTC), rehold)
         if not queued:
             # Already queued or running again: the earlier replay's dispatch stands.
             return Replayed(task, dispatched=not task.dispatch_pending)

@@ -206,6 +206,7 @@ class Worker:
                     result=result,
                     duration_s=duration,
                     until=until,
+                    charged=outcome.charged,
                 )
             except (NestingTooDeep, ResultTooLarge) as exc:
                 invalid = exc if isinstance(exc, ResultTooLarge) else ResultInvalid(exc.detail)
@@ -234,6 +235,7 @@ class Worker:
             error=error,
             duration_s=duration,
             until=until,
+            charged=outcome.charged,
         )
         if not owned:
             return Processed(Outcome.SKIPPED, "lease lost")
