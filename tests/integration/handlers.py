@@ -56,3 +56,23 @@ def crash(payload: Empty, ctx: TaskContext) -> None:
     import os
 
     os._exit(3)
+
+
+class Metered(BaseModel):
+    tokens: list[int]  # reported with ctx.charge by every attempt
+    fail_attempts: int = 0  # the first n attempts fail (retryably) after reporting
+    hold_s: float = 0.0  # how long each attempt runs (to overlap deliveries)
+
+
+@task_type("test.metered", Metered, price=10)
+def metered(payload: Metered, ctx: TaskContext) -> dict[str, int]:
+    import time
+
+    from shared.errors import RetryableError
+
+    for tokens in payload.tokens:
+        ctx.charge(tokens, reason="work")
+    time.sleep(payload.hold_s)
+    if ctx.attempt <= payload.fail_attempts:
+        raise RetryableError(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}
