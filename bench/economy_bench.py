@@ -70,9 +70,10 @@ def _prepare() -> None:
     from google.cloud import pubsub_v1
 
     from shared import providers
+    from shared.config import get_settings
     from shared.flow.limits_store import ALL_TYPES, LimitSpec
 
-    settings = providers.get_settings()
+    settings = get_settings()
     pubsub_v1.PublisherClient().create_topic(
         name=f"projects/{PROJECT}/topics/{settings.tasks_topic}"
     )
@@ -127,7 +128,7 @@ def burst(tenant: str, total: int) -> float:
                 n = left[0]
             try:
                 _submit(tenant, n)
-            except BaseException as exc:
+            except Exception as exc:  # noqa: BLE001 - re-raised once the threads are done
                 errors.append(exc)
                 return
 

@@ -58,6 +58,8 @@ def route(method: str, path: str) -> str | None:  # noqa: PLR0911 - one answer p
         return "submit_task"
     if _TASK_ID.match(path):
         return "task_status"
+    if path in ("/usage", "/usage/ledger"):
+        return "usage"
     return None
 
 

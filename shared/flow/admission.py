@@ -1,12 +1,13 @@
 """Admission of a submit: the one place flow control says yes or no, and what a yes costs.
 
 `admit` runs before anything is stored: it reads the tenant's configuration
-(cached), claims a slot under each rate limit that applies, and refills the
-budget if a new month began. `reserve` then gives what the submit's commit
-must carry: the task's fields and the writes of its hold. Parts still to come
-(concurrency limits and keys, priorities) add their own checks to `admit` and
-their own staged writes to `reserve`, beside these, without touching the
-submit path again.
+(cached) and refills the budget if a new month began. `reserve` then plans
+what the submit's commit must carry, or refuses: a slot under each rate limit
+(429 if none is free), the budget's hold (402 if the balance cannot cover the
+price), as the task's fields and staged writes. One commit stores the task
+with all of it, or nothing. Parts still to come (concurrency limits and keys,
+priorities) add their own plans to `reserve`, beside these, without touching
+the submit path again.
 
 A tenant with neither a budget nor a limit (nor a default limit configured)
 costs one cached configuration read per instance per TTL, and nothing per task.
@@ -21,9 +22,10 @@ from typing import Any
 
 from shared.errors import BudgetExhausted, RateLimited
 from shared.flow.budgets import BudgetBank, HoldWrites
+from shared.flow.gcra import Limit
 from shared.flow.limits_store import BudgetSpec, FlowConfigStore, LimitSpec
 from shared.flow.metrics import RefusalCounter
-from shared.flow.ratelimits import RateLimiter, Verdict, headers
+from shared.flow.ratelimits import Claim, RateLimiter, headers
 from shared.tasks.models import Task
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import Rehold, Staged
@@ -33,18 +35,13 @@ log = logging.getLogger("aia.admission")
 
 @dataclass(frozen=True)
 class Admitted:
-    """A submit flow control let through, and what it must carry."""
+    """What flow control knows of a submit before it plans its writes."""
 
     tenant_id: str
     task_type: str
     price: int
     budget: BudgetSpec | None  # None: the tenant has no budget, nothing is held
-    verdicts: tuple[Verdict, ...] = ()
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """RateLimit fields for the answer (none for a tenant without limits)."""
-        return headers(self.verdicts)
+    limits: tuple[tuple[str, Limit], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,8 +49,17 @@ class Reservation:
     """What the submit's commit carries for flow control: task fields and staged writes."""
 
     fields: dict[str, Any] = field(default_factory=dict)
-    writes: tuple[Staged, ...] = ()
+    claims: tuple[Claim, ...] = ()
     holds: tuple[HoldWrites, ...] = ()
+
+    @property
+    def writes(self) -> tuple[Staged, ...]:
+        return (*self.claims, *self.holds)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """RateLimit fields for the answer (none for a tenant without limits)."""
+        return headers([c.verdict for c in self.claims])
 
 
 NOTHING = Reservation()
@@ -88,26 +94,31 @@ class Admission:
         return self._registry.get(task_type).price
 
     def admit(self, tenant_id: str, task_type: str) -> Admitted:
-        """Rate limits, and the month's refill; raises RateLimited. Stores no task."""
+        """The tenant's limits and budget (refilled if a new month began). Writes no task."""
         self._refusals.flush_if_due(self._db)
         config = self._config.get(tenant_id)
-        limits = config.limits_for(task_type, self._default_limit)
-        verdicts: list[Verdict] = []
-        if limits:
-            try:
-                verdicts = self._limiter.check(tenant_id, limits)
-            except RateLimited:
-                self._refusals.note(tenant_id, "rate")
-                raise
+        limits = tuple(config.limits_for(task_type, self._default_limit))
         budget = config.budget
         if budget is not None:
             budget = self._bank.refill_if_due(tenant_id, config).budget
-        return Admitted(tenant_id, task_type, self.price(task_type), budget, tuple(verdicts))
+        return Admitted(tenant_id, task_type, self.price(task_type), budget, limits)
 
     def reserve(self, admitted: Admitted, task_id: str, hold_id: str | None = None) -> Reservation:
-        """The hold of a budgeted tenant's task; raises BudgetExhausted (402) when it cannot."""
-        if admitted.budget is None or admitted.price <= 0:
+        """Slots under the rate limits and the budget's hold, planned for the submit's commit.
+
+        Raises RateLimited (429) or BudgetExhausted (402); either way nothing
+        is written. Each try of the commit plans afresh (a lost race is read
+        again).
+        """
+        if not admitted.limits and (admitted.budget is None or admitted.price <= 0):
             return NOTHING
+        try:
+            claims = tuple(self._limiter.plan(admitted.tenant_id, admitted.limits))
+        except RateLimited:
+            self._refused(admitted.tenant_id, "rate")
+            raise
+        if admitted.budget is None or admitted.price <= 0:
+            return Reservation(claims=claims)
         try:
             held = self._bank.hold(
                 admitted.tenant_id,
@@ -118,19 +129,37 @@ class Admission:
                 price=admitted.price,
             )
         except BudgetExhausted:
-            self._refusals.note(admitted.tenant_id, "budget")
+            self._limiter.done(claims, committed=False)
+            self._refused(admitted.tenant_id, "budget")
+            raise
+        except BaseException:
+            self._limiter.done(claims, committed=False)
             raise
         return Reservation(
-            fields={"hold": held.hold, "tokens_charged": None}, writes=(held,), holds=(held,)
+            fields={"hold": held.hold, "tokens_charged": None}, claims=claims, holds=(held,)
         )
 
-    def lost(self, reservation: Reservation) -> None:
-        for held in reservation.holds:
-            self._bank.lost(held)
+    def _refused(self, tenant_id: str, reason: str) -> None:
+        self._refusals.note(tenant_id, reason)
+        self._refusals.flush_if_due(self._db)
 
-    def committed(self, reservation: Reservation) -> None:
+    def release(
+        self,
+        reservation: Reservation,
+        *,
+        committed: bool,
+        raced: bool = False,
+        commit_time: Any = None,
+    ) -> None:
+        """After the submit's commit: it stored the reservation, lost a race, or failed."""
+        self._limiter.done(
+            reservation.claims, committed=committed, raced=raced, commit_time=commit_time
+        )
         for held in reservation.holds:
-            self._bank.committed(held)
+            if committed:
+                self._bank.committed(held)
+            elif raced:
+                self._bank.lost(held)
 
     def rehold(self, task: Task, replay: int) -> Rehold | None:
         """A fresh hold for a replayed task's next run (its first was settled when it failed)."""

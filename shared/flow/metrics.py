@@ -15,6 +15,7 @@ Label cardinality is bounded by tenants x types (tokens) and tenants x 2
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -76,7 +77,7 @@ class RefusalCounter:
         self._flush_s = flush_s
         self._clock = clock
         self._pending: dict[tuple[str, str], int] = {}
-        self._last = clock()
+        self._last = -math.inf  # an instance's first refusal is written at once
         self._lock = threading.Lock()
 
     def note(self, tenant_id: str, reason: str) -> None:

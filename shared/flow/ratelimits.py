@@ -1,17 +1,20 @@
 """Rate limits enforced across every instance: GCRA slots claimed in sharded Firestore documents.
 
 `shared.flow.gcra` says which slots a request may claim; each shard document
-holds the last slot it handed out. An admission claims one slot with one
-write conditioned on that shard's update time (a `create` for a shard never
-used), so two instances can never hand out the same slot, and a limit of r
-per second costs about r/K writes per second per document.
+holds the last slot it handed out. A submit plans its claim before anything
+is written (which shard, which slot: refused here if none is free) and the
+claim rides in the submit's own commit, conditioned on the shard as read (a
+`create` for a shard never used). Two instances can never hand out one slot;
+a task is never stored without its slot, nor a slot spent on a submit that
+stored nothing (refused for its budget, say). A limit of r per second costs
+about r/K writes per second per document, and no commit of its own.
 
 Each instance remembers the last slot it saw per shard. Those are lower
 bounds (a shard's last slot only grows), so when they already show every
 candidate shard spent, the request is refused from memory, with no I/O: a
 client hammering a limit costs Firestore nothing beyond the admitted rate.
-A claim reuses the remembered version when it has one (no read); a stale one
-fails its precondition and is read afresh.
+Threads of one instance never plan on the same shard at once, so they do not
+race each other for a slot.
 """
 
 from __future__ import annotations
@@ -32,17 +35,18 @@ from shared.errors import RateLimited
 from shared.flow.gcra import NONE_CLAIMED, Limit
 from shared.flow.limits_store import ALL_TYPES
 
-# A claim reads and writes within the submit's budget; the write carries its own deadline.
 CLAIM_CALL = Deadline(attempt_s=1.0, total_s=1.5)
-MAX_CLAIM_TRIES = 8
+MAX_PLAN_TRIES = 4
 SHARD_TTL = timedelta(days=1)
+
+Key = tuple[str, str, str, int]  # tenant, scope, limit key, shard
 
 
 @dataclass
 class _Seen:
     last: int = NONE_CLAIMED
-    version: Any = None  # update time of the document when `last` was read or written
-    exists: bool | None = None  # None: not known here
+    version: Any = None  # update time of the document when `last` was read
+    exists: bool | None = None  # None: not known here (never read, or since written)
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,44 @@ class Verdict:
     admitted: bool
     remaining: int
     reset_s: int  # seconds until the window is whole again (admitted) or a slot frees (refused)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A planned slot claim: a `Staged` write for the submit's commit."""
+
+    db: Any
+    ref: Any
+    key: Key
+    slot: int
+    seen: _Seen
+    verdict: Verdict
+
+    def stage(self, batch: Any) -> None:
+        tenant_id, scope, _, _ = self.key
+        data = {
+            "tenant_id": tenant_id,
+            "scope": scope,
+            "last": self.slot,
+            queries.EXPIRES_AT: datetime.now(UTC) + SHARD_TTL,
+        }
+        if not self.seen.exists:
+            batch.create(self.ref, data)
+        else:
+            batch.update(
+                self.ref, data, option=self.db.write_option(last_update_time=self.seen.version)
+            )
+
+
+def _refusal(scope: str, limit: Limit, refused: Verdict, passed: list[Verdict]) -> RateLimited:
+    what = "all submits" if scope == ALL_TYPES else f"type {scope}"
+    return RateLimited(
+        f"over the rate limit {limit.rate:g}/s (burst {limit.burst}) on {what}; "
+        f"retry after {refused.reset_s} s",
+        retry_after_s=max(1, refused.reset_s),
+        headers=headers([*passed, refused]),
+        policies=(policy_name(scope).strip('"'),),
+    )
 
 
 def policy_name(scope: str) -> str:
@@ -94,21 +136,25 @@ class RateLimiter:
         self._db = db
         self._clock = clock
         self._rng = rng or random.Random()  # noqa: S311 - spreads load, not a secret
-        self._seen: dict[tuple[str, str, str, int], _Seen] = {}
+        self._seen: dict[Key, _Seen] = {}
+        # Shards a thread of this instance has a claim planned on: the others leave them be.
+        self._inflight: set[Key] = set()
         self._lock = threading.Lock()
 
-    def _ref(self, tenant_id: str, scope: str, limit: Limit, shard: int) -> Any:
-        name = ":".join((quote(tenant_id, safe=""), quote(scope, safe=""), limit.key, str(shard)))
+    def _ref(self, key: Key) -> Any:
+        tenant_id, scope, limit_key, shard = key
+        name = ":".join((quote(tenant_id, safe=""), quote(scope, safe=""), limit_key, str(shard)))
         return self._db.collection(queries.RATE_SHARDS).document(name)
 
-    def _get_seen(self, key: tuple[str, str, str, int]) -> _Seen:
+    def _lasts(self, tenant_id: str, scope: str, limit: Limit) -> dict[int, int]:
         with self._lock:
-            seen = self._seen.get(key)
-            if seen is None:
-                seen = self._seen[key] = _Seen()
-            return _Seen(seen.last, seen.version, seen.exists)
+            return {
+                key[3]: seen.last
+                for key, seen in self._seen.items()
+                if key[:3] == (tenant_id, scope, limit.key)
+            }
 
-    def _put_seen(self, key: tuple[str, str, str, int], seen: _Seen) -> None:
+    def _learn(self, key: Key, seen: _Seen) -> None:
         with self._lock:
             known = self._seen.get(key)
             # Lower bounds only grow: never forget a later slot for an earlier one, except
@@ -116,40 +162,68 @@ class RateLimiter:
             if known is None or seen.last >= known.last or seen.exists is False:
                 self._seen[key] = seen
 
-    def _lasts(self, tenant_id: str, scope: str, limit: Limit) -> dict[int, int]:
-        with self._lock:
-            return {
-                shard: seen.last
-                for (t, s, k, shard), seen in self._seen.items()
-                if (t, s, k) == (tenant_id, scope, limit.key)
-            }
-
-    def check(self, tenant_id: str, limits: Sequence[tuple[str, Limit]]) -> list[Verdict]:
-        """Claim a slot under each limit in turn; raise RateLimited at the first that refuses.
-
-        A refusal by a later limit leaves the earlier slots claimed: they
-        count against the tenant as requests made, as any rate limit counts
-        refused requests it saw.
-        """
-        verdicts = []
+    def plan(self, tenant_id: str, limits: Sequence[tuple[str, Limit]]) -> list[Claim]:
+        """A claim under each limit, to stage in the submit's commit; RateLimited if one refuses."""
+        claims: list[Claim] = []
         for scope, limit in limits:
-            verdict = self.claim(tenant_id, scope, limit)
-            verdicts.append(verdict)
-            if not verdict.admitted:
-                raise RateLimited(
-                    f"over the rate limit {limit.rate:g}/s (burst {limit.burst}) on "
-                    f"{'all submits' if scope == ALL_TYPES else 'type ' + scope}; "
-                    f"retry after {verdict.reset_s} s",
-                    retry_after_s=max(1, verdict.reset_s),
-                    headers=headers(verdicts),
-                    policies=(policy_name(scope).strip('"'),),
-                )
-        return verdicts
+            try:
+                claim = self._plan_one(tenant_id, scope, limit)
+            except BaseException:
+                self.done(claims, committed=False)
+                raise
+            if isinstance(claim, Verdict):
+                self.done(claims, committed=False)
+                raise _refusal(scope, limit, claim, [c.verdict for c in claims])
+            claims.append(claim)
+        return claims
+
+    def done(
+        self,
+        claims: Sequence[Claim],
+        *,
+        committed: bool,
+        raced: bool = False,
+        commit_time: Any = None,
+    ) -> None:
+        """After the commit carrying `claims`: learn what it wrote, or that it lost a race.
+
+        Knowing the commit's time, the next claim on the shard needs no read;
+        without it (or if another instance writes meanwhile) it reads first.
+        """
+        with self._lock:
+            for claim in claims:
+                self._inflight.discard(claim.key)
+        for claim in claims:
+            if committed:
+                exists = True if commit_time is not None else None
+                self._learn(claim.key, _Seen(claim.slot, commit_time, exists))
+            elif raced:
+                with self._lock:
+                    known = self._seen.get(claim.key)
+                    if known is not None:
+                        known.exists = None  # another instance wrote it: read afresh
 
     def claim(self, tenant_id: str, scope: str, limit: Limit) -> Verdict:
+        """Plan and commit one claim on its own (operators' tools, tests): its verdict."""
         from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 
-        for _ in range(MAX_CLAIM_TRIES):
+        for _ in range(MAX_PLAN_TRIES):
+            planned = self._plan_one(tenant_id, scope, limit)
+            if isinstance(planned, Verdict):
+                return planned
+            batch = self._db.batch()
+            planned.stage(batch)
+            try:
+                results = batch.commit(**CLAIM_CALL.kwargs())
+            except (FailedPrecondition, AlreadyExists, NotFound):
+                self.done([planned], committed=False, raced=True)
+                continue
+            self.done([planned], committed=True, commit_time=results[0].update_time)
+            return planned.verdict
+        return self._refused(scope, limit, self._lasts(tenant_id, scope, limit), self._clock())
+
+    def _plan_one(self, tenant_id: str, scope: str, limit: Limit) -> Claim | Verdict:
+        for _ in range(MAX_PLAN_TRIES):
             now = self._clock()
             lasts = self._lasts(tenant_id, scope, limit)
             open_shards = [
@@ -157,55 +231,48 @@ class RateLimiter:
                 for shard in limit.candidate_shards(now)
                 if limit.claimable(shard, lasts.get(shard, NONE_CLAIMED), now) is not None
             ]
-            if not open_shards:
+            key = self._take_inflight(tenant_id, scope, limit, open_shards)
+            if key is None:
+                # Nothing open that no thread here is claiming already: refused from memory.
                 return self._refused(scope, limit, lasts, now)
-            shard = self._rng.choice(open_shards)
-            key = (tenant_id, scope, limit.key, shard)
-            seen = self._get_seen(key)
+            with self._lock:
+                known = self._seen.get(key)
+                seen = _Seen(known.last, known.version, known.exists) if known else _Seen()
             if seen.exists is None:
-                seen = self._read(tenant_id, scope, limit, shard)
-                self._put_seen(key, seen)
-            slot = limit.claimable(shard, seen.last, now)
+                seen = self._read(key)
+                self._learn(key, seen)
+            slot = limit.claimable(key[3], seen.last, now)
             if slot is None:
+                with self._lock:
+                    self._inflight.discard(key)
                 continue
-            try:
-                version = self._write(tenant_id, scope, limit, shard, slot=slot, seen=seen)
-            except (FailedPrecondition, AlreadyExists, NotFound):
-                # Another instance claimed from this shard since (or its TTL removed it).
-                self._put_seen(key, self._read(tenant_id, scope, limit, shard))
-                continue
-            self._put_seen(key, _Seen(slot, version, True))
-            lasts[shard] = slot
+            lasts[key[3]] = slot
             remaining = limit.free_in_window(lasts, now)
-            whole_again = math.ceil((limit.burst - remaining) / limit.rate)
-            return Verdict(scope, limit, True, remaining, max(0, whole_again))
-        # Lost every race: the slots are going to others; refusing never over-admits.
+            whole_again = max(0, math.ceil((limit.burst - remaining) / limit.rate))
+            verdict = Verdict(scope, limit, True, remaining, whole_again)
+            return Claim(self._db, self._ref(key), key, slot, seen, verdict)
         now = self._clock()
         return self._refused(scope, limit, self._lasts(tenant_id, scope, limit), now)
+
+    def _take_inflight(
+        self, tenant_id: str, scope: str, limit: Limit, shards: list[int]
+    ) -> Key | None:
+        with self._lock:
+            free = [s for s in shards if (tenant_id, scope, limit.key, s) not in self._inflight]
+            if not free:
+                return None
+            key = (tenant_id, scope, limit.key, self._rng.choice(free))
+            self._inflight.add(key)
+            return key
 
     @staticmethod
     def _refused(scope: str, limit: Limit, lasts: dict[int, int], now: float) -> Verdict:
         wait = limit.retry_after(lasts, now)
         return Verdict(scope, limit, False, 0, max(1, math.ceil(wait)))
 
-    def _read(self, tenant_id: str, scope: str, limit: Limit, shard: int) -> _Seen:
-        snap = self._ref(tenant_id, scope, limit, shard).get(**AUTH_READ.kwargs())
+    def _read(self, key: Key) -> _Seen:
+        snap = self._ref(key).get(**AUTH_READ.kwargs())
         if not snap.exists:
             return _Seen(NONE_CLAIMED, None, False)
         last = (snap.to_dict() or {}).get("last")
         return _Seen(int(last) if isinstance(last, int) else NONE_CLAIMED, snap.update_time, True)
-
-    def _write(
-        self, tenant_id: str, scope: str, limit: Limit, shard: int, *, slot: int, seen: _Seen
-    ) -> Any:
-        ref = self._ref(tenant_id, scope, limit, shard)
-        data = {
-            "tenant_id": tenant_id,
-            "scope": scope,
-            "last": slot,
-            queries.EXPIRES_AT: datetime.now(UTC) + SHARD_TTL,
-        }
-        if not seen.exists:
-            return ref.create(data, **CLAIM_CALL.kwargs()).update_time
-        option = self._db.write_option(last_update_time=seen.version)
-        return ref.update(data, option=option, **CLAIM_CALL.kwargs()).update_time

@@ -130,6 +130,9 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    # When the commit storing the task landed: the update time of every document it wrote
+    # (staged ones included), so their writers know their version without a read.
+    commit_time: Any = None
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,9 @@ class StuckTask:
 class Staged(Protocol):
     """Writes another feature adds to a task's commit (a budget hold), conditioned as it needs.
 
-    If one of its preconditions fails the commit stores nothing and the
-    repository raises `StagedConflict`; the caller stages afresh.
+    If one of its preconditions fails (a version that moved on, a document it
+    creates that exists) the commit stores nothing and the repository raises
+    `StagedConflict`; the caller stages afresh.
     """
 
     def stage(self, batch: Any) -> None: ...
@@ -308,13 +312,15 @@ class FirestoreTaskRepository:
         doc = self._docs.encode_new(task)
         batch = self._rebatch(task, doc, staged)
         if idempotency is None:
-            # Only a staged write carries a precondition here: the task id is new.
-            failed_precondition, _, _ = _google_errors()
+            # Only a staged write can fail a precondition here: the task id is new.
+            failed_precondition, _, already_exists = _google_errors()
             try:
-                batch.commit(**SUBMIT_WRITE.kwargs())
-            except failed_precondition as exc:
-                raise StagedConflict("a budget shard changed under this submit") from exc
-            return Created(task.task_id, replayed=False)
+                results = batch.commit(**SUBMIT_WRITE.kwargs())
+            except (failed_precondition, already_exists) as exc:
+                if not staged:
+                    raise
+                raise StagedConflict("a staged document changed under this submit") from exc
+            return Created(task.task_id, replayed=False, commit_time=_commit_time(results))
         return self._create_idempotent(task, batch, doc, idempotency, staged)
 
     def _create_idempotent(
@@ -344,15 +350,18 @@ class FirestoreTaskRepository:
                 batch = self._rebatch(task, doc, staged)
             batch.create(idem_ref, record)
             try:
-                batch.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                results = batch.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, commit_time=_commit_time(results))
             except already_exists:
                 pass
             except failed_precondition as exc:
                 # Creates only, besides what was staged: a staged write lost its race.
-                raise StagedConflict("a budget shard changed under this submit") from exc
+                raise StagedConflict("a staged document changed under this submit") from exc
             snap = idem_ref.get(**SUBMIT_WRITE.kwargs())
             if not snap.exists:
+                if staged:
+                    # The key's record is not there: it was a staged create that lost.
+                    raise StagedConflict("a staged document changed under this submit")
                 continue  # expired and deleted in between: create it afresh
             prior = snap.to_dict() or {}
             if prior[queries.EXPIRES_AT] > task.created_at:
@@ -369,13 +378,16 @@ class FirestoreTaskRepository:
             renew = self._rebatch(task, doc, staged)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
-                renew.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False)
+                results = renew.commit(**SUBMIT_WRITE.kwargs())
+                return Created(task.task_id, replayed=False, commit_time=_commit_time(results))
             except failed_precondition as exc:
                 if staged:
                     # Ours or the record's precondition: the caller stages afresh either way.
-                    raise StagedConflict("a budget shard changed under this submit") from exc
+                    raise StagedConflict("a staged document changed under this submit") from exc
                 continue
+            except already_exists as exc:
+                # Only a staged create can exist already here (the task id is new).
+                raise StagedConflict("a staged document changed under this submit") from exc
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
 
     def _rebatch(self, task: Task, doc: dict[str, Any], staged: Sequence[Staged] = ()) -> Any:
@@ -428,7 +440,7 @@ class FirestoreTaskRepository:
         """
         if not valid_task_id(task_id):
             raise NotFound(f"no task {task_id!r}")
-        failed_precondition, _, _ = _google_errors()
+        failed_precondition, _, already_exists = _google_errors()
         for _ in range(_MAX_CONFLICTS):
             snapshot = self._read(task_id, SUBMIT_WRITE)
             doc = snapshot.doc if snapshot is not None else None
@@ -481,6 +493,10 @@ class FirestoreTaskRepository:
                 batch.commit(**SUBMIT_WRITE.kwargs())
             except failed_precondition:
                 continue  # the task, or a budget shard, changed: read both again
+            except already_exists:
+                if held is None:
+                    raise
+                continue  # a document the hold creates was created first: hold afresh
             return _plain_task(task_id, {**doc, **changes}), True
         raise Unavailable("the task kept changing while it was replayed")
 
@@ -857,6 +873,10 @@ def _until(call: Callable[[], T], until: float) -> T:
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _commit_time(results: Any) -> Any:
+    return results[0].update_time if results else None
 
 
 def _plain_task(task_id: str, doc: dict[str, Any]) -> Task:

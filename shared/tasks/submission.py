@@ -149,11 +149,18 @@ class SubmitService:
             try:
                 created = self._repository.create(held, claim, reservation.writes)
             except StagedConflict:
-                self._admission.lost(reservation)  # another submit took that shard first
+                # Another submit took that budget shard or rate slot first: plan again.
+                self._admission.release(reservation, committed=False, raced=True)
                 continue
-            self._admission.committed(reservation)
-            return created, admitted.headers
-        raise Unavailable("the tenant's budget is contended; retry shortly")
+            except BaseException:
+                self._admission.release(reservation, committed=False)
+                raise
+            # A replayed Idempotency-Key committed nothing of this reservation.
+            self._admission.release(
+                reservation, committed=not created.replayed, commit_time=created.commit_time
+            )
+            return created, {} if created.replayed else reservation.headers
+        raise Unavailable("the tenant's budget or rate limit is contended; retry shortly")
 
     def _dispatch(self, task: Task) -> bool:
         """Publish the task's id; on failure flag it for the sweep and say it was deferred."""

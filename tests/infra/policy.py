@@ -37,7 +37,7 @@ PROJECT_LEVEL_ROLES = frozenset(
     }
 )
 # Functions users call (through the load balancer when there is one).
-USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status"})
+USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status", "usage"})
 # Which key ring each function reads (AIA_KEYRING); the others read none.
 KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
 # The functions given the metrics bearer token (AIA_METRICS_TOKEN): they guard
@@ -45,7 +45,7 @@ KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "p
 METRICS_TOKEN = frozenset({"health", "metrics"})
 # The functions that authenticate tenants: the only readers of the API keys
 # database, and never writers (operators create keys with their own credentials).
-KEYS_READERS = frozenset({"submit_task", "task_status"})
+KEYS_READERS = frozenset({"submit_task", "task_status", "usage"})
 # Who publishes to each topic: the dead-letter topic is the application's alone
 # (the worker's final failures, and the sweep flushing their outbox); only the
 # Pub/Sub service agent publishes to the backstop.

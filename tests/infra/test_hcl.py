@@ -593,6 +593,8 @@ def test_gateway_routes_match_the_local_stack() -> None:
         ("/tasks", "POST"): "submit_task",
         ("/tasks", None): "task_status",
         ("/tasks/", None): "task_status",
+        ("/usage", None): "usage",
+        ("/usage/ledger", None): "usage",
     }
     priorities = [r["priority"] for r in routes]
     assert priorities == sorted(set(priorities))

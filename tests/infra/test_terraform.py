@@ -468,7 +468,7 @@ def test_prod_user_facing_functions_stay_warm(plans: dict[str, Any]) -> None:
 def test_prod_has_the_load_balancer(plans: dict[str, Any]) -> None:
     (url_map,) = resources(plans["prod"], "google_compute_url_map")
     rules = url_map["values"]["path_matcher"][0]["route_rules"]
-    assert len(rules) == 6
+    assert len(rules) == 8
     for env in ("dev", "staging"):
         assert not resources(plans[env], "google_compute_url_map")
 

@@ -93,19 +93,36 @@ def test_a_refusal_from_the_cache_costs_no_io_and_says_how_long_to_wait() -> Non
     reads, commits = db.reads, db.commits
     refused = limiter.claim("acme", ALL_TYPES, limit)
     assert not refused.admitted
+    assert limiter.plan("acme", []) == []
     assert (db.reads, db.commits) == (reads, commits)
     assert refused.reset_s == 1  # the next slot, 0.5 s on, rounded up to whole seconds
 
 
-def test_check_raises_with_the_draft_headers_and_retry_after() -> None:
-    clock = Clock()
-    limiter = RateLimiter(FakeFirestore(), clock=clock, rng=random.Random(3))
+def _plan_and_commit(
+    db: FakeFirestore, limiter: RateLimiter, limits: list[tuple[str, Limit]]
+) -> None:
+    """What a submit does: plan under every limit, then one commit carrying every claim."""
+    claims = limiter.plan("acme", limits)
+    batch = db.batch()
+    for claim in claims:
+        claim.stage(batch)
+    batch.commit()
+    limiter.done(claims, committed=True)
+
+
+def test_a_refusal_raises_with_the_draft_headers_and_retry_after() -> None:
+    db = FakeFirestore()
+    limiter = RateLimiter(db, clock=Clock(), rng=random.Random(3))
     limits = [(ALL_TYPES, Limit(rate=5, burst=2)), ("echo", Limit(rate=1, burst=1))]
-    limiter.check("acme", limits)
+    _plan_and_commit(db, limiter, limits)
+    commits = db.commits
     with pytest.raises(RateLimited) as caught:
-        limiter.check("acme", limits)
+        _plan_and_commit(db, limiter, limits)
+    assert db.commits == commits  # the tenant-wide slot planned first was not spent
     error = caught.value
     assert error.retry_after_s >= 1
+    # Released: the next submit of another type may still take the tenant's second slot.
+    _plan_and_commit(db, limiter, limits[:1])
     policy = error.headers["RateLimit-Policy"]
     assert re.fullmatch(r'"tenant";q=5;w=1;aia-burst=2, "type:echo";q=1;w=1;aia-burst=1', policy)
     assert re.fullmatch(r'"tenant";r=\d+;t=\d+, "type:echo";r=0;t=\d+', error.headers["RateLimit"])

@@ -253,9 +253,31 @@ def test_rate_limits_refuse_with_headers_and_count_refusals(ring: KeyRing) -> No
         flow.submit.submit("acme", ECHO)
     assert caught.value.retry_after_s == 1
     assert caught.value.headers["RateLimit"].startswith('"tenant";r=0;t=')
+    # The first refusal is written at once; the next wait for the instance's next flush.
+    refused = [d for d in flow.db.documents("metric_shards").values() if d["metric"] == "refused"]
+    assert [(d["tenant_id"], d["rate"]) for d in refused] == [("acme", 1)]
+    with pytest.raises(RateLimited):
+        flow.submit.submit("acme", ECHO)
     assert flow.admission._refusals.pending() == {("acme", "rate"): 1}
     clock_value[0] += 1.0
     flow.submit.submit("acme", ECHO)
     # Another tenant is not limited by acme's limit.
     for _ in range(5):
         assert flow.submit.submit("other", ECHO).headers == {}
+
+
+def test_a_budget_and_a_limit_add_reads_but_no_commit_to_a_submit(ring: KeyRing) -> None:
+    """Both ride in the task's own commit; each adds one read (its shard) at most."""
+    db = FakeFirestore()
+    flow = build_flow(db, builtin_registry(), ring, rate_clock=lambda: 1_800_000_000.5)
+    flow.config._cache_s = 60.0
+    flow.bank.grant("acme", 10_000)
+    flow.config.set_limit("acme", ALL_TYPES, LimitSpec(rate=1000, burst=1000))
+    flow.submit.submit("acme", ECHO)  # warms the configuration and the shard hints
+    reads, commits = db.reads, db.commits
+    answers = [flow.submit.submit("acme", ECHO) for _ in range(20)]
+    assert db.commits - commits == 20
+    assert db.reads - reads <= 2 * 20
+    assert all("RateLimit" in a.headers for a in answers)
+    totals = assert_books_balance(flow, "acme")
+    assert totals.reserved == 21

@@ -21,6 +21,7 @@ scaling = {
   metrics      = { min_instances = 1, max_instances = 5 }
   submit_task  = { min_instances = 1, max_instances = 100 }
   task_status  = { min_instances = 1, max_instances = 50 }
+  usage        = { min_instances = 1, max_instances = 20 }
   process_task = { max_instances = 100 }
   redispatch   = { max_instances = 1 }
 }

@@ -6,6 +6,7 @@
  *   POST /tasks/submit      -> submit_task
  *   POST /tasks             -> submit_task   (route rule on the :method pseudo-header)
  *   GET  /tasks, /tasks/{id} -> task_status
+ *   GET  /usage, /usage/ledger -> usage
  *   anything else           -> health, which answers 404 problem+json
  *
  * A URL map routes by path, but route rules of the global external Application
@@ -19,6 +20,7 @@ locals {
     metrics     = var.services.metrics
     submit_task = var.services.submit_task
     task_status = var.services.task_status
+    usage       = var.services.usage
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
@@ -29,6 +31,8 @@ locals {
     { priority = 40, backend = "submit_task", full_path = "/tasks", prefix = null, method = "POST" },
     { priority = 50, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
     { priority = 60, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 70, backend = "usage", full_path = "/usage", prefix = null, method = null },
+    { priority = 80, backend = "usage", full_path = "/usage/ledger", prefix = null, method = null },
   ]
 }
 

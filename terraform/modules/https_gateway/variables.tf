@@ -35,5 +35,6 @@ variable "services" {
     metrics     = string
     submit_task = string
     task_status = string
+    usage       = string
   })
 }

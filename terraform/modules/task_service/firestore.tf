@@ -31,10 +31,18 @@ locals {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
+    ledger_by_tenant = {
+      collection = "ledger"
+      fields     = [["tenant_id", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    ledger_by_tenant_kind = {
+      collection = "ledger"
+      fields     = [["tenant_id", "ASCENDING"], ["kind", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys"]
+  ttl_collections = ["tasks", "idempotency_keys", "ledger", "rate_shards"]
   ttl_field       = "expires_at"
 }
 

@@ -29,6 +29,12 @@ locals {
     AIA_RETRY_MAX_BACKOFF_S = tostring(var.retry_max_backoff_s)
     AIA_REDISPATCH_AFTER_S  = tostring(local.redispatch_after_s)
     AIA_TASK_RETENTION_DAYS = tostring(var.task_retention_days)
+    # Flow control (shared.flow): prices, budgets' shards, rate-limit defaults.
+    AIA_TASK_PRICES           = join(",", [for name, price in var.task_prices : "${name}=${price}"])
+    AIA_BUDGET_SHARDS         = tostring(var.budget_shards)
+    AIA_FLOW_CACHE_S          = tostring(var.flow_cache_s)
+    AIA_RATE_LIMIT_DEFAULT    = var.rate_limit_default
+    AIA_LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days)
   }
 
   # var.retry_max_backoff_s is the one value behind both push subscriptions'
@@ -123,6 +129,21 @@ locals {
       memory      = "1Gi"
       cpu         = "1"
       concurrency = 1
+    }
+    usage = {
+      invokers       = []
+      description    = "A tenant's token balance, holds and spending, and its ledger."
+      user_facing    = true
+      firestore      = "roles/datastore.viewer"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = []
+      views          = []
+      keyring        = null
+      metrics_token  = false
+      timeout        = 30
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 8
     }
     redispatch = {
       invokers       = ["scheduler"]
@@ -268,6 +289,7 @@ module "gateway" {
     metrics     = module.function["metrics"].service
     submit_task = module.function["submit_task"].service
     task_status = module.function["task_status"].service
+    usage       = module.function["usage"].service
   }
 
   depends_on = [google_project_service.this]

@@ -8,6 +8,7 @@ variables {
     metrics     = "metrics"
     submit_task = "submit-task"
     task_status = "task-status"
+    usage       = "usage"
   }
 }
 
@@ -15,8 +16,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 6
-    error_message = "Six route rules."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 8
+    error_message = "Eight route rules."
   }
 
   assert {

@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys"])
-    error_message = "TTL policies on tasks and idempotency_keys."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "ledger", "rate_shards"])
+    error_message = "TTL policies on tasks, idempotency_keys, the budget ledger and rate-limit shards."
   }
 
   assert {
@@ -159,7 +159,7 @@ run "keys_database_is_read_only_for_functions" {
   }
 
   assert {
-    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status"])
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "usage"])
     error_message = "Only the functions that authenticate tenants may read the keys database."
   }
 
