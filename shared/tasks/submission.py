@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aia.submit")
 
 MAX_IDEMPOTENCY_KEY = 255
-# Holds whose commit lost to another submit on the same budget shard try again.
+# A submit whose commit lost a budget shard or a rate slot to another submit plans again.
 MAX_HOLD_CONFLICTS = 40
 
 
@@ -139,7 +139,7 @@ class SubmitService:
         )
 
     def _create(self, task: Task, claim: IdempotencyClaim | None) -> tuple[Created, dict[str, str]]:
-        """Store the task, with its hold in the same commit when its tenant has a budget."""
+        """Store the task with what flow control stages (rate slots, budget hold): one commit."""
         if self._admission is None:
             return self._repository.create(task, claim), {}
         admitted = self._admission.admit(task.tenant_id, task.type)
