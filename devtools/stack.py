@@ -61,6 +61,7 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("submit_task", "http"),
     ("task_status", "http"),
     ("redispatch", "http"),
+    ("usage", "http"),
     ("process_task", "cloudevent"),
     ("schedules", "http"),
     ("schedule_tick", "http"),

@@ -1,4 +1,5 @@
-"""`aia`: the operator's command line — API keys, key rings, data-key rotation, redispatch.
+"""`aia`: the operator's command line — API keys, key rings, data-key rotation, redispatch,
+budgets and rate limits.
 
 The client commands (submit, status, list, wait, dlq) are the SDK's (`aia_client.cli`).
 Against the running local stack it needs no flags: it reads `.aia/dev.env`.
@@ -11,6 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from shared import providers
 from shared.errors import AIAError
@@ -124,6 +126,110 @@ def _redispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budgets_grant(args: argparse.Namespace) -> int:
+    grant_id = providers.budget_bank().grant(args.tenant, args.tokens, reason=args.reason)
+    print(
+        f"granted {args.tokens} tokens to {args.tenant} (ledger grant:{grant_id})", file=sys.stderr
+    )
+    return _budgets_show(args)
+
+
+def _budgets_set(args: argparse.Namespace) -> int:
+    budget = providers.budget_bank().set_budget(
+        args.tenant, monthly=args.monthly, shards=args.shards
+    )
+    allowance = f"{budget.monthly} tokens a month" if budget.monthly else "grants only"
+    print(f"budget of {args.tenant}: {allowance}, {budget.shards} shards", file=sys.stderr)
+    return _budgets_show(args)
+
+
+def _budgets_show(args: argparse.Namespace) -> int:
+    import json
+
+    shown = providers.usage_service().usage(args.tenant)
+    if shown.get("budgeted"):
+        totals = providers.budget_bank().snapshot(args.tenant).totals
+        # The escrow's identity, checked on what was just read: an operator sees drift at once.
+        shown["escrow_balanced"] = totals.balanced
+    if getattr(args, "json", False):
+        print(json.dumps(shown, indent=2, sort_keys=True))
+    elif not shown.get("budgeted"):
+        print(f"{args.tenant}: no budget (submits are not metered)")
+    else:
+        period = shown["period"]
+        monthly = shown["monthly"] or "none"
+        print(
+            f"{args.tenant}: balance {shown['balance']}, reserved {shown['reserved']}, "
+            f"spent {period['spent']} in {period['id']} (monthly {monthly}), "
+            f"escrow {'balanced' if shown['escrow_balanced'] else 'NOT BALANCED'}"
+        )
+        for task_type, n in period["by_type"].items():
+            print(f"  {task_type}: {n}")
+    return 0 if shown.get("escrow_balanced", True) else 1
+
+
+def _tenants_set_limits(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from shared.flow.limits_store import ALL_TYPES, LimitSpec
+
+    scope = args.type or ALL_TYPES
+    try:
+        spec = None if args.clear else LimitSpec(rate=args.rate, burst=args.burst)
+    except ValidationError as exc:
+        print(f"aia: invalid limit: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    config = providers.flow_config().set_limit(args.tenant, scope, spec)
+    what = "all submits" if scope == ALL_TYPES else f"type {scope}"
+    if spec is None:
+        print(f"{args.tenant}: no rate limit on {what}", file=sys.stderr)
+    else:
+        print(f"{args.tenant}: {spec.rate:g}/s, burst {spec.burst} on {what}", file=sys.stderr)
+    for name, limit in sorted(config.limits.items()):
+        print(f"{'*' if name == ALL_TYPES else name}\t{limit.rate:g}/s\tburst {limit.burst}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number > 0")
+    return value
+
+
+def _add_budget_commands(groups: Any) -> None:
+    budgets = groups.add_parser("budgets", help="tenants' token budgets").add_subparsers(
+        dest="command", required=True
+    )
+    grant = budgets.add_parser("grant", help="give a tenant tokens (one-off)")
+    grant.add_argument("--tenant", required=True)
+    grant.add_argument("--tokens", type=_positive_int, required=True)
+    grant.add_argument("--reason", default="")
+    grant.set_defaults(run=_budgets_grant)
+    setting = budgets.add_parser(
+        "set", help="a tenant's monthly allowance (refilled each UTC month)"
+    )
+    setting.add_argument("--tenant", required=True)
+    setting.add_argument("--monthly", type=int, required=True, help="tokens a month; 0 for none")
+    setting.add_argument("--shards", type=_positive_int, default=None, help="escrow shards")
+    setting.set_defaults(run=_budgets_set)
+    show = budgets.add_parser("show", help="a tenant's balance, holds and spending")
+    show.add_argument("--tenant", required=True)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(run=_budgets_show)
+
+    tenants = groups.add_parser("tenants", help="tenants' rate limits").add_subparsers(
+        dest="command", required=True
+    )
+    limits = tenants.add_parser("set-limits", help="a tenant's rate limit (all submits or a type)")
+    limits.add_argument("--tenant", required=True)
+    limits.add_argument("--rate", type=float, default=None, help="sustained submits per second")
+    limits.add_argument("--burst", type=_positive_int, default=None, help="submits at once")
+    limits.add_argument("--type", default=None, help="limit this task type only")
+    limits.add_argument("--clear", action="store_true", help="remove the limit")
+    limits.set_defaults(run=_tenants_set_limits)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aia", description=__doc__)
     groups = parser.add_subparsers(dest="group", required=True)
@@ -162,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     redispatch = tasks.add_parser("redispatch", help="publish stuck tasks again")
     redispatch.set_defaults(run=_redispatch)
 
+    _add_budget_commands(groups)
+
     for name, text in CLIENT_COMMANDS.items():
         # Listed for --help only: main() hands these to the SDK before parsing.
         groups.add_parser(name, help=f"{text} (aia {name} --help)", add_help=False)
@@ -183,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in CLIENT_COMMANDS:
         return _client_main(argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is _tenants_set_limits and not args.clear:
+        incomplete = args.rate is None or args.burst is None
+        if incomplete:
+            parser.error("set-limits needs --rate and --burst (or --clear)")
     for candidate in DEV_ENV_CANDIDATES:
         load_dev_env(candidate)
     try:

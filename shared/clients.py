@@ -83,6 +83,8 @@ STATUS_READ = Deadline(attempt_s=2.0, total_s=3.0)
 # The worker has its lease to spend; a delivery that cannot finish is redelivered.
 WORKER_CALL = Deadline(attempt_s=5.0, total_s=10.0)
 SWEEP_CALL = Deadline(attempt_s=10.0, total_s=20.0)
+# A flush as the process exits: one short try, so a dead dependency cannot hold the exit.
+EXIT_CALL = Deadline(attempt_s=2.0, total_s=2.0)
 # The ticker runs about once a second: a frozen call must not hold many ticks back.
 TICK_CALL = Deadline(attempt_s=3.0, total_s=6.0)
 # Webhooks: the tenant API answers like the task API; the outbox's endpoint lookup

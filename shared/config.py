@@ -68,6 +68,39 @@ class Settings(BaseModel):
     webhook_cache_s: float = Field(default=WEBHOOK_CACHE_MAX_S, ge=0, le=WEBHOOK_CACHE_MAX_S)
     # Local development only: let endpoints be http:// and on loopback addresses.
     webhooks_allow_loopback: bool = False
+    # Flow control (shared.flow). Operators' price per task type, over its registration's.
+    task_prices: dict[str, int] = Field(default_factory=dict)
+    # Escrow shards of a new budget: each takes ~1 write/s, a task writes one twice.
+    budget_shards: int = Field(default=200, ge=1, le=500)
+    # How long an instance trusts a tenant's flow configuration (limits, budget) it read.
+    flow_cache_s: float = Field(default=10.0, ge=0, le=300)
+    # "RATE/BURST" for tenants without a limit of their own; empty: no default limit.
+    rate_limit_default: str = Field(default="", pattern=r"^(\d+(\.\d+)?(/\d+)?)?$")
+    ledger_retention_days: int = Field(default=400, ge=1, le=3650)
+
+    @field_validator("task_prices", mode="before")
+    @classmethod
+    def _prices(cls, value: object) -> object:
+        # "echo=1,analytics.summary=5"
+        if not isinstance(value, str):
+            return value
+        prices: dict[str, object] = {}
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, price = part.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{part.strip()!r} is not TYPE=PRICE")
+            prices[name.strip()] = price.strip()
+        return prices
+
+    @field_validator("task_prices")
+    @classmethod
+    def _prices_whole(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, price in value.items():
+            if price < 0:
+                raise ValueError(f"price of {name!r} must be >= 0")
+        return value
 
     @field_validator("task_modules", mode="before")
     @classmethod
@@ -126,6 +159,11 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_WEBHOOK_EVENTS_TOPIC": "webhook_events_topic",
     "AIA_WEBHOOK_CACHE_S": "webhook_cache_s",
     "AIA_WEBHOOKS_ALLOW_LOOPBACK": "webhooks_allow_loopback",
+    "AIA_TASK_PRICES": "task_prices",
+    "AIA_BUDGET_SHARDS": "budget_shards",
+    "AIA_FLOW_CACHE_S": "flow_cache_s",
+    "AIA_RATE_LIMIT_DEFAULT": "rate_limit_default",
+    "AIA_LEDGER_RETENTION_DAYS": "ledger_retention_days",
 }
 
 

@@ -144,6 +144,53 @@ class Unavailable(AIAError):
         self.retry_after_s = retry_after_s
 
 
+class BudgetExhausted(AIAError):
+    """The tenant's token balance cannot cover the task's price; nothing was stored."""
+
+    status = 402
+    title = "Token budget exhausted"
+    code = "budget-exhausted"
+    retryable = False
+
+    def __init__(self, detail: str, *, balance: int, price: int) -> None:
+        super().__init__(detail, balance=balance, price=price)
+        self.balance = balance
+        self.price = price
+
+
+class RateLimited(AIAError):
+    """Over a rate limit; `headers` are the draft RateLimit fields for the answer."""
+
+    status = 429
+    title = "Rate limit exceeded"
+    code = "rate-limited"
+    retryable = True
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after_s: int,
+        headers: dict[str, str] | None = None,
+        policies: tuple[str, ...] = (),
+    ) -> None:
+        extra: dict[str, Any] = {"retry_after": retry_after_s, "violated-policies": list(policies)}
+        super().__init__(detail, **extra)
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers or {})
+
+
+class StagedConflict(Unavailable):
+    """A document another feature staged into a task's commit changed first (a budget shard).
+
+    The commit stored nothing; the caller takes a fresh hold and tries again.
+    Escaping that retry it is a 503: contention, worth retrying.
+    """
+
+    code = "contended"
+    title = "Contended, retry shortly"
+
+
 class IntegrityError(AIAError):
     """Stored data failed authentication (tamper, swap) or its key is missing."""
 

@@ -20,6 +20,7 @@ from shared.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     Unauthorized,
     Unavailable,
     UnsupportedMediaType,
@@ -58,6 +59,9 @@ def problem_response(error: AIAError, instance: str | None = None) -> flask.Resp
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = ", ".join(error.allowed)
     if isinstance(error, Unavailable):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, RateLimited):
+        headers.update(error.headers)  # RateLimit-Policy and RateLimit (shared.flow)
         headers["Retry-After"] = str(error.retry_after_s)
     return flask.Response(
         json.dumps(body, separators=(",", ":")),

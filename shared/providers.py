@@ -26,6 +26,11 @@ from shared.config import get_settings, task_modules
 BACKGROUND_PUBLISH_WAIT_S = 5.0
 
 if TYPE_CHECKING:
+    from shared.flow.admission import Admission
+    from shared.flow.budgets import BudgetBank
+    from shared.flow.ledger import BudgetEvents
+    from shared.flow.limits_store import FlowConfigStore
+    from shared.flow.usage import UsageService
     from shared.operations.counters import TaskCounters
     from shared.operations.redispatch import Redispatcher
     from shared.scheduling.service import ScheduleService
@@ -95,8 +100,9 @@ def task_repository() -> FirestoreTaskRepository:
         metric_shards=get_settings().metrics_shards,
         counters=counters(),
     )
-    # A terminal commit counts the parent's join and stages the webhook event together.
-    repository.events = AllEvents(task_joins(repository), webhook_events())
+    # A terminal commit counts the parent's join, settles a budget hold and stages
+    # the webhook event together.
+    repository.events = AllEvents(task_joins(repository), budget_events(), webhook_events())
     return repository
 
 
@@ -118,6 +124,67 @@ def counters() -> TaskCounters:
     return TaskCounters(
         firestore_client(), shards=settings.metrics_shards, flush_s=settings.metrics_flush_s
     )
+
+
+@functools.cache
+def budget_events() -> BudgetEvents:
+    """Settles budgeted tasks' holds in their terminal commit (nothing for the others)."""
+    from shared.flow.ledger import BudgetEvents
+
+    settings = get_settings()
+    return BudgetEvents(
+        firestore_client(),
+        retention=timedelta(days=settings.ledger_retention_days),
+        metric_shards=settings.metrics_shards,
+    )
+
+
+@functools.cache
+def flow_config() -> FlowConfigStore:
+    from shared.flow.limits_store import FlowConfigStore
+
+    return FlowConfigStore(firestore_client(), cache_s=get_settings().flow_cache_s)
+
+
+@functools.cache
+def budget_bank() -> BudgetBank:
+    from shared.flow.budgets import BudgetBank
+
+    settings = get_settings()
+    return BudgetBank(
+        firestore_client(),
+        flow_config(),
+        default_shards=settings.budget_shards,
+        retention=timedelta(days=settings.ledger_retention_days),
+        metric_shards=settings.metrics_shards,
+    )
+
+
+@functools.cache
+def admission() -> Admission:
+    from shared.flow.admission import Admission
+    from shared.flow.limits_store import parse_limit
+    from shared.flow.metrics import RefusalCounter
+    from shared.flow.ratelimits import RateLimiter
+
+    settings = get_settings()
+    return Admission(
+        firestore_client(),
+        flow_config(),
+        RateLimiter(firestore_client()),
+        budget_bank(),
+        task_registry(),
+        prices=settings.task_prices,
+        default_limit=parse_limit(settings.rate_limit_default),
+        refusals=RefusalCounter(shards=settings.metrics_shards),
+    )
+
+
+@functools.cache
+def usage_service() -> UsageService:
+    from shared.flow.usage import UsageService
+
+    return UsageService(firestore_client(), flow_config(), budget_bank())
 
 
 @functools.cache
@@ -156,6 +223,7 @@ def submit_service() -> SubmitService:
         get_settings(),
         dependencies=task_joins(repository),
         webhook_check=task_webhook_check(),
+        admission=admission(),
     )
 
 
@@ -194,7 +262,7 @@ def redispatcher() -> Redispatcher:
     repository = FirestoreTaskRepository(
         firestore_client(), None, metric_shards=settings.metrics_shards, counters=counters()
     )
-    repository.events = AllEvents(task_joins(repository), webhook_events())
+    repository.events = AllEvents(task_joins(repository), budget_events(), webhook_events())
     after = timedelta(seconds=settings.redispatch_after_s)
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
 
@@ -351,6 +419,11 @@ def reset() -> None:
         task_webhook_check,
         deliverer,
         webhook_sweeper,
+        budget_events,
+        flow_config,
+        budget_bank,
+        admission,
+        usage_service,
     ):
         provider.cache_clear()
     reset_clients()

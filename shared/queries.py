@@ -19,9 +19,24 @@ WEBHOOK_ENDPOINTS = "webhook_endpoints"
 WEBHOOK_EVENTS = "webhook_events"
 WEBHOOK_DELIVERIES = "webhook_deliveries"
 
+# Flow control (shared.flow): per-tenant configuration, the escrow shards of budgets,
+# usage per period, the ledger, and rate-limit slot shards.
+FLOW_CONFIG = "flow_config"
+BUDGET_SHARDS = "budget_shards"
+BUDGET_USAGE = "budget_usage"
+LEDGER = "ledger"
+RATE_SHARDS = "rate_shards"
+
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
-TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WEBHOOK_EVENTS, WEBHOOK_DELIVERIES)
+TTL_COLLECTIONS = (
+    TASKS,
+    IDEMPOTENCY_KEYS,
+    WEBHOOK_EVENTS,
+    WEBHOOK_DELIVERIES,
+    LEDGER,
+    RATE_SHARDS,
+)
 # (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
 UNINDEXED_FIELDS = ((WEBHOOK_ENDPOINTS, "secrets"), (WEBHOOK_DELIVERIES, "attempts"))
 
@@ -80,6 +95,16 @@ JOIN_BUCKETS = "buckets"
 # dependents/{task}/of/{dependent}: who waits for a task (its `depends_on` names it).
 DEPENDENTS = "dependents"
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
+# A tenant's ledger, newest first, all entries or of one kind.
+LEDGER_BY_TENANT = QuerySpec(
+    LEDGER, ("tenant_id",), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
+)
+LEDGER_BY_TENANT_KIND = QuerySpec(
+    LEDGER, ("tenant_id", "kind"), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
+)
+# Every escrow shard of a tenant; its usage shards of one period (equality only).
+BUDGET_SHARDS_OF_TENANT = QuerySpec(BUDGET_SHARDS, ("tenant_id",))
+USAGE_OF_PERIOD = QuerySpec(BUDGET_USAGE, ("tenant_id", "period"))
 
 # Timers: delayed tasks (`run_at`) and cron schedules (`due_at`). A due time is
 # a nearly monotonic indexed value, which Firestore serves at about 500 writes/s
@@ -148,6 +173,10 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     ENDPOINTS_TO_CATCH_UP,
     ENDPOINTS_IN_ID_ORDER,
     TASKS_FINISHED_BETWEEN,
+    LEDGER_BY_TENANT,
+    LEDGER_BY_TENANT_KIND,
+    BUDGET_SHARDS_OF_TENANT,
+    USAGE_OF_PERIOD,
 )
 
 

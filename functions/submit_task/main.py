@@ -34,7 +34,7 @@ def submit_task(request: flask.Request) -> flask.Response:
     }
     if submitted.run_at is not None:
         answer["run_at"] = submitted.run_at.isoformat()
-    headers = {"Location": status_url}
+    headers = {"Location": status_url, **submitted.headers}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"
     if not submitted.dispatched:

@@ -65,6 +65,11 @@ HEADERS: dict[str, Header] = {
         required=True,
     ),
     "Allow": Header("The methods this path supports", {"type": "string"}, required=True),
+    # draft-ietf-httpapi-ratelimit-headers: on a rate-limited tenant's submits, and its 429s.
+    "RateLimit-Policy": Header(
+        'The limits that apply, e.g. `"tenant";q=10;w=1`', {"type": "string"}
+    ),
+    "RateLimit": Header('What is left of each, e.g. `"tenant";r=9;t=0`', {"type": "string"}),
     "Content-Security-Policy": Header(
         "The page's policy: no inline script", {"type": "string"}, required=True
     ),
@@ -172,7 +177,7 @@ _SUBMIT_ANSWERS = (
         "Stored (encrypted) and queued, or `scheduled` until its `run_at` when a start "
         "time was given; `dispatch: deferred` when the publish is left to the redispatch sweep",
         (Content(JSON, "shared.api.models:TaskAccepted"),),
-        headers=("Location", "Idempotent-Replayed"),
+        headers=("Location", "Idempotent-Replayed", "RateLimit-Policy", "RateLimit"),
     ),
     Answer(
         400,
@@ -180,12 +185,24 @@ _SUBMIT_ANSWERS = (
         problems=("bad-request", "nesting-too-deep"),
     ),
     API_KEY_401,
+    Answer(
+        402,
+        "The tenant's token balance cannot cover the task's price (both in the body): "
+        "nothing was stored",
+        problems=("budget-exhausted",),
+    ),
     Answer(413, "The body is over 1 MiB, or too large to store", problems=("payload-too-large",)),
     Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
     Answer(
         422,
         "Unknown type, invalid payload or field, or an Idempotency-Key reused with another body",
         problems=("validation", "idempotency-mismatch"),
+    ),
+    Answer(
+        429,
+        "Over the tenant's rate limit (or its type's): retry after Retry-After",
+        headers=("Retry-After", "RateLimit-Policy", "RateLimit"),
+        problems=("rate-limited",),
     ),
     INTERNAL,
     UNAVAILABLE,
@@ -558,6 +575,59 @@ _WEBHOOK_ROUTES = (
     ),
 )
 
+# The caller's token budget (functions/usage); operators grant and set budgets with `aia budgets`.
+
+_USAGE_ROUTES = (
+    Route(
+        "GET",
+        "/usage",
+        "usage",
+        operation_id="getUsage",
+        summary="The caller's token budget: balance, reserved, spent this month by type and day",
+        auth=Auth.API_KEY,
+        tag="usage",
+        answers=(
+            Answer(200, "The budget", (Content(JSON, "shared.flow.usage:UsageView"),)),
+            API_KEY_401,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/usage/ledger",
+        "usage",
+        operation_id="listLedger",
+        summary="The caller's ledger: reserve, settle, refund and grant entries, newest first",
+        auth=Auth.API_KEY,
+        tag="usage",
+        params=(
+            Param(
+                "kind",
+                "query",
+                "Only entries of this kind",
+                {"type": "string", "enum": ["reserve", "settle", "refund", "grant"]},
+            ),
+            # shared.flow.ledger's page sizes (a unit test keeps them equal).
+            Param(
+                "limit",
+                "query",
+                "Page size",
+                {"type": "integer", "minimum": 1, "maximum": 200, "default": 50},
+            ),
+            _PAGE_PARAMS[1],
+        ),
+        answers=(
+            Answer(200, "A page of entries", (Content(JSON, "shared.flow.usage:LedgerPage"),)),
+            _PAGE_400,
+            API_KEY_401,
+            _PAGE_422,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+)
+
 _HEALTH_ANSWERS = (
     Answer(
         200,
@@ -681,6 +751,11 @@ ROUTES: tuple[Route, ...] = (
                 headers=("Location",),
             ),
             API_KEY_401,
+            Answer(
+                402,
+                "The tenant's token balance cannot cover another run of the task",
+                problems=("budget-exhausted",),
+            ),
             Answer(404, "No such task, or another tenant's", problems=("not-found",)),
             Answer(
                 409,
@@ -720,6 +795,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     *_SCHEDULE_ROUTES,
     *_WEBHOOK_ROUTES,
+    *_USAGE_ROUTES,
     Route(
         "GET",
         "/health",

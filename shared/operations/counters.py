@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import contextlib
 import logging
 import math
 import threading
@@ -114,7 +115,7 @@ class TaskCounters:
         if self._clock() - self._last_flush >= self._flush_s:
             self.flush()
 
-    def flush(self) -> bool:
+    def flush(self, *, at_exit: bool = False) -> bool:
         """Write everything counted so far in one batch; on failure keep it for next time.
 
         A timer also flushes `flush_s` after the first count, so a quiet instance
@@ -131,8 +132,11 @@ class TaskCounters:
             if not submitted and not durations:
                 return True
             try:
-                self._write(submitted, durations)
+                self._write(submitted, durations, at_exit=at_exit)
             except Exception:  # kept for the next flush: a scrape is late, never wrong
+                if at_exit:
+                    # No next flush; the streams logging writes to may be closed already.
+                    return False
                 log.warning("counter flush failed; kept for the next one", exc_info=True)
                 self._restore(submitted, durations)
                 with self._lock:
@@ -142,12 +146,14 @@ class TaskCounters:
         finally:
             self._flushing.release()
 
-    def _write(self, submitted: Counter[str], durations: dict[str, _Durations]) -> None:
+    def _write(
+        self, submitted: Counter[str], durations: dict[str, _Durations], *, at_exit: bool = False
+    ) -> None:
         from google.cloud.firestore import Increment
 
-        data: dict[str, Any]
+        from shared.clients import EXIT_CALL, WORKER_CALL
 
-        from shared.clients import WORKER_CALL
+        data: dict[str, Any]
 
         batch = self._db.batch()
         for task_type, n in submitted.items():
@@ -165,7 +171,7 @@ class TaskCounters:
             if entry.outcomes:
                 data["outcomes"] = {k: Increment(v) for k, v in entry.outcomes.items()}
             batch.set(shard_ref(self._db, DURATION, task_type, self._shards), data, merge=True)
-        batch.commit(**WORKER_CALL.kwargs())
+        batch.commit(**(EXIT_CALL if at_exit else WORKER_CALL).kwargs())
 
     def _restore(self, submitted: Counter[str], durations: dict[str, _Durations]) -> None:
         with self._lock:
@@ -178,7 +184,6 @@ class TaskCounters:
                 mine.outcomes.update(entry.outcomes)
 
     def _flush_quietly(self) -> None:
-        try:
-            self.flush()
-        except Exception:
-            log.debug("counter flush at exit failed", exc_info=True)
+        # The process is ending: there is no one left to tell of a failure.
+        with contextlib.suppress(Exception):
+            self.flush(at_exit=True)

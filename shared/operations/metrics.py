@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from shared.errors import Unavailable
+from shared.flow import metrics as flow_metrics
 from shared.queries import COUNT_TASKS_BY_STATUS_TYPE, METRIC_SHARDS
 from shared.tasks.models import TaskStatus
 
@@ -173,6 +174,8 @@ class MetricsSnapshot:
     submitted: Mapping[str, int]
     durations: Mapping[str, DurationHistogram]
     finished: Mapping[tuple[str, str], int] = dataclass_field(default_factory=dict)
+    # Tokens and refused admissions (shared.flow), from the same shard documents.
+    flow: flow_metrics.FlowFigures = dataclass_field(default_factory=flow_metrics.FlowFigures)
 
 
 def _as_int(value: Any) -> int:
@@ -270,6 +273,7 @@ def collect(
         submitted={t: submitted.get(t, 0) for t in types},
         durations={t: durations.get(t, EMPTY_HISTOGRAM) for t in types},
         finished={(s, t): finished.get((s, t), 0) for s in FINISHED_STATUSES for t in types},
+        flow=flow_metrics.fold(docs),
     )
 
 
@@ -344,6 +348,7 @@ def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         buckets = [(_le(bound), n) for bound, n in hist.cumulative()]
         durations.add_metric([task_type], buckets, hist.total)
     yield durations
+    yield from flow_metrics.families(snapshot.flow)
 
 
 def render_prometheus(snapshot: MetricsSnapshot) -> bytes:
@@ -381,4 +386,5 @@ def render_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
             }
             for task_type, hist in sorted(snapshot.durations.items())
         },
+        **flow_metrics.as_json(snapshot.flow),
     }

@@ -49,6 +49,8 @@ _PLAIN_FIELDS = (
     "result_from",
     "depends_on",
     "notify",
+    "hold",
+    "tokens_charged",
 )
 
 _OPTIONAL_FIELDS = (
@@ -98,6 +100,7 @@ class TaskDocuments:
             del doc["run_at"]  # absent, not null: an immediate task stays out of the timer index
         else:
             doc[TIMER_SHARD] = timer_shard(task.task_id)
+        doc["hold"] = task.hold.model_dump() if task.hold is not None else None
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
         if task.webhook_url is not None:

@@ -102,6 +102,14 @@ class TaskError(BaseModel):
     message: str
 
 
+class TokenHold(BaseModel):
+    """Tokens a budgeted tenant's submit reserved for the task (see shared.flow)."""
+
+    id: str  # the ledger key: the task id, then "<task_id>.r<n>" for its n-th replay
+    tokens: int = Field(ge=0)
+    shard: int = Field(ge=0)  # the escrow shard it came from; settled back into the same
+
+
 class Task(BaseModel):
     """A task as the service knows it (plaintext; storage encrypts data fields)."""
 
@@ -142,6 +150,9 @@ class Task(BaseModel):
     result_from: str | None = None  # a parent's result is its continuation's
     webhook_url: str | None = None  # None when not decrypted for this read
     notify: bool = False  # plain: the task has a webhook_url, known without decrypting
+    # Budgeted tenants only: what submit reserved, and what attempts reported using.
+    hold: TokenHold | None = None
+    tokens_charged: int | None = None  # None: no attempt reported any use
 
     @property
     def attempts_left(self) -> int:
@@ -241,6 +252,8 @@ class CreatedTask(BaseModel):
     data_key: str  # base64 of the wrapped data key
     payload: str  # base64 of the sealed payload
     notify: bool = False  # it has a webhook_url: its outcome stages a per-task webhook
+    # A budgeted tenant's reservation: the terminal commit settles it, so it travels too.
+    hold: TokenHold | None = None
 
 
 class TaskMessage(BaseModel):

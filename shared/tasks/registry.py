@@ -27,6 +27,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 BUILTIN_MODULES: tuple[str, ...] = ("shared.tasks.builtin", "shared.tasks.diagnostic")
 MAX_PROGRESS_MESSAGE = 500
 _MARK = "__aia_task_type__"
+# The event a handler's `ctx.charge` sends to the worker (see runner.AttemptOutcome.charged).
+CHARGE_EVENT = "charge"
+MAX_CHARGE_REASON = 200
+DEFAULT_PRICE = 1
 
 
 def _never() -> bool:
@@ -85,6 +89,17 @@ class TaskContext:
             message = message[:MAX_PROGRESS_MESSAGE]
         self.emit(("progress", float(fraction), message, metadata))
 
+    def charge(self, tokens: int, *, reason: str = "") -> None:
+        """Report `tokens` used by this attempt (adds up; settled at most at the reserved price).
+
+        A budgeted tenant pays, when the task ends, what its attempts reported,
+        capped at the type's price that submit reserved; a type whose handler
+        never reports pays that price for a task that ran.
+        """
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"ctx.charge takes a whole number of tokens >= 0, got {tokens!r}")
+        self.emit((CHARGE_EVENT, tokens, str(reason)[:MAX_CHARGE_REASON]))
+
 
 Handler = Callable[[Any, TaskContext], Any]
 
@@ -98,6 +113,12 @@ class TaskType:
     result_model: type[BaseModel] | None = None
     # Exceptions the handler raises for deterministic failures: not worth a retry.
     non_retryable: tuple[type[BaseException], ...] = ()
+    # Tokens a budgeted tenant's submit reserves: the most one task of this type costs.
+    price: int = DEFAULT_PRICE
+
+    def __post_init__(self) -> None:
+        if isinstance(self.price, bool) or not isinstance(self.price, int) or self.price < 0:
+            raise ConfigurationError(f"task type {self.name!r}: price must be an int >= 0")
 
     def dump_result(self, result: Any) -> Any:
         """The handler's return value as plain JSON data, checked against `result_model`."""
@@ -124,6 +145,7 @@ def task_type(
     result_model: type[BaseModel] | None = None,
     diagnostic: bool = False,
     non_retryable: tuple[type[BaseException], ...] = (),
+    price: int = DEFAULT_PRICE,
 ) -> Callable[[F], F]:
     """Declare the decorated function as the handler of task type `name`."""
 
@@ -131,7 +153,7 @@ def task_type(
         setattr(
             handler,
             _MARK,
-            TaskType(name, payload_model, handler, diagnostic, result_model, non_retryable),
+            TaskType(name, payload_model, handler, diagnostic, result_model, non_retryable, price),
         )
         return handler
 
@@ -158,10 +180,13 @@ class TaskRegistry:
         diagnostic: bool = False,
         result_model: type[BaseModel] | None = None,
         non_retryable: tuple[type[BaseException], ...] = (),
+        price: int = DEFAULT_PRICE,
     ) -> Callable[[Callable[[P, TaskContext], Any]], Callable[[P, TaskContext], Any]]:
         def decorator(handler: Callable[[P, TaskContext], Any]) -> Callable[[P, TaskContext], Any]:
             self.add(
-                TaskType(name, payload_model, handler, diagnostic, result_model, non_retryable)
+                TaskType(
+                    name, payload_model, handler, diagnostic, result_model, non_retryable, price
+                )
             )
             return handler
 

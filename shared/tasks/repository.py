@@ -47,6 +47,7 @@ from shared.errors import (
     KeyUnavailable,
     NotFound,
     NotReplayable,
+    StagedConflict,
     Unavailable,
 )
 from shared.limits import loads_bounded
@@ -174,6 +175,9 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    # When the commit storing the task landed: the update time of every document it wrote
+    # (staged ones included), so their writers know their version without a read.
+    commit_time: Any = None
     run_at: datetime | None = None  # a replay of a submit that scheduled its task
     fresh: CreatedTask | None = None  # the document as created (not for a replay)
 
@@ -201,6 +205,29 @@ class StuckTask:
     version: Any = None
 
 
+class Staged(Protocol):
+    """Writes another feature adds to a task's commit (a budget hold), conditioned as it needs.
+
+    If one of its preconditions fails (a version that moved on, a document it
+    creates that exists) the commit stores nothing and the repository raises
+    `StagedConflict`; the caller stages afresh.
+    """
+
+    def stage(self, batch: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class Rehold:
+    """What a replay adds to the task it queues again: fields, and writes in the same commit."""
+
+    fields: dict[str, Any]
+    writes: tuple[Staged, ...]
+
+
+# Given the task (plain fields) and its replay number: a fresh hold for its next run, or None.
+ReholdFor = Callable[[Task, int], Rehold | None]
+
+
 class TaskRepository(Protocol):
     events: TaskEvents  # what follows a terminal transition, staged in its commit
 
@@ -208,9 +235,11 @@ class TaskRepository(Protocol):
         self,
         task: Task,
         idempotency: IdempotencyClaim | None,
+        staged: Sequence[Staged] = (),
         *,
         extra: Callable[[Any], None] | None = None,
     ) -> Created: ...
+    def replayed(self, claim: IdempotencyClaim, now: datetime) -> Created | None: ...
     def get(self, tenant_id: str, task_id: str) -> Task: ...
     def list_tasks(
         self,
@@ -235,6 +264,7 @@ class TaskRepository(Protocol):
         error: TaskError | None = None,
         duration_s: float,
         until: float,
+        charged: int | None = None,
     ) -> TaskStatus | None: ...
     def record_progress(self, lease: Lease, progress: dict[str, Any]) -> bool: ...
     def watch_cancel(self, task_id: str, *, after_s: float = 0.5) -> CancelWatch: ...
@@ -245,7 +275,9 @@ class TaskRepository(Protocol):
     def note_start_problem(self, opened: Opened, code: str, now: datetime) -> int | None: ...
     def dead_letter_sent(self, task_id: str) -> None: ...
     def mark_dispatch_pending(self, task_id: str) -> None: ...
-    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]: ...
+    def replay(
+        self, tenant_id: str, task_id: str, now: datetime, rehold: ReholdFor | None = None
+    ) -> tuple[Task, bool]: ...
     def count_by_status(self, tenant_id: str) -> dict[str, int]: ...
     def stuck(
         self, now: datetime, queued_before: datetime, dead_letter_before: datetime, limit: int
@@ -435,20 +467,34 @@ class FirestoreTaskRepository:
         self,
         task: Task,
         idempotency: IdempotencyClaim | None,
+        staged: Sequence[Staged] = (),
         *,
         extra: Callable[[Any], None] | None = None,
     ) -> Created:
-        """Store a new task in one batch (with `extra`'s writes); a replay if its key was used."""
+        """Store a new task in one batch (with `staged` and `extra`'s writes).
+
+        A replay if its Idempotency-Key was used; `StagedConflict` if a staged
+        write's precondition failed (nothing was stored).
+        """
         doc = self._docs.encode_new(task)
         if idempotency is None:
-            batch = self._db.batch()
-            batch.create(self._tasks.document(task.task_id), doc)
-            if extra is not None:
-                extra(batch)
-            written = batch.commit(**SUBMIT_WRITE.kwargs())
-            created = Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
+            batch = self._rebatch(task, doc, extra, staged)
+            # Only a staged write can fail a precondition here: the task id is new.
+            failed_precondition, _, already_exists = _google_errors()
+            try:
+                written = batch.commit(**SUBMIT_WRITE.kwargs())
+            except (failed_precondition, already_exists) as exc:
+                if not staged:
+                    raise
+                raise StagedConflict("a staged document changed under this submit") from exc
+            created = Created(
+                task.task_id,
+                replayed=False,
+                fresh=_fresh(doc, written[0]),
+                commit_time=written[0].update_time,
+            )
         else:
-            created = self._create_idempotent(task, doc, idempotency, extra)
+            created = self._create_idempotent(task, doc, idempotency, extra, staged)
         if not created.replayed:
             self.counters.submitted(task.type)
         self.counters.maybe_flush()
@@ -460,6 +506,7 @@ class FirestoreTaskRepository:
         doc: dict[str, Any],
         claim: IdempotencyClaim,
         extra: Callable[[Any], None] | None,
+        staged: Sequence[Staged] = (),
     ) -> Created:
         """Create the key's record with the task in one batch; an existing record is a replay.
 
@@ -476,15 +523,21 @@ class FirestoreTaskRepository:
             queries.EXPIRES_AT: task.created_at + IDEMPOTENCY_TTL,
         }
         for _ in range(_MAX_CONFLICTS):
-            batch = self._rebatch(task, doc, extra)
+            batch = self._rebatch(task, doc, extra, staged)
             batch.create(idem_ref, record)
             try:
                 written = batch.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
+                return _created(task, doc, written)
             except already_exists:
                 pass
+            except failed_precondition as exc:
+                # Creates only, besides what was staged: a staged write lost its race.
+                raise StagedConflict("a staged document changed under this submit") from exc
             snap = idem_ref.get(**SUBMIT_WRITE.kwargs())
             if not snap.exists:
+                if staged:
+                    # The key's record is not there: it was a staged create that lost.
+                    raise StagedConflict("a staged document changed under this submit")
                 continue  # expired and deleted in between: create it afresh
             prior = snap.to_dict() or {}
             if prior[queries.EXPIRES_AT] > task.created_at:
@@ -496,23 +549,57 @@ class FirestoreTaskRepository:
                 return Created(prior["task_id"], replayed=True, **self._prior_state(prior))
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
-            renew = self._rebatch(task, doc, extra)
+            renew = self._rebatch(task, doc, extra, staged)
             renew.update(idem_ref, record, option=self._after(snap.update_time))
             try:
                 written = renew.commit(**SUBMIT_WRITE.kwargs())
-                return Created(task.task_id, replayed=False, fresh=_fresh(doc, written[0]))
-            except failed_precondition:
+                return _created(task, doc, written)
+            except failed_precondition as exc:
+                if staged:
+                    # Ours or the record's precondition: the caller stages afresh either way.
+                    raise StagedConflict("a staged document changed under this submit") from exc
                 continue
+            except already_exists as exc:
+                # Only a staged create can exist already here (the task id is new).
+                raise StagedConflict("a staged document changed under this submit") from exc
         raise Unavailable("the Idempotency-Key is contended; retry shortly")
 
     def _rebatch(
-        self, task: Task, doc: dict[str, Any], extra: Callable[[Any], None] | None = None
+        self,
+        task: Task,
+        doc: dict[str, Any],
+        extra: Callable[[Any], None] | None = None,
+        staged: Sequence[Staged] = (),
     ) -> Any:
         batch = self._db.batch()
         batch.create(self._tasks.document(task.task_id), doc)
         if extra is not None:
             extra(batch)
+        for writes in staged:
+            writes.stage(batch)
         return batch
+
+    def replayed(self, claim: IdempotencyClaim, now: datetime) -> Created | None:
+        """The stored answer for `claim` if its key was used within its window, else None.
+
+        For a submit refused before anything was written (over budget, over a
+        rate): an earlier accepted submit with the same key still answers as
+        itself, so a client retrying a lost answer never mistakes it for a refusal.
+        """
+        snap = (
+            self._db.collection(queries.IDEMPOTENCY_KEYS)
+            .document(claim.doc_id)
+            .get(**SUBMIT_WRITE.kwargs())
+        )
+        prior = snap.to_dict() if snap.exists else None
+        if not prior or prior[queries.EXPIRES_AT] <= now:
+            return None
+        if prior["body_digest"] != claim.body_digest:
+            raise IdempotencyMismatch(
+                "this Idempotency-Key was used with a different request body",
+                field="Idempotency-Key",
+            )
+        return Created(prior["task_id"], replayed=True, **self._prior_state(prior))
 
     def _prior_state(self, prior: dict[str, Any]) -> dict[str, Any]:
         """What the original answer said: a deferred dispatch, a scheduled start."""
@@ -527,17 +614,20 @@ class FirestoreTaskRepository:
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())
 
-    def replay(self, tenant_id: str, task_id: str, now: datetime) -> tuple[Task, bool]:
+    def replay(
+        self, tenant_id: str, task_id: str, now: datetime, rehold: ReholdFor | None = None
+    ) -> tuple[Task, bool]:
         """Queue a task that failed for good again, for a fresh set of attempts.
 
         Returns the task and whether this call queued it. Idempotent: a task
         already queued or running again is returned as it is. The write is
         conditioned on the document as read, so two replays (or a replay racing
-        the sweep) reset it once.
+        the sweep) reset it once. `rehold` reserves the next run's budget in the
+        same commit (its first run's hold was settled when it failed).
         """
         if not valid_task_id(task_id):
             raise NotFound(f"no task {task_id!r}")
-        failed_precondition, _, _ = _google_errors()
+        failed_precondition, _, already_exists = _google_errors()
         for _ in range(_MAX_CONFLICTS):
             snapshot = self._read(task_id, SUBMIT_WRITE)
             doc = snapshot.doc if snapshot is not None else None
@@ -572,13 +662,28 @@ class FirestoreTaskRepository:
                 "key_wait_since": None,
                 # Its dead letter (if still unsent) no longer describes the task.
                 "dead_letter_pending": False,
+                # The first run's hold was settled when it failed: the next is held afresh
+                # (below) or not at all, never settled twice.
+                "hold": None,
+                "tokens_charged": None,
             }
+            held = rehold(_plain_task(task_id, doc), changes["replays"]) if rehold else None
+            batch = self._db.batch()
+            if held is not None:
+                changes.update(held.fields)
+            batch.update(
+                self._tasks.document(task_id), changes, option=self._after(snapshot.version)
+            )
+            for writes in held.writes if held is not None else ():
+                writes.stage(batch)
             try:
-                self._tasks.document(task_id).update(
-                    changes, option=self._after(snapshot.version), **SUBMIT_WRITE.kwargs()
-                )
+                batch.commit(**SUBMIT_WRITE.kwargs())
             except failed_precondition:
-                continue
+                continue  # the task, or a budget shard, changed: read both again
+            except already_exists:
+                if held is None:
+                    raise
+                continue  # a document the hold creates was created first: hold afresh
             return _plain_task(task_id, {**doc, **changes}), True
         raise Unavailable("the task kept changing while it was replayed")
 
@@ -663,6 +768,7 @@ class FirestoreTaskRepository:
                 "data_key": base64.b64decode(fresh.data_key, validate=True),
                 "payload": base64.b64decode(fresh.payload, validate=True),
                 "notify": fresh.notify,
+                "hold": fresh.hold.model_dump() if fresh.hold is not None else None,
             }
             version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
             key = self._docs.key_of(message.task_id, doc)
@@ -732,6 +838,7 @@ class FirestoreTaskRepository:
         error: TaskError | None = None,
         duration_s: float,
         until: float,
+        charged: int | None = None,
     ) -> TaskStatus | None:
         """Record the attempt's outcome while `lease` still holds: the status stored, or None.
 
@@ -739,7 +846,12 @@ class FirestoreTaskRepository:
         cancelled while the attempt ran is stored `cancelled` whatever the
         attempt produced. Transient failures are retried until `until` (epoch
         seconds), inside the lease: the handler's work should not be thrown away.
+        `charged` (tokens the attempt reported) adds to the task's total in the
+        same write, so a terminal commit settles every attempt's use.
         """
+        if charged is not None:
+            total = (lease.task.tokens_charged or 0) + charged
+            lease.task = lease.task.model_copy(update={"tokens_charged": total})
         ref = self._tasks.document(lease.task.task_id)
         failed_precondition, _, _ = _google_errors()
         with lease.lock:
@@ -795,6 +907,9 @@ class FirestoreTaskRepository:
             "updated_at": now,
             "finished_by": lease.lease_id,
         }
+        if lease.task.tokens_charged is not None:
+            # Absolute, not an increment: the write is conditioned on the version read.
+            changes["tokens_charged"] = lease.task.tokens_charged
         if status is TaskStatus.SUCCEEDED:
             changes.update(
                 self._docs.seal_result(lease.key, result, stored_bytes=lease.stored_bytes)
@@ -1123,6 +1238,15 @@ def _until(call: Callable[[], T], until: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
+def _created(task: Task, doc: dict[str, Any], written: Any) -> Created:
+    return Created(
+        task.task_id,
+        replayed=False,
+        fresh=_fresh(doc, written[0]),
+        commit_time=written[0].update_time,
+    )
+
+
 def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
     """What the first delivery needs of a document just created (its first write's result).
 
@@ -1140,6 +1264,7 @@ def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
         data_key=base64.b64encode(doc["data_key"]).decode("ascii"),
         payload=base64.b64encode(doc["payload"]).decode("ascii"),
         notify=bool(doc.get("notify")),
+        hold=doc.get("hold"),
     )
 
 

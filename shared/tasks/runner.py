@@ -71,6 +71,15 @@ class AttemptOutcome:
     def ok(self) -> bool:
         return self.error_code is None
 
+    @property
+    def charged(self) -> int | None:
+        """Tokens the handler reported with `ctx.charge`, summed; None if it reported none."""
+        from shared.tasks.registry import CHARGE_EVENT
+
+        reports = [e[1] for e in self.events if len(e) >= 2 and e[0] == CHARGE_EVENT]
+        valid = [n for n in reports if isinstance(n, int) and not isinstance(n, bool) and n >= 0]
+        return sum(valid) if valid else None
+
 
 EventSink = Callable[[tuple[Any, ...]], None]
 

@@ -6,14 +6,21 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from shared.config import Settings
-from shared.errors import NotFound, Unavailable, ValidationFailed
+from shared.errors import (
+    BudgetExhausted,
+    NotFound,
+    RateLimited,
+    StagedConflict,
+    Unavailable,
+    ValidationFailed,
+)
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
@@ -26,9 +33,10 @@ from shared.tasks.models import (
     TaskStatus,
 )
 from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
-from shared.tasks.repository import IdempotencyClaim, TaskRepository
+from shared.tasks.repository import Created, IdempotencyClaim, TaskRepository
 
 if TYPE_CHECKING:
+    from shared.flow.admission import Admission
     from shared.workflows.joins import Joins
 
 log = logging.getLogger("aia.submit")
@@ -38,6 +46,8 @@ MAX_IDEMPOTENCY_KEY = 255
 DUE_NOW = timedelta(seconds=1)
 # Checks a submit's webhook_url for its tenant (shared.webhooks): raises ValidationFailed.
 WebhookUrlCheck = Callable[[str, str], None]
+# A submit whose commit lost a budget shard or a rate slot to another submit plans again.
+MAX_HOLD_CONFLICTS = 40
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Submitted:
     dispatched: bool
     waiting: bool = False  # stored waiting for its dependencies
     run_at: datetime | None = None  # stored `scheduled`, not published: the ticker queues it
+    headers: dict[str, str] = field(default_factory=dict)  # flow control's (RateLimit fields)
 
     @property
     def status(self) -> TaskStatus:
@@ -123,6 +134,7 @@ class SubmitService:
         *,
         dependencies: Joins | None = None,
         webhook_check: WebhookUrlCheck | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
@@ -131,6 +143,7 @@ class SubmitService:
         self._settings = settings
         self._dependencies = dependencies
         self._webhook_check = webhook_check
+        self._admission = admission  # None: no flow control (rate limits, budgets)
 
     def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
         request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
@@ -180,7 +193,15 @@ class SubmitService:
         )
         joins = self._dependencies
         extra = joins.stage_dependents(task) if deps and joins is not None else None
-        created = self._repository.create(task, claim, extra=extra)
+        try:
+            created, flow = self._create(task, claim, extra)
+        except (BudgetExhausted, RateLimited):
+            # Refused before anything was written; an earlier accepted submit with this
+            # Idempotency-Key still answers as itself.
+            prior = self._repository.replayed(claim, now) if claim is not None else None
+            if prior is None:
+                raise
+            created, flow = prior, {}
         if created.replayed:
             # The original answer, including a dispatch that was deferred.
             return Submitted(
@@ -188,18 +209,52 @@ class SubmitService:
                 replayed=True,
                 dispatched=not created.dispatch_pending,
                 run_at=created.run_at,
+                headers=flow,
             )
         if deps and joins is not None:
             # Published when its dependencies succeed; some may have already.
             joins.dependencies_created(task)
-            return Submitted(task.task_id, replayed=False, dispatched=True, waiting=True)
+            return Submitted(
+                task.task_id, replayed=False, dispatched=True, waiting=True, headers=flow
+            )
         if run_at is not None:
             # Stored `scheduled` and not published: the ticker queues it when due. Its
             # document must never travel as a fresh task's (that would start it now).
-            return Submitted(task.task_id, replayed=False, dispatched=True, run_at=run_at)
+            return Submitted(
+                task.task_id, replayed=False, dispatched=True, run_at=run_at, headers=flow
+            )
         return Submitted(
-            task.task_id, replayed=False, dispatched=self._dispatch(task, created.fresh)
+            task.task_id,
+            replayed=False,
+            dispatched=self._dispatch(task, created.fresh),
+            headers=flow,
         )
+
+    def _create(
+        self, task: Task, claim: IdempotencyClaim | None, extra: Callable[[Any], None] | None
+    ) -> tuple[Created, dict[str, str]]:
+        """Store the task with what flow control stages (rate slots, budget hold): one commit."""
+        if self._admission is None:
+            return self._repository.create(task, claim, extra=extra), {}
+        admitted = self._admission.admit(task.tenant_id, task.type)
+        for _ in range(MAX_HOLD_CONFLICTS):
+            reservation = self._admission.reserve(admitted, task.task_id)
+            held = task.model_copy(update=reservation.fields) if reservation.fields else task
+            try:
+                created = self._repository.create(held, claim, reservation.writes, extra=extra)
+            except StagedConflict:
+                # Another submit took that budget shard or rate slot first: plan again.
+                self._admission.release(reservation, committed=False, raced=True)
+                continue
+            except BaseException:
+                self._admission.release(reservation, committed=False)
+                raise
+            # A replayed Idempotency-Key committed nothing of this reservation.
+            self._admission.release(
+                reservation, committed=not created.replayed, commit_time=created.commit_time
+            )
+            return created, {} if created.replayed else reservation.headers
+        raise Unavailable("the tenant's budget or rate limit is contended; retry shortly")
 
     def _dependencies_of(self, tenant_id: str, depends_on: list[str]) -> list[str]:
         """The dependencies, each a task of this tenant; a 422 naming the first that is not."""
@@ -235,7 +290,8 @@ class SubmitService:
 
     def replay(self, tenant_id: str, task_id: str) -> Replayed:
         """Run a task that failed for good again, as fresh attempts of the same task."""
-        task, queued = self._repository.replay(tenant_id, task_id, datetime.now(UTC))
+        rehold = self._admission.rehold if self._admission is not None else None
+        task, queued = self._repository.replay(tenant_id, task_id, datetime.now(UTC), rehold)
         if not queued:
             # Already queued or running again: the earlier replay's dispatch stands.
             return Replayed(task, dispatched=not task.dispatch_pending)

@@ -247,6 +247,7 @@ class Worker:
                     result=result,
                     duration_s=duration,
                     until=until,
+                    charged=outcome.charged,
                 )
             except (NestingTooDeep, ResultTooLarge, InvalidFanOut) as exc:
                 invalid = exc if not isinstance(exc, NestingTooDeep) else ResultInvalid(exc.detail)
@@ -271,7 +272,12 @@ class Worker:
             },
         )
         stored = self._repository.finish(
-            lease, status=status, error=error, duration_s=duration, until=until
+            lease,
+            status=status,
+            error=error,
+            duration_s=duration,
+            until=until,
+            charged=outcome.charged,
         )
         return self._finished(message, lease.task, stored, duration, error)
 

@@ -127,6 +127,8 @@ EXAMPLES: dict[str, Callable[[str], Call]] = {
     "replayWebhookDelivery": lambda key: Call(
         f"/webhooks/deliveries/{_failed_delivery(key)}:replay"
     ),
+    "getUsage": lambda key: Call("/usage"),
+    "listLedger": lambda key: Call("/usage/ledger?kind=grant&limit=5"),
     "health": lambda key: Call("/health"),
     "healthAtRoot": lambda key: Call("/"),
     "metrics": lambda key: Call("/metrics", headers={"Accept": "application/json"}),

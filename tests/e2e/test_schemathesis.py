@@ -40,7 +40,13 @@ checks.positive_data_acceptance.expected-statuses = [
     "2xx", "3xx", "400", "401", "403", "404", "409", "429", "5xx",
 ]
 """
-    for operation in ("listTasks", "listSchedules", "listWebhooks", "listWebhookDeliveries")
+    for operation in (
+        "listTasks",
+        "listSchedules",
+        "listWebhooks",
+        "listWebhookDeliveries",
+        "listLedger",
+    )
 )
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
 

@@ -46,6 +46,7 @@ USER_FACING = frozenset(
         "task_status",
         "schedules",
         "webhooks",
+        "usage",
         "openapi",
         "dashboard",
     }
@@ -70,7 +71,7 @@ KEYRING = {
 METRICS_TOKEN = frozenset({"health", "metrics"})
 # The functions that authenticate tenants: the only readers of the API keys
 # database, and never writers (operators create keys with their own credentials).
-KEYS_READERS = frozenset({"submit_task", "task_status", "schedules", "webhooks"})
+KEYS_READERS = frozenset({"submit_task", "task_status", "schedules", "webhooks", "usage"})
 # Who publishes to each topic: the dead-letter topic is the application's alone
 # (the worker's final failures, and the sweep flushing their outbox); only the
 # Pub/Sub service agent publishes to the backstop. The worker publishes a fan-out's

@@ -463,6 +463,14 @@ def test_deliver_webhooks_bundle_serves(
     assert all(type(n) is int for n in swept.values())
 
 
+def test_usage_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path="/usage", headers=world.auth())
+    report = assert_serves(serve("usage", request, world, bundles, runtime_venv))
+    assert json.loads(report["body"]) == {"tenant_id": "bundle-check", "budgeted": False}
+
+
 SERVING_CHECKS = {
     name.removeprefix("test_").removesuffix("_bundle_serves")
     for name in dir()

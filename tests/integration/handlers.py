@@ -93,3 +93,23 @@ def add_up(payload: Expected, ctx: TaskContext) -> dict[str, Any]:
         "errors": [c["index"] for c in children if c["status"] != "succeeded"],
         "in_order": [c["index"] for c in children] == list(range(len(children))),
     }
+
+
+class Metered(BaseModel):
+    tokens: list[int]  # reported with ctx.charge by every attempt
+    fail_attempts: int = 0  # the first n attempts fail (retryably) after reporting
+    hold_s: float = 0.0  # how long each attempt runs (to overlap deliveries)
+
+
+@task_type("test.metered", Metered, price=10)
+def metered(payload: Metered, ctx: TaskContext) -> dict[str, int]:
+    import time
+
+    from shared.errors import RetryableError
+
+    for tokens in payload.tokens:
+        ctx.charge(tokens, reason="work")
+    time.sleep(payload.hold_s)
+    if ctx.attempt <= payload.fail_attempts:
+        raise RetryableError(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}

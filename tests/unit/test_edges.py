@@ -54,7 +54,9 @@ def test_settings_defaults_and_validation_name_the_variable() -> None:
 
 def test_keyring_text_from_variable_file_or_clear_error(tmp_path: object) -> None:
     assert load_settings({"AIA_KEYRING": "{}"}).keyring_text() == "{}"
-    assert "{}" not in repr(load_settings({"AIA_KEYRING": "{}"}))
+    # A value no other setting's repr could contain (an empty mapping prints as "{}").
+    secret = '{"ring": "s3cret-ring"}'
+    assert "s3cret-ring" not in repr(load_settings({"AIA_KEYRING": secret}))
     with pytest.raises(ConfigurationError, match="AIA_KEYRING"):
         Settings().keyring_text()
     with pytest.raises(ConfigurationError, match="AIA_KEYRING_FILE"):

@@ -233,10 +233,12 @@ def test_headers_are_described_where_they_occur(document: dict[str, Any]) -> Non
     submit = document["paths"]["/tasks"]["post"]
     assert submit["parameters"][0]["name"] == "Idempotency-Key"
     accepted = submit["responses"]["202"]["headers"]
-    assert set(accepted) == {"Location", "Idempotent-Replayed"}
+    assert set(accepted) == {"Location", "Idempotent-Replayed", "RateLimit-Policy", "RateLimit"}
     assert accepted["Location"]["required"] is True
     assert set(submit["responses"]["401"]["headers"]) == {"WWW-Authenticate"}
     assert set(submit["responses"]["503"]["headers"]) == {"Retry-After"}
+    limited = set(submit["responses"]["429"]["headers"])
+    assert limited == {"Retry-After", "RateLimit-Policy", "RateLimit"}
     not_allowed = document["components"]["responses"]["MethodNotAllowed"]
     assert not_allowed["headers"]["Allow"]["required"] is True
 
@@ -380,3 +382,12 @@ def test_dashboard_asset_names_are_the_files_served() -> None:
 
     (param,) = next(r for r in routes.ROUTES if r.operation_id == "dashboardAsset").params
     assert sorted(param.schema["enum"]) == sorted(ASSETS)
+
+
+def test_the_ledgers_page_sizes_are_the_documents() -> None:
+    from shared.flow.ledger import DEFAULT_PAGE, MAX_PAGE
+
+    route = routes.find("GET", "/usage/ledger")
+    assert route is not None
+    (limit,) = [p for p in route.params if p.name == "limit"]
+    assert (limit.schema["maximum"], limit.schema["default"]) == (MAX_PAGE, DEFAULT_PAGE)

@@ -25,6 +25,7 @@ scaling = {
   redispatch    = { max_instances = 1 }
   schedules     = { min_instances = 1, max_instances = 10 }
   schedule_tick = { max_instances = 2 } # one call a minute, overlapping at most the next
+  usage         = { min_instances = 1, max_instances = 20 }
   webhooks      = { min_instances = 1, max_instances = 10 }
   # Waits on receivers (up to 15 s each), 16 deliveries at a time per instance.
   deliver_webhooks = { max_instances = 50 }

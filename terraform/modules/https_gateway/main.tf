@@ -9,6 +9,7 @@
  *   /tasks/counts                    -> task_status
  *   /schedules                       -> schedules
  *   /webhooks, /webhooks/signing-key -> webhooks
+ *   /usage, /usage/ledger            -> usage
  *   /health, /                       -> health
  *   /metrics                         -> metrics
  *   /openapi.json                    -> openapi
@@ -35,6 +36,7 @@ locals {
     openapi     = var.services.openapi
     dashboard   = var.services.dashboard
     webhooks    = var.services.webhooks
+    usage       = var.services.usage
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
@@ -46,17 +48,19 @@ locals {
     { priority = 50, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
     { priority = 60, backend = "webhooks", full_path = "/webhooks", prefix = null, method = null },
     { priority = 70, backend = "webhooks", full_path = "/webhooks/signing-key", prefix = null, method = null },
-    { priority = 80, backend = "health", full_path = "/health", prefix = null, method = null },
-    { priority = 90, backend = "health", full_path = "/", prefix = null, method = null },
-    { priority = 100, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
-    { priority = 110, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
-    { priority = 120, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
-    { priority = 130, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
-    { priority = 140, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
-    { priority = 150, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
-    { priority = 160, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
-    { priority = 170, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
-    { priority = 180, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 80, backend = "usage", full_path = "/usage", prefix = null, method = null },
+    { priority = 90, backend = "usage", full_path = "/usage/ledger", prefix = null, method = null },
+    { priority = 100, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 110, backend = "health", full_path = "/", prefix = null, method = null },
+    { priority = 120, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 130, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
+    { priority = 140, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 150, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
+    { priority = 160, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 170, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 180, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
+    { priority = 190, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 200, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

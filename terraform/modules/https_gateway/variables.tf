@@ -39,5 +39,6 @@ variable "services" {
     openapi     = string
     dashboard   = string
     webhooks    = string
+    usage       = string
   })
 }

@@ -62,6 +62,15 @@ locals {
       collection = "webhook_deliveries"
       fields     = [["tenant_id", "ASCENDING"], ["endpoint_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # Flow control: the tenant's ledger, newest first, optionally by kind.
+    ledger_by_tenant = {
+      collection = "ledger"
+      fields     = [["tenant_id", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    ledger_by_tenant_kind = {
+      collection = "ledger"
+      fields     = [["tenant_id", "ASCENDING"], ["kind", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py NOT_INDEXED: due times only the sharded indexes above may
@@ -72,7 +81,7 @@ locals {
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries"]
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards"]
 
   # shared/queries.py UNINDEXED_FIELDS.
   unindexed_fields = {

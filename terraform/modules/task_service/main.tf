@@ -34,6 +34,12 @@ locals {
     # is false, and every deployed function refuses loopback and http endpoints.
     AIA_WEBHOOK_EVENTS_TOPIC = google_pubsub_topic.webhook_events.name
     AIA_WEBHOOK_CACHE_S      = tostring(var.webhook_cache_s)
+    # Flow control (shared.flow): prices, budgets' shards, rate-limit defaults.
+    AIA_TASK_PRICES           = join(",", [for name, price in var.task_prices : "${name}=${price}"])
+    AIA_BUDGET_SHARDS         = tostring(var.budget_shards)
+    AIA_FLOW_CACHE_S          = tostring(var.flow_cache_s)
+    AIA_RATE_LIMIT_DEFAULT    = var.rate_limit_default
+    AIA_LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days)
   }
 
   # var.retry_max_backoff_s is the one value behind both push subscriptions'
@@ -166,6 +172,21 @@ locals {
       memory         = "256Mi"
       cpu            = "0.333"
       concurrency    = 1
+    }
+    usage = {
+      invokers       = []
+      description    = "A tenant's token balance, holds and spending, and its ledger."
+      user_facing    = true
+      firestore      = "roles/datastore.viewer"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = []
+      views          = []
+      keyring        = null
+      metrics_token  = false
+      timeout        = 30
+      memory         = "256Mi"
+      cpu            = "0.333"
+      concurrency    = 8
     }
     redispatch = {
       invokers       = ["scheduler"]
@@ -386,6 +407,7 @@ module "gateway" {
     openapi     = module.function["openapi"].service
     dashboard   = module.function["dashboard"].service
     webhooks    = module.function["webhooks"].service
+    usage       = module.function["usage"].service
   }
 
   depends_on = [google_project_service.this]

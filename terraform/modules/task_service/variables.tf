@@ -238,6 +238,61 @@ variable "task_retention_days" {
   }
 }
 
+variable "task_prices" {
+  description = "Tokens a task of each type reserves from a budgeted tenant, over the type's registered price (AIA_TASK_PRICES)."
+  type        = map(number)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name, price in var.task_prices : price >= 0 && floor(price) == price && !strcontains(name, ",") && !strcontains(name, "=")])
+    error_message = "Prices are whole numbers >= 0; type names hold no ',' or '='."
+  }
+}
+
+variable "budget_shards" {
+  description = "Escrow shards of a new budget (AIA_BUDGET_SHARDS); each task writes one twice, so N shards sustain N/2 tasks/s per tenant at ~1 write/s each."
+  type        = number
+  default     = 200
+
+  validation {
+    condition     = var.budget_shards >= 1 && var.budget_shards <= 500
+    error_message = "budget_shards must be between 1 and 500."
+  }
+}
+
+variable "flow_cache_s" {
+  description = "Seconds an instance trusts a tenant's budget and rate limits it read (AIA_FLOW_CACHE_S): how long an operator's change takes to apply."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.flow_cache_s >= 0 && var.flow_cache_s <= 300
+    error_message = "flow_cache_s must be between 0 and 300."
+  }
+}
+
+variable "rate_limit_default" {
+  description = "Rate limit of tenants without one of their own, as RATE/BURST (e.g. 20/10); empty for none (AIA_RATE_LIMIT_DEFAULT)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9]+([.][0-9]+)?(/[0-9]+)?)?$", var.rate_limit_default))
+    error_message = "rate_limit_default is RATE/BURST, e.g. 20/10, or empty."
+  }
+}
+
+variable "ledger_retention_days" {
+  description = "Days a budget ledger entry is kept before the TTL policy deletes it (AIA_LEDGER_RETENTION_DAYS)."
+  type        = number
+  default     = 400
+
+  validation {
+    condition     = var.ledger_retention_days >= 1 && var.ledger_retention_days <= 3650
+    error_message = "ledger_retention_days must be between 1 and 3650."
+  }
+}
+
 variable "error_rate_threshold" {
   description = "Share of 5xx answers (0-1) over 5 minutes that raises the function error-rate alert."
   type        = number

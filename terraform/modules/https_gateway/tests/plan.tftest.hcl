@@ -12,6 +12,7 @@ variables {
     openapi     = "openapi"
     dashboard   = "dashboard"
     webhooks    = "webhooks"
+    usage       = "usage"
   }
 }
 
@@ -19,8 +20,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 18
-    error_message = "Eighteen route rules: shared/api/routes.py's routing_rules()."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 20
+    error_message = "Twenty route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
@@ -29,7 +30,7 @@ run "routes" {
   }
 
   assert {
-    condition     = length(google_compute_backend_service.this) == 8
+    condition     = length(google_compute_backend_service.this) == 9
     error_message = "One backend per public function."
   }
 

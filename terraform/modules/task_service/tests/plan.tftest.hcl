@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries"])
-    error_message = "TTL policies on tasks, idempotency_keys and the webhook outbox and deliveries."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards"])
+    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, the budget ledger and rate-limit shards."
   }
 
   assert {
@@ -164,7 +164,7 @@ run "keys_database_is_read_only_for_functions" {
   }
 
   assert {
-    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "schedules", "webhooks"])
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "schedules", "webhooks", "usage"])
     error_message = "Only the functions that authenticate tenants may read the keys database."
   }
 

@@ -1,0 +1,1 @@
+"""Flow control: token budgets and their ledger, rate limits, and the admission of a submit."""
