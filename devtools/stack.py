@@ -64,6 +64,7 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("process_task", "cloudevent"),
     ("openapi", "http"),
     ("dashboard", "http"),
+    ("workflows", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.

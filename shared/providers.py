@@ -30,12 +30,14 @@ if TYPE_CHECKING:
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
+    from shared.tasks.events import AllEvents
     from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository
     from shared.tasks.status import StatusService
     from shared.tasks.submission import SubmitService
     from shared.tasks.worker import Worker
     from shared.workflows.joins import Joins
+    from shared.workflows.service import WorkflowService
 
 
 @functools.cache
@@ -76,8 +78,28 @@ def task_repository() -> FirestoreTaskRepository:
     repository = FirestoreTaskRepository(
         firestore_client(), documents, metric_shards=settings.metrics_shards, counters=counters()
     )
-    repository.events = joins_for(repository)
+    repository.events = task_events(repository)
     return repository
+
+
+def task_events(repository: FirestoreTaskRepository) -> AllEvents:
+    """What follows a task's end: workflows' failure policy first, then joins and dependents."""
+    from shared.tasks.events import AllEvents
+    from shared.workflows.events import WorkflowEvents
+
+    joins = joins_for(repository)
+    # fail_fast cancels the rest of a workflow before dependents would fail one by one.
+    return AllEvents(WorkflowEvents(repository, joins), joins)
+
+
+def joins_of(repository: FirestoreTaskRepository) -> Joins | None:
+    """The join store among the repository's followers, if it has one."""
+    from shared.tasks.events import AllEvents
+    from shared.workflows.joins import Joins
+
+    events = repository.events
+    followers = events.followers if isinstance(events, AllEvents) else (events,)
+    return next((f for f in followers if isinstance(f, Joins)), None)
 
 
 def joins_for(repository: FirestoreTaskRepository) -> Joins:
@@ -125,7 +147,6 @@ def api_keys() -> ApiKeys:
 def submit_service() -> SubmitService:
     from shared.security.crypto import TaskSealer
     from shared.tasks.submission import SubmitService
-    from shared.workflows.joins import Joins
 
     repository = task_repository()
     return SubmitService(
@@ -134,7 +155,7 @@ def submit_service() -> SubmitService:
         task_registry(),
         TaskSealer(keyring()),
         get_settings(),
-        dependencies=repository.events if isinstance(repository.events, Joins) else None,
+        dependencies=joins_of(repository),
     )
 
 
@@ -149,17 +170,15 @@ def status_service() -> StatusService:
 def worker() -> Worker:
     from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
-    from shared.workflows.joins import Joins
 
     registry = task_registry()
     repository = task_repository()
-    joins = repository.events if isinstance(repository.events, Joins) else None
     return Worker(
         repository,
         registry,
         task_publisher(BACKGROUND_PUBLISH_WAIT_S),
         ProcessRunner(registry.modules),
-        joins=joins,
+        joins=joins_of(repository),
     )
 
 
@@ -173,9 +192,26 @@ def redispatcher() -> Redispatcher:
     repository = FirestoreTaskRepository(
         firestore_client(), None, metric_shards=settings.metrics_shards, counters=counters()
     )
-    repository.events = joins_for(repository)
+    repository.events = task_events(repository)
     after = timedelta(seconds=settings.redispatch_after_s)
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
+
+
+@functools.cache
+def workflow_service() -> WorkflowService:
+    from shared.security.crypto import TaskSealer
+    from shared.workflows.service import WorkflowService
+    from shared.workflows.store import WorkflowStore
+
+    repository = task_repository()
+    return WorkflowService(
+        WorkflowStore(repository),
+        repository,
+        task_publisher(),
+        task_registry(),
+        TaskSealer(keyring()),
+        get_settings(),
+    )
 
 
 def reset() -> None:
@@ -198,6 +234,7 @@ def reset() -> None:
         status_service,
         worker,
         redispatcher,
+        workflow_service,
     ):
         provider.cache_clear()
     reset_clients()

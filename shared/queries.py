@@ -13,10 +13,11 @@ TASKS = "tasks"
 IDEMPOTENCY_KEYS = "idempotency_keys"
 API_KEYS = "api_keys"
 METRIC_SHARDS = "metric_shards"
+WORKFLOWS = "workflows"
 
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
-TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS)
+TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WORKFLOWS)
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 
@@ -73,6 +74,11 @@ JOIN_BUCKETS = "buckets"
 # dependents/{task}/of/{dependent}: who waits for a task (its `depends_on` names it).
 DEPENDENTS = "dependents"
 KEYS_TO_REWRAP = QuerySpec(TASKS, (), (("__name__", "ASCENDING"),))
+# Workflows (shared/workflows): a tenant's newest first; each one's nodes counted by
+# status; and those whose next reconciler check is due.
+LIST_WORKFLOWS = QuerySpec(WORKFLOWS, ("tenant_id",), _NEWEST_FIRST)
+COUNT_WORKFLOW_NODES_BY_STATUS = QuerySpec(TASKS, ("workflow_id", "status", "tenant_id"))
+WORKFLOWS_TO_CHECK = QuerySpec(WORKFLOWS, (), (("check_at", "ASCENDING"),), range_field="check_at")
 
 ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS,
@@ -89,6 +95,9 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     COUNT_CHILDREN_BY_STATUS,
     STALE_WAITING,
     KEYS_TO_REWRAP,
+    LIST_WORKFLOWS,
+    COUNT_WORKFLOW_NODES_BY_STATUS,
+    WORKFLOWS_TO_CHECK,
 )
 
 

@@ -47,6 +47,8 @@ _PLAIN_FIELDS = (
     "inputs_from",
     "result_from",
     "depends_on",
+    "workflow_id",
+    "node",
 )
 
 _OPTIONAL_FIELDS = (
@@ -59,6 +61,8 @@ _OPTIONAL_FIELDS = (
     "inputs_from",
     "result_from",
     "depends_on",
+    "workflow_id",
+    "node",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a

@@ -85,6 +85,8 @@ class Task(BaseModel):
     depends_on: list[str] | None = None  # tasks that must succeed before this one starts
     has_dependents: bool = False  # some waiting task depends on this one
     result_from: str | None = None  # a parent's result is its continuation's
+    workflow_id: str | None = None  # a node of this workflow (shared/workflows)
+    node: str | None = None  # ... under this name
 
     @property
     def attempts_left(self) -> int:
@@ -119,6 +121,7 @@ class TaskView(BaseModel):
     continuation_id: str | None = None
     blocked_by: str | None = None
     children: dict[str, int] | None = None  # a parent's children by status
+    workflow_id: str | None = None  # the workflow this task is a node of
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -138,6 +141,7 @@ class TaskView(BaseModel):
             parent_id=task.parent_id or task.continues,
             continuation_id=task.continuation_id,
             blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
+            workflow_id=task.workflow_id,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -152,7 +156,7 @@ class TaskView(BaseModel):
             body.pop("progress")
         if not self.cancel_requested:
             body.pop("cancel_requested")
-        for optional in ("parent_id", "continuation_id", "blocked_by", "children"):
+        for optional in ("parent_id", "continuation_id", "blocked_by", "children", "workflow_id"):
             if body.get(optional) is None:
                 body.pop(optional, None)
         return body

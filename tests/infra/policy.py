@@ -37,22 +37,30 @@ PROJECT_LEVEL_ROLES = frozenset(
     }
 )
 # Functions users call (through the load balancer when there is one).
-USER_FACING = frozenset({"health", "metrics", "submit_task", "task_status", "openapi", "dashboard"})
+USER_FACING = frozenset(
+    {"health", "metrics", "submit_task", "task_status", "openapi", "dashboard", "workflows"}
+)
 # Kept warm in prod: the API's own request path. The OpenAPI document and the
-# dashboard's files are fetched once per visit and tolerate a cold start.
-WARM_IN_PROD = USER_FACING - {"openapi", "dashboard"}
+# dashboard's files are fetched once per visit and tolerate a cold start; so does
+# a workflow's creation, once per many nodes (its nodes run on process_task).
+WARM_IN_PROD = USER_FACING - {"openapi", "dashboard", "workflows"}
 # Which key ring each function reads (AIA_KEYRING); the others read none.
-KEYRING = {"submit_task": "public", "task_status": "private", "process_task": "private"}
+KEYRING = {
+    "submit_task": "public",
+    "task_status": "private",
+    "process_task": "private",
+    "workflows": "public",
+}
 # The functions given the metrics bearer token (AIA_METRICS_TOKEN): they guard
 # /metrics and the detailed /health with it.
 METRICS_TOKEN = frozenset({"health", "metrics"})
 # The functions that authenticate tenants: the only readers of the API keys
 # database, and never writers (operators create keys with their own credentials).
-KEYS_READERS = frozenset({"submit_task", "task_status"})
+KEYS_READERS = frozenset({"submit_task", "task_status", "workflows"})
 # Who publishes to each topic: the dead-letter topic is the application's alone
 # (the worker's final failures, and the sweep flushing their outbox); only the
 # Pub/Sub service agent publishes to the backstop.
 PUBLISHERS = {
-    "tasks": frozenset({"submit_task", "redispatch"}),
+    "tasks": frozenset({"submit_task", "redispatch", "workflows"}),
     "dead_letter": frozenset({"process_task", "redispatch"}),
 }

@@ -11,6 +11,7 @@
  *   /metrics                         -> metrics
  *   /openapi.json                    -> openapi
  *   /dashboard, /dashboard/...       -> dashboard
+ *   /workflows, /workflows/...       -> workflows
  *   POST /tasks/...  (:replay)       -> submit_task
  *   /tasks/...       ({task_id})     -> task_status
  *   anything else                    -> health, which answers 404 problem+json
@@ -28,6 +29,7 @@ locals {
     task_status = var.services.task_status
     openapi     = var.services.openapi
     dashboard   = var.services.dashboard
+    workflows   = var.services.workflows
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
@@ -41,7 +43,9 @@ locals {
     { priority = 70, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
     { priority = 80, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
     { priority = 90, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 95, backend = "workflows", full_path = "/workflows", prefix = null, method = null },
     { priority = 100, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 105, backend = "workflows", full_path = null, prefix = "/workflows/", method = null },
     { priority = 110, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
     { priority = 120, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]

@@ -37,5 +37,6 @@ variable "services" {
     task_status = string
     openapi     = string
     dashboard   = string
+    workflows   = string
   })
 }

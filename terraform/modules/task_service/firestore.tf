@@ -35,11 +35,19 @@ locals {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
+    list_workflows = {
+      collection = "workflows"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys"]
-  ttl_field       = "expires_at"
+  ttl_collections = ["tasks", "idempotency_keys", "workflows"]
+
+  # A workflow's node map and order hold up to 1,000 entries each that no query
+  # reads: indexed, each entry would be an index write (shared/workflows/store.py).
+  unindexed_workflow_fields = ["nodes", "order"]
+  ttl_field                 = "expires_at"
 }
 
 resource "google_firestore_database" "this" {
@@ -102,6 +110,17 @@ resource "google_firestore_field" "ttl" {
   field      = local.ttl_field
 
   ttl_config {}
+
+  index_config {}
+}
+
+resource "google_firestore_field" "unindexed" {
+  for_each = toset(local.unindexed_workflow_fields)
+
+  project    = var.project_id
+  database   = google_firestore_database.this.name
+  collection = "workflows"
+  field      = each.value
 
   index_config {}
 }

@@ -10,6 +10,7 @@ variables {
     task_status = "task-status"
     openapi     = "openapi"
     dashboard   = "dashboard"
+    workflows   = "workflows"
   }
 }
 
@@ -17,8 +18,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 12
-    error_message = "Twelve route rules: shared/api/routes.py's routing_rules()."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 14
+    error_message = "Fourteen route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
@@ -27,7 +28,7 @@ run "routes" {
   }
 
   assert {
-    condition     = length(google_compute_backend_service.this) == 6
+    condition     = length(google_compute_backend_service.this) == 7
     error_message = "One backend per public function."
   }
 

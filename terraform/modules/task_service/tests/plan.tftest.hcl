@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys"])
-    error_message = "TTL policies on tasks and idempotency_keys."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "workflows"])
+    error_message = "TTL policies on tasks, idempotency_keys and workflows."
   }
 
   assert {
@@ -115,8 +115,8 @@ run "secrets_only_where_needed" {
   command = plan
 
   assert {
-    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task"])
-    error_message = "Only submit_task, task_status and process_task read a key ring."
+    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task", "workflows"])
+    error_message = "Only submit_task, task_status, process_task and workflows read a key ring."
   }
 
   assert {
@@ -159,7 +159,7 @@ run "keys_database_is_read_only_for_functions" {
   }
 
   assert {
-    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status"])
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "workflows"])
     error_message = "Only the functions that authenticate tenants may read the keys database."
   }
 
