@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-TERMINAL = ("succeeded", "failed")
+TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 class AiaClient:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from google.pubsub_v1 import PublisherClient, SubscriberClient
 
 WORKER_SUBSCRIPTION = "aia-tasks-worker"
+WEBHOOK_SUBSCRIPTION = "aia-webhook-events-deliver"
 BACKSTOP_SUBSCRIPTION = "aia-tasks-backstop-worker"
 DEAD_LETTER_SUBSCRIPTION = "aia-tasks-dead-letter-sub"
 BACKSTOP_SUFFIX = "-backstop"
@@ -191,3 +192,54 @@ def setup_pubsub(
         push_endpoint=endpoint,
         backstop_push_endpoint=backstop_endpoint,
     )
+
+
+def setup_webhook_pubsub(
+    project: str,
+    deliver_base_url: str,
+    *,
+    emulator_host: str | None = None,
+    topic: str | None = None,
+    subscription: str = WEBHOOK_SUBSCRIPTION,
+    ack_deadline_s: int = 600,
+    min_backoff_s: int = 1,
+    max_backoff_s: int = 10,
+) -> tuple[str, str]:
+    """The webhook topic and its push subscription to `deliver_webhooks` (`POST /push`).
+
+    No dead-letter policy: every message names a record in Firestore (an event
+    or a delivery) that the sweep would republish anyway, and the function acks
+    whatever it cannot use. Returns the topic's and the subscription's full names.
+    """
+    from google.api_core.exceptions import AlreadyExists
+    from google.protobuf import duration_pb2, field_mask_pb2
+    from google.pubsub_v1 import types
+
+    topic = topic or Settings().webhook_events_topic
+    publisher, subscriber = _clients(emulator_host)
+    topic_path = publisher.topic_path(project, topic)
+    sub_path = subscriber.subscription_path(project, subscription)
+    wanted = types.Subscription(
+        name=sub_path,
+        topic=topic_path,
+        push_config=types.PushConfig(push_endpoint=f"{deliver_base_url.rstrip('/')}/push"),
+        ack_deadline_seconds=ack_deadline_s,
+        retry_policy=types.RetryPolicy(
+            minimum_backoff=duration_pb2.Duration(seconds=min_backoff_s),
+            maximum_backoff=duration_pb2.Duration(seconds=max_backoff_s),
+        ),
+    )
+    try:
+        with contextlib.suppress(AlreadyExists):
+            publisher.create_topic(request={"name": topic_path})
+        try:
+            subscriber.create_subscription(request=wanted)
+        except AlreadyExists:
+            mask = field_mask_pb2.FieldMask(
+                paths=["push_config", "ack_deadline_seconds", "retry_policy"]
+            )
+            subscriber.update_subscription(request={"subscription": wanted, "update_mask": mask})
+    finally:
+        publisher.transport.close()  # type: ignore[no-untyped-call]
+        subscriber.transport.close()  # type: ignore[no-untyped-call]
+    return topic_path, sub_path

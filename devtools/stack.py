@@ -43,7 +43,7 @@ from typing import Any
 from devtools.emulators import Service, free_port, spawn, start_firestore, start_pubsub
 from devtools.gateway import GatewayServer
 from devtools.procs import RUN_MARKER_ENV, group_alive, kill_group
-from devtools.pubsub_setup import setup_pubsub
+from devtools.pubsub_setup import setup_pubsub, setup_webhook_pubsub
 from devtools.supervisor import Child, Process, RestartPolicy, State, Supervisor
 from shared.config import DEFAULT_PROJECT
 
@@ -62,8 +62,12 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("task_status", "http"),
     ("redispatch", "http"),
     ("process_task", "cloudevent"),
+    ("schedules", "http"),
+    ("schedule_tick", "http"),
     ("openapi", "http"),
     ("dashboard", "http"),
+    ("webhooks", "http"),
+    ("deliver_webhooks", "http"),
     ("workflows", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
@@ -80,6 +84,7 @@ OWNED_ENV = (
     "AIA_KEYS_DATABASE",
     "AIA_DIAGNOSTIC_DIR",
     "AIA_METRICS_TOKEN",
+    "AIA_WEBHOOKS_ALLOW_LOOPBACK",
     "AIA_BASE_URL",
     "AIA_API_KEY",
     RUN_MARKER_ENV,
@@ -105,6 +110,8 @@ class Options:
     state_dir: Path = REPO_ROOT / ".aia"
     project: str = DEFAULT_PROJECT
     redispatch_every_s: float = 15.0
+    # Delayed tasks start within about this of their run_at (production: every second too).
+    tick_every_s: float = 1.0
     redispatch_after_s: float = 10.0
     # The worker subscription's maximum backoff; the sweep must wait longer than it.
     retry_max_backoff_s: int = 4
@@ -205,6 +212,14 @@ class Stack:
                 emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
                 max_backoff_s=self.opts.retry_max_backoff_s,
             )
+            deliver = self.functions.get("deliver_webhooks")
+            if deliver is not None:
+                setup_webhook_pubsub(
+                    self.opts.project,
+                    deliver,
+                    emulator_host=self.env["PUBSUB_EMULATOR_HOST"],
+                    max_backoff_s=self.opts.retry_max_backoff_s,
+                )
             if key_proc is not None:
                 self.api_key = _finish_key_creation(key_proc, self.logs / "cli.log")
                 self.env["AIA_API_KEY"] = self.api_key
@@ -218,8 +233,14 @@ class Stack:
         self._supervise()
         self.gateway.start()
         self._serving = True
-        if "redispatch" in self.functions:
-            self._start_scheduler(self.functions["redispatch"])
+        jobs = (
+            ("redispatch", "redispatch", "", self.opts.redispatch_every_s),
+            ("schedule_tick", "schedule_tick", "", self.opts.tick_every_s),
+            ("webhook sweep", "deliver_webhooks", "/sweep", self.opts.redispatch_every_s),
+        )
+        for name, function, path, every_s in jobs:
+            if function in self.functions:
+                self._start_scheduler(name, self.functions[function] + path, every_s)
         self._write_dev_env()
 
     def _check_stop(self) -> None:
@@ -302,6 +323,8 @@ class Stack:
                 "AIA_PUBLIC_BASE_URL": base_url,
                 "AIA_REDISPATCH_AFTER_S": _num(self.opts.redispatch_after_s),
                 "AIA_RETRY_MAX_BACKOFF_S": _num(self.opts.retry_max_backoff_s),
+                # Developers and tests receive webhooks on this machine, over plain http.
+                "AIA_WEBHOOKS_ALLOW_LOOPBACK": "true",
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -446,26 +469,27 @@ class Stack:
     def _child_env(self, extra: dict[str, str]) -> dict[str, str]:
         return _child_env({**extra, RUN_MARKER_ENV: self.run_id})
 
-    def _start_scheduler(self, redispatch_url: str) -> None:
-        """Call `redispatch` periodically, as Cloud Scheduler does in production."""
+    def _start_scheduler(self, name: str, url: str, every_s: float) -> None:
+        """POST to `url` (a function, or a path on it) every `every_s`, as Cloud Scheduler does."""
         sched = logging.getLogger("aia.scheduler")
-        host, _, port = redispatch_url.removeprefix("http://").rpartition(":")
+        address, _, path = url.removeprefix("http://").partition("/")
+        host, _, port = address.rpartition(":")
 
         def tick() -> None:
-            while not self.stop_event.wait(self.opts.redispatch_every_s):
+            while not self.stop_event.wait(every_s):
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 try:
                     conn.request(
-                        "POST", "/", body=b"{}", headers={"Content-Type": "application/json"}
+                        "POST", f"/{path}", body=b"{}", headers={"Content-Type": "application/json"}
                     )
                     resp = conn.getresponse()
-                    sched.info("POST redispatch -> %s %s", resp.status, resp.read()[:500])
+                    sched.info("POST %s -> %s %s", name, resp.status, resp.read()[:500])
                 except OSError as exc:
-                    sched.warning("POST redispatch failed: %r", exc)
+                    sched.warning("POST %s failed: %r", name, exc)
                 finally:
                     conn.close()
 
-        threading.Thread(target=tick, name="scheduler", daemon=True).start()
+        threading.Thread(target=tick, name=f"scheduler-{name}", daemon=True).start()
 
     def _write_dev_env(self) -> None:
         lines = [
@@ -710,6 +734,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
         "--redispatch-every", type=float, default=15.0, help="seconds between redispatch calls"
     )
     parser.add_argument(
+        "--tick-every", type=float, default=1.0, help="seconds between schedule_tick calls"
+    )
+    parser.add_argument(
         "--redispatch-after",
         type=float,
         default=10.0,
@@ -734,6 +761,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         state_dir=args.state_dir.resolve(),
         project=args.project,
         redispatch_every_s=args.redispatch_every,
+        tick_every_s=args.tick_every,
         redispatch_after_s=args.redispatch_after,
         functions_dir=args.functions_dir.resolve(),
         restart_backoff_s=args.restart_backoff,

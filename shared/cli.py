@@ -104,7 +104,15 @@ def _rotate_data(args: argparse.Namespace) -> int:
     print(f"scanned {report.scanned}, rewrapped {report.rewrapped}", file=sys.stderr)
     for task_id, why in report.unreadable:
         print(f"cannot re-wrap task {task_id}: {why}", file=sys.stderr)
-    return 1 if report.unreadable else 0
+    # Webhook signing keys are sealed under the same ring: few, so always all of them.
+    from shared.security.crypto import TaskOpener
+    from shared.webhooks.keys import rewrap_endpoint_keys
+
+    keys = rewrap_endpoint_keys(providers.webhook_store(), TaskOpener(providers.keyring()))
+    print(f"webhook endpoints: scanned {keys.scanned}, rewrapped {keys.rewrapped}", file=sys.stderr)
+    for endpoint_id, why in keys.unreadable:
+        print(f"cannot re-wrap the keys of webhook {endpoint_id}: {why}", file=sys.stderr)
+    return 1 if report.unreadable or keys.unreadable else 0
 
 
 def _redispatch(args: argparse.Namespace) -> int:

@@ -83,6 +83,14 @@ STATUS_READ = Deadline(attempt_s=2.0, total_s=3.0)
 # The worker has its lease to spend; a delivery that cannot finish is redelivered.
 WORKER_CALL = Deadline(attempt_s=5.0, total_s=10.0)
 SWEEP_CALL = Deadline(attempt_s=10.0, total_s=20.0)
+# The ticker runs about once a second: a frozen call must not hold many ticks back.
+TICK_CALL = Deadline(attempt_s=3.0, total_s=6.0)
+# Webhooks: the tenant API answers like the task API; the outbox's endpoint lookup
+# sits on the worker's finish path (a failure there is treated as "subscribed");
+# deliveries have the delivery function's time, which the receiver's 15 s dominates.
+WEBHOOK_API = Deadline(attempt_s=2.0, total_s=3.0)
+WEBHOOK_LOOKUP = Deadline(attempt_s=1.0, total_s=2.0)
+WEBHOOK_DELIVERY = Deadline(attempt_s=5.0, total_s=10.0)
 
 
 def topic_path(topic: str) -> str:

@@ -22,6 +22,9 @@ from shared.errors import ConfigurationError
 DEFAULT_PROJECT = "aia-local"
 # Pub/Sub may take this long past its retry backoff to redeliver; the sweep waits longer.
 REDELIVERY_MARGIN_S = 5.0
+# The longest an instance may trust what it read about a tenant's webhook endpoints:
+# a new endpoint's catch-up covers exactly this window (shared.webhooks.outbox).
+WEBHOOK_CACHE_MAX_S = 30.0
 
 
 class Settings(BaseModel):
@@ -59,6 +62,12 @@ class Settings(BaseModel):
     # Longer than Pub/Sub's largest retry backoff, so only lost messages are republished.
     redispatch_after_s: float = Field(default=900.0, gt=0)
     task_retention_days: int = Field(default=30, ge=1, le=3650)
+    # The topic carrying webhook event and delivery ids to `deliver_webhooks`.
+    webhook_events_topic: str = Field(default="aia-webhook-events", min_length=3)
+    # How long an instance trusts what it read about a tenant's webhook endpoints.
+    webhook_cache_s: float = Field(default=WEBHOOK_CACHE_MAX_S, ge=0, le=WEBHOOK_CACHE_MAX_S)
+    # Local development only: let endpoints be http:// and on loopback addresses.
+    webhooks_allow_loopback: bool = False
 
     @field_validator("task_modules", mode="before")
     @classmethod
@@ -114,6 +123,9 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_RETRY_MAX_BACKOFF_S": "retry_max_backoff_s",
     "AIA_REDISPATCH_AFTER_S": "redispatch_after_s",
     "AIA_TASK_RETENTION_DAYS": "task_retention_days",
+    "AIA_WEBHOOK_EVENTS_TOPIC": "webhook_events_topic",
+    "AIA_WEBHOOK_CACHE_S": "webhook_cache_s",
+    "AIA_WEBHOOKS_ALLOW_LOOPBACK": "webhooks_allow_loopback",
 }
 
 

@@ -88,6 +88,16 @@ class NotReplayable(Conflict):
     code = "not-replayable"
 
 
+class DeliveryNotReplayable(Conflict):
+    title = "Webhook delivery cannot be replayed"
+    code = "delivery-not-replayable"
+
+
+class TooManyWebhooks(Conflict):
+    title = "Too many webhooks"
+    code = "too-many-webhooks"
+
+
 class PayloadTooLarge(AIAError):
     status = 413
     title = "Request body too large"

@@ -11,15 +11,19 @@ import binascii
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from shared import logs
 from shared.config import get_settings
 from shared.errors import AIAError
 from shared.tasks.models import TaskMessage
-from shared.tasks.worker import Processed
+
+if TYPE_CHECKING:
+    from shared.tasks.worker import Processed
+
+M = TypeVar("M", bound=BaseModel)
 
 log = logging.getLogger("aia.events")
 
@@ -37,14 +41,19 @@ def should_ack(error: BaseException | None) -> bool:
     return False
 
 
-def decode_task_message(event_data: Any) -> TaskMessage:
-    """The TaskMessage inside a messagePublished CloudEvent's data."""
+def decode_message(event_data: Any, model: type[M]) -> M:
+    """The `model` message inside a push body (or a messagePublished CloudEvent's data)."""
     try:
         message = event_data["message"]
         raw = base64.b64decode(message["data"], validate=True)
-        return TaskMessage.model_validate(json.loads(raw))
+        return model.model_validate(json.loads(raw))
     except (KeyError, TypeError, ValueError, binascii.Error, ValidationError) as exc:
-        raise MalformedMessage(f"not a task message: {exc}") from exc
+        raise MalformedMessage(f"not a {model.__name__}: {exc}") from exc
+
+
+def decode_task_message(event_data: Any) -> TaskMessage:
+    """The TaskMessage inside a messagePublished CloudEvent's data."""
+    return decode_message(event_data, TaskMessage)
 
 
 class MalformedMessage(AIAError):
@@ -60,6 +69,14 @@ def handle(event_data: Any, process: Callable[[TaskMessage], Processed]) -> None
     in the task). A message that is not a task message at all is acknowledged
     and logged: it is nobody's task, and redelivering it would never help.
     """
+    handle_push(event_data, TaskMessage, process)
+
+
+def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) -> None:
+    """`handle` for any message model: return to ack, raise Redeliver to nack.
+
+    `process` returns something with `outcome` and `detail`, which is logged.
+    """
     settings = get_settings()
     logs.configure(settings.log_level, settings.project)
     message = event_data.get("message", {}) if isinstance(event_data, dict) else {}
@@ -67,10 +84,11 @@ def handle(event_data: Any, process: Callable[[TaskMessage], Processed]) -> None
     logs.bind(logs.trace_id_from_headers(attributes), message_id=message.get("messageId"))
     error: BaseException | None = None
     try:
-        processed = process(decode_task_message(event_data))
+        processed = process(decode_message(event_data, model))
+        outcome = processed.outcome
         log.info(
             "delivery handled",
-            extra={"outcome": processed.outcome.value, "detail": processed.detail},
+            extra={"outcome": getattr(outcome, "value", outcome), "detail": processed.detail},
         )
     except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
         error = exc

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import flask
+from werkzeug.exceptions import HTTPException
 
 from shared import logs
 from shared.config import get_settings
@@ -68,6 +69,11 @@ def problem_response(error: AIAError, instance: str | None = None) -> flask.Resp
 
 def endpoint(handler: Handler) -> Handler:
     """Wrap an HTTP entry point: logging context, and every error as problem+json."""
+    # functions-framework loads main.py inside its Flask app's context. A request its
+    # own routing refuses (a path with a newline never matches its /<path:path>
+    # rule) would get Flask's HTML page: the function's app answers problem+json too.
+    if flask.has_app_context():
+        flask.current_app.register_error_handler(HTTPException, _routing_problem)
 
     @functools.wraps(handler)
     def wrapper(request: flask.Request) -> flask.Response:
@@ -89,6 +95,23 @@ def endpoint(handler: Handler) -> Handler:
             return problem_response(AIAError("an unexpected error occurred"), request.path)
 
     return wrapper
+
+
+def _routing_problem(exc: HTTPException) -> flask.Response:
+    path = flask.request.path if flask.has_request_context() else None
+    if exc.code == 405:
+        allowed = tuple(getattr(exc, "valid_methods", None) or ())
+        return problem_response(MethodNotAllowed("method not allowed", allowed=allowed), path)
+    error: AIAError
+    if exc.code == 404:
+        error = NotFound(f"no route for {path}")
+    elif exc.code == 413:
+        error = PayloadTooLarge("the request is too large")
+    elif exc.code is not None and exc.code >= 500:
+        error = AIAError("an unexpected error occurred")
+    else:
+        error = BadRequest(exc.description or "bad request")
+    return problem_response(error, path)
 
 
 # Transient Google failures, by class name so this edge never imports Google libraries.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from shared.clients import (
     PUBLISH_WAIT_S,
+    WEBHOOK_DELIVERY,
     firestore_client,
     keys_firestore_client,
     publisher,
@@ -27,15 +28,23 @@ BACKGROUND_PUBLISH_WAIT_S = 5.0
 if TYPE_CHECKING:
     from shared.operations.counters import TaskCounters
     from shared.operations.redispatch import Redispatcher
+    from shared.scheduling.service import ScheduleService
+    from shared.scheduling.ticker import Ticker
     from shared.security.apikeys import ApiKeys
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
+    from shared.tasks.documents import TaskDocuments
     from shared.tasks.events import AllEvents
     from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository
     from shared.tasks.status import StatusService
     from shared.tasks.submission import SubmitService
     from shared.tasks.worker import Worker
+    from shared.webhooks.delivery import Deliverer, Sweeper
+    from shared.webhooks.egress import Egress
+    from shared.webhooks.endpoints import EndpointService, TaskWebhookCheck
+    from shared.webhooks.outbox import Notifier, WebhookEvents
+    from shared.webhooks.store import FirestoreWebhookStore
     from shared.workflows.joins import Joins
     from shared.workflows.service import WorkflowService
 
@@ -63,46 +72,47 @@ def keyring() -> KeyRing:
 
 
 @functools.cache
-def task_repository() -> FirestoreTaskRepository:
+def task_documents() -> TaskDocuments:
     from shared.security.crypto import TaskOpener, TaskSealer
     from shared.tasks.documents import TaskDocuments
-    from shared.tasks.repository import FirestoreTaskRepository
 
-    settings = get_settings()
     ring = keyring()
     # A public-only ring (submit_task's) can seal but never open.
     opener = TaskOpener(ring) if ring.can_decrypt() else None
-    documents = TaskDocuments(
-        TaskSealer(ring), opener, retention=timedelta(days=settings.task_retention_days)
-    )
+    return TaskDocuments(TaskSealer(ring), opener, retention=_retention())
+
+
+def _retention() -> timedelta:
+    return timedelta(days=get_settings().task_retention_days)
+
+
+@functools.cache
+def task_repository() -> FirestoreTaskRepository:
+    from shared.tasks.repository import FirestoreTaskRepository
+
     repository = FirestoreTaskRepository(
-        firestore_client(), documents, metric_shards=settings.metrics_shards, counters=counters()
+        firestore_client(),
+        task_documents(),
+        metric_shards=get_settings().metrics_shards,
+        counters=counters(),
     )
     repository.events = task_events(repository)
     return repository
 
 
 def task_events(repository: FirestoreTaskRepository) -> AllEvents:
-    """What follows a task's end: workflows' failure policy first, then joins and dependents."""
+    """What follows a task's end: workflows' failure policy, joins and dependents, webhooks."""
     from shared.tasks.events import AllEvents
     from shared.workflows.events import WorkflowEvents
 
-    joins = joins_for(repository)
-    # fail_fast cancels the rest of a workflow before dependents would fail one by one.
-    return AllEvents(WorkflowEvents(repository, joins), joins)
+    joins = task_joins(repository)
+    # A terminal commit counts the parent's join and stages the webhook event together;
+    # fail_fast cancels the rest of a workflow before its dependents fail one by one.
+    return AllEvents(WorkflowEvents(repository, joins), joins, webhook_events())
 
 
-def joins_of(repository: FirestoreTaskRepository) -> Joins | None:
-    """The join store among the repository's followers, if it has one."""
-    from shared.tasks.events import AllEvents
-    from shared.workflows.joins import Joins
-
-    events = repository.events
-    followers = events.followers if isinstance(events, AllEvents) else (events,)
-    return next((f for f in followers if isinstance(f, Joins)), None)
-
-
-def joins_for(repository: FirestoreTaskRepository) -> Joins:
+@functools.cache
+def task_joins(repository: FirestoreTaskRepository) -> Joins:
     """The fan-out join store over `repository`, following its terminal transitions."""
     from shared.workflows.joins import Joins
 
@@ -155,7 +165,8 @@ def submit_service() -> SubmitService:
         task_registry(),
         TaskSealer(keyring()),
         get_settings(),
-        dependencies=joins_of(repository),
+        dependencies=task_joins(repository),
+        webhook_check=task_webhook_check(),
     )
 
 
@@ -178,7 +189,7 @@ def worker() -> Worker:
         registry,
         task_publisher(BACKGROUND_PUBLISH_WAIT_S),
         ProcessRunner(registry.modules),
-        joins=joins_of(repository),
+        joins=task_joins(repository),
     )
 
 
@@ -209,8 +220,128 @@ def workflow_service() -> WorkflowService:
         repository,
         task_publisher(),
         task_registry(),
-        TaskSealer(keyring()),
+        sealer=TaskSealer(keyring()),
+        settings=get_settings(),
+    )
+
+
+@functools.cache
+def schedule_service() -> ScheduleService:
+    from shared.scheduling.schedules import FirestoreScheduleRepository, ScheduleDocuments
+    from shared.scheduling.service import ScheduleService
+    from shared.security.crypto import TaskSealer
+
+    # The public ring seals a schedule's payload; only the ticker opens it.
+    documents = ScheduleDocuments(TaskSealer(keyring()), None)
+    return ScheduleService(
+        FirestoreScheduleRepository(firestore_client()),
+        documents,
+        task_registry(),
         get_settings(),
+    )
+
+
+@functools.cache
+def ticker() -> Ticker:
+    from shared.scheduling.schedules import FirestoreScheduleRepository, ScheduleDocuments
+    from shared.scheduling.ticker import Ticker
+    from shared.scheduling.timers import FirestoreTimers
+    from shared.security.crypto import TaskOpener, TaskSealer
+
+    ring = keyring()
+    return Ticker(
+        FirestoreTimers(firestore_client()),
+        FirestoreScheduleRepository(firestore_client()),
+        ScheduleDocuments(TaskSealer(ring), TaskOpener(ring)),
+        submit_service(),
+        task_publisher(BACKGROUND_PUBLISH_WAIT_S),
+    )
+
+
+# -- webhooks ------------------------------------------------------------------
+
+
+@functools.cache
+def webhook_store() -> FirestoreWebhookStore:
+    from shared.webhooks.store import FirestoreWebhookStore
+
+    return FirestoreWebhookStore(firestore_client())
+
+
+@functools.cache
+def webhook_notifier(wait_s: float = PUBLISH_WAIT_S) -> Notifier:
+    from shared.webhooks.outbox import Notifier
+
+    return Notifier(publisher, topic_path(get_settings().webhook_events_topic), wait_s=wait_s)
+
+
+@functools.cache
+def webhook_egress() -> Egress:
+    from shared.webhooks.egress import Egress, system_resolver
+
+    # The API resolves a URL to check it while a client waits: a short DNS budget there.
+    return Egress(
+        allow_loopback=get_settings().webhooks_allow_loopback, resolve=system_resolver(1.0)
+    )
+
+
+@functools.cache
+def webhook_events() -> WebhookEvents:
+    from shared.webhooks.outbox import EndpointDirectory, WebhookEvents, directory_loader
+
+    store = webhook_store()
+    directory = EndpointDirectory(directory_loader(store), ttl_s=get_settings().webhook_cache_s)
+    return WebhookEvents(directory, store, webhook_notifier(), retention=_retention())
+
+
+@functools.cache
+def endpoint_service() -> EndpointService:
+    from shared.security.crypto import TaskSealer
+    from shared.webhooks.endpoints import EndpointService
+
+    return EndpointService(
+        webhook_store(), TaskSealer(keyring()), webhook_egress().check, webhook_notifier()
+    )
+
+
+@functools.cache
+def task_webhook_check() -> TaskWebhookCheck:
+    from shared.security.crypto import TaskSealer
+    from shared.webhooks.endpoints import TaskWebhookCheck
+
+    return TaskWebhookCheck(
+        webhook_store(),
+        TaskSealer(keyring()),
+        webhook_egress().check,
+        cache_s=get_settings().webhook_cache_s,
+    )
+
+
+@functools.cache
+def deliverer() -> Deliverer:
+    from shared.security.crypto import TaskOpener
+    from shared.webhooks.delivery import Deliverer, StatusBodies
+    from shared.webhooks.egress import Egress
+    from shared.webhooks.endpoints import signer_id
+    from shared.webhooks.store import FirestoreWebhookStore
+
+    opener = TaskOpener(keyring())
+    return Deliverer(
+        FirestoreWebhookStore(firestore_client(), deadline=WEBHOOK_DELIVERY),
+        StatusBodies(status_service(), firestore_client(), task_documents()),
+        opener,
+        Egress(allow_loopback=get_settings().webhooks_allow_loopback),
+        signer_id=lambda tenant_id: signer_id(opener, tenant_id),
+        retention=_retention(),
+    )
+
+
+@functools.cache
+def webhook_sweeper() -> Sweeper:
+    from shared.webhooks.delivery import Sweeper
+
+    return Sweeper(
+        webhook_store(), webhook_notifier(BACKGROUND_PUBLISH_WAIT_S), retention=_retention()
     )
 
 
@@ -227,7 +358,9 @@ def reset() -> None:
         counters,
         task_registry,
         keyring,
+        task_documents,
         task_repository,
+        task_joins,
         task_publisher,
         api_keys,
         submit_service,
@@ -235,6 +368,16 @@ def reset() -> None:
         worker,
         redispatcher,
         workflow_service,
+        schedule_service,
+        ticker,
+        webhook_store,
+        webhook_notifier,
+        webhook_egress,
+        webhook_events,
+        endpoint_service,
+        task_webhook_check,
+        deliverer,
+        webhook_sweeper,
     ):
         provider.cache_clear()
     reset_clients()

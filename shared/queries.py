@@ -6,6 +6,7 @@ check that each one has its composite index.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -14,17 +15,30 @@ IDEMPOTENCY_KEYS = "idempotency_keys"
 API_KEYS = "api_keys"
 METRIC_SHARDS = "metric_shards"
 WORKFLOWS = "workflows"
+SCHEDULES = "schedules"
+WEBHOOK_ENDPOINTS = "webhook_endpoints"
+WEBHOOK_EVENTS = "webhook_events"
+WEBHOOK_DELIVERIES = "webhook_deliveries"
 
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
-TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WORKFLOWS)
+TTL_COLLECTIONS = (TASKS, IDEMPOTENCY_KEYS, WEBHOOK_EVENTS, WEBHOOK_DELIVERIES, WORKFLOWS)
+# (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
+# A workflow's node map and order hold up to 1,000 entries each: indexed, every
+# entry would be an index write at creation.
+UNINDEXED_FIELDS = (
+    (WEBHOOK_ENDPOINTS, "secrets"),
+    (WEBHOOK_DELIVERIES, "attempts"),
+    (WORKFLOWS, "nodes"),
+    (WORKFLOWS, "order"),
+)
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """Equality filters, then range/order fields, on one collection."""
+    """Equality filters (`==`, or `in` on a shard), then range/order fields, on one collection."""
 
     collection: str
     equals: tuple[str, ...]
@@ -80,6 +94,47 @@ LIST_WORKFLOWS = QuerySpec(WORKFLOWS, ("tenant_id",), _NEWEST_FIRST)
 COUNT_WORKFLOW_NODES_BY_STATUS = QuerySpec(TASKS, ("workflow_id", "status", "tenant_id"))
 WORKFLOWS_TO_CHECK = QuerySpec(WORKFLOWS, (), (("check_at", "ASCENDING"),), range_field="check_at")
 
+# Timers: delayed tasks (`run_at`) and cron schedules (`due_at`). A due time is
+# a nearly monotonic indexed value, which Firestore serves at about 500 writes/s
+# per index key range; the shard leads each index, so the entries spread over
+# TIMER_SHARDS ranges, and the ticker reads every shard at once with `in`.
+TIMER_SHARD = "timer_shard"
+TIMER_SHARDS = 8
+DUE_TASKS = QuerySpec(
+    TASKS, (TIMER_SHARD, "status"), (("run_at", "ASCENDING"),), range_field="run_at"
+)
+DUE_SCHEDULES = QuerySpec(
+    SCHEDULES, (TIMER_SHARD, "state"), (("due_at", "ASCENDING"),), range_field="due_at"
+)
+LIST_SCHEDULES = QuerySpec(SCHEDULES, ("tenant_id",), _NEWEST_FIRST)
+# Due times are only ever queried through the sharded indexes above: their
+# automatic single-field indexes would be the unsharded hot range, so
+# Terraform exempts them.
+NOT_INDEXED: tuple[tuple[str, str], ...] = ((TASKS, "run_at"), (SCHEDULES, "due_at"))
+# Webhooks. A tenant's endpoints (the outbox's cached lookup, the fan-out) and
+# the sweeps' due records are single-field queries; due fields are cleared
+# (None) once handled, and a range filter never matches a None.
+TENANT_ENDPOINTS = QuerySpec(WEBHOOK_ENDPOINTS, ("tenant_id",))
+LIST_ENDPOINTS = QuerySpec(WEBHOOK_ENDPOINTS, ("tenant_id",), _NEWEST_FIRST)
+LIST_DELIVERIES = QuerySpec(WEBHOOK_DELIVERIES, ("tenant_id", "endpoint_id"), _NEWEST_FIRST)
+DUE_DELIVERIES = QuerySpec(
+    WEBHOOK_DELIVERIES, (), (("next_attempt_at", "ASCENDING"),), range_field="next_attempt_at"
+)
+EVENTS_NOT_FANNED_OUT = QuerySpec(
+    WEBHOOK_EVENTS, (), (("fanout_due_at", "ASCENDING"),), range_field="fanout_due_at"
+)
+ENDPOINTS_TO_CATCH_UP = QuerySpec(
+    WEBHOOK_ENDPOINTS, (), (("catchup_due_at", "ASCENDING"),), range_field="catchup_due_at"
+)
+ENDPOINTS_IN_ID_ORDER = QuerySpec(WEBHOOK_ENDPOINTS, (), (("__name__", "ASCENDING"),))
+# A new endpoint's catch-up: the tenant's tasks that finished while caches could be stale.
+TASKS_FINISHED_BETWEEN = QuerySpec(
+    TASKS,
+    ("tenant_id",),
+    (("finished_at", "ASCENDING"), ("__name__", "ASCENDING")),
+    range_field="finished_at",
+)
+
 ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_TASKS,
     LIST_TASKS_BY_STATUS,
@@ -98,7 +153,23 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     LIST_WORKFLOWS,
     COUNT_WORKFLOW_NODES_BY_STATUS,
     WORKFLOWS_TO_CHECK,
+    DUE_TASKS,
+    DUE_SCHEDULES,
+    LIST_SCHEDULES,
+    TENANT_ENDPOINTS,
+    LIST_ENDPOINTS,
+    LIST_DELIVERIES,
+    DUE_DELIVERIES,
+    EVENTS_NOT_FANNED_OUT,
+    ENDPOINTS_TO_CATCH_UP,
+    ENDPOINTS_IN_ID_ORDER,
+    TASKS_FINISHED_BETWEEN,
 )
+
+
+def timer_shard(doc_id: str) -> int:
+    """The timer shard of a document, fixed by its id."""
+    return zlib.crc32(doc_id.encode()) % TIMER_SHARDS
 
 
 def list_tasks_spec(*, status: bool, type_: bool) -> QuerySpec:

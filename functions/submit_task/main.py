@@ -27,8 +27,13 @@ def submit_task(request: flask.Request) -> flask.Response:
         tenant_id, body, request.headers.get("Idempotency-Key")
     )
     status_url = _status_url(submitted.task_id)
-    status = "waiting" if submitted.waiting else "queued"
-    answer = {"task_id": submitted.task_id, "status": status, "status_url": status_url}
+    answer = {
+        "task_id": submitted.task_id,
+        "status": submitted.status.value,
+        "status_url": status_url,
+    }
+    if submitted.run_at is not None:
+        answer["run_at"] = submitted.run_at.isoformat()
     headers = {"Location": status_url}
     if submitted.replayed:
         headers["Idempotent-Replayed"] = "true"

@@ -1,4 +1,4 @@
-"""workflows: POST /workflows, GET /workflows, GET /workflows/{id} and POST /workflows/{id}:cancel."""
+"""workflows: create (POST /workflows), list, read and cancel (`/workflows/{id}:cancel`)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ against the document, which is what keeps these in step with that code.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,8 +43,15 @@ class Problem(BaseModel):
 
 class TaskAccepted(BaseModel):
     task_id: str = Field(pattern=TASK_ID_PATTERN)
-    status: Literal["queued"]
+    status: Literal["queued", "scheduled"] = Field(
+        description="`scheduled` when it waits for its `run_at`"
+    )
     status_url: str
+    run_at: datetime | None = Field(
+        default=None,
+        description="When the delayed task starts (UTC): present exactly when `status` is "
+        "`scheduled`",
+    )
     dispatch: Literal["deferred"] | None = Field(
         default=None,
         description="Present when the publish failed: the task is stored and the sweep "

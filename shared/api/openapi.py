@@ -188,6 +188,7 @@ def build(
         },
         "tags": [
             {"name": "tasks", "description": "Submitting and reading tasks (an API key)"},
+            {"name": "schedules", "description": "Cron schedules that submit tasks (an API key)"},
             {"name": "workflows", "description": "Static DAGs of task nodes (an API key)"},
             {"name": "operations", "description": "Health and metrics (the metrics token)"},
             {"name": "meta", "description": "This document and the dashboard"},

@@ -28,6 +28,7 @@ PROMETHEUS = "text/plain; version=1.0.0; charset=utf-8"
 PROBLEM_BASE = "https://aia.dev/problems/"
 
 TASK_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$", "description": "32 lowercase hex digits"}
+SCHEDULE_ID = TASK_ID
 
 
 class Auth(StrEnum):
@@ -48,7 +49,9 @@ class Header:
 
 HEADERS: dict[str, Header] = {
     "Location": Header(
-        "URL of the task's (or the workflow's) status", {"type": "string"}, required=True
+        "URL of the task's status, of the schedule created, or of the workflow's status",
+        {"type": "string"},
+        required=True,
     ),
     "Idempotent-Replayed": Header(
         "`true` when this is the stored answer to an earlier request with the same "
@@ -162,30 +165,17 @@ IDEMPOTENCY_KEY = Param(
     "original answer with `Idempotent-Replayed: true`; the same key with another body is a 422",
     {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
 )
-TASK_STATUSES = ["queued", "running", "succeeded", "failed"]
+# shared.tasks.models.TaskStatus (a unit test keeps them equal): any of them filters a list.
+TASK_STATUSES = ["scheduled", "queued", "running", "waiting", "succeeded", "failed", "cancelled"]
 WORKFLOW_ID_PARAM = Param(
     "workflow_id", "path", "The workflow's id, as its creation answered it", TASK_ID, True
-)
-PAGE_PARAMS = (
-    Param(
-        "limit",
-        "query",
-        "Page size",
-        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-    ),
-    Param(
-        "page_token",
-        "query",
-        "The `next_page_token` of the previous page",
-        {"type": "string", "minLength": 1},
-    ),
 )
 
 _SUBMIT_ANSWERS = (
     Answer(
         202,
-        "Stored (encrypted) and queued; `dispatch: deferred` when the publish is left "
-        "to the redispatch sweep",
+        "Stored (encrypted) and queued, or `scheduled` until its `run_at` when a start "
+        "time was given; `dispatch: deferred` when the publish is left to the redispatch sweep",
         (Content(JSON, "shared.api.models:TaskAccepted"),),
         headers=("Location", "Idempotent-Replayed"),
     ),
@@ -222,6 +212,356 @@ def _submit(path: str, operation_id: str, summary: str, description: str = "") -
         body_by_task_type=True,
     )
 
+
+# Cron schedules (functions/schedules). schedule_tick, which fires them, is internal:
+# Cloud Scheduler invokes it, like redispatch, and it has no public route.
+
+SCHEDULE_ID_PARAM = Param(
+    "schedule_id", "path", "The schedule's id, as create answered it", SCHEDULE_ID, True
+)
+_SCHEDULE_VIEW = (Content(JSON, "shared.scheduling.models:ScheduleView"),)
+_NO_SCHEDULE = Answer(404, "No such schedule, or another tenant's", problems=("not-found",))
+
+
+def _schedule_action(action: str, operation_id: str, summary: str, description: str) -> Route:
+    return Route(
+        "POST",
+        f"/schedules/{{schedule_id}}:{action}",
+        "schedules",
+        operation_id=operation_id,
+        summary=summary,
+        description=description,
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(200, "The schedule as it is now", _SCHEDULE_VIEW),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            *(
+                (Answer(422, "The cron names no later slot", problems=("validation",)),)
+                if action == "resume"
+                else ()
+            ),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    )
+
+
+_SCHEDULE_ROUTES = (
+    Route(
+        "POST",
+        "/schedules",
+        "schedules",
+        operation_id="createSchedule",
+        summary="Create a cron schedule: each slot submits the task",
+        description=(
+            "`task` is checked as a submit body would be (its `payload` against its `type`),"
+            " and its payload is stored sealed. Each slot is submitted once, with the"
+            " Idempotency-Key `schedule:<id>:<slot>`."
+        ),
+        auth=Auth.API_KEY,
+        tag="schedules",
+        body="shared.scheduling.models:ScheduleRequest",
+        answers=(
+            Answer(
+                201,
+                "Created: the schedule and its next 5 runs",
+                _SCHEDULE_VIEW,
+                headers=("Location",),
+            ),
+            Answer(
+                400,
+                "The body is not JSON, or nests too deeply",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(
+                413,
+                "The body is over 1 MiB, or the task's payload too large to store",
+                problems=("payload-too-large",),
+            ),
+            Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+            Answer(
+                422,
+                "No cron expression or time zone, an unknown task type, an invalid payload or"
+                " field, or a start time in the task",
+                problems=("validation",),
+            ),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/schedules",
+        "schedules",
+        operation_id="listSchedules",
+        summary="The caller's schedules, newest first, a page at a time",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(
+            Param(
+                "limit",
+                "query",
+                "Page size",
+                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+            ),
+            Param(
+                "page_token",
+                "query",
+                "The `next_page_token` of the previous page",
+                {"type": "string", "minLength": 1},
+            ),
+        ),
+        answers=(
+            Answer(
+                200,
+                "A page of schedules",
+                (Content(JSON, "shared.scheduling.models:SchedulePage"),),
+            ),
+            Answer(
+                400,
+                "A page_token this API did not issue",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/schedules/{schedule_id}",
+        "schedules",
+        operation_id="getSchedule",
+        summary="A schedule: its cron, state, next runs, last run and counters",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(200, "The schedule", _SCHEDULE_VIEW),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    _schedule_action(
+        "pause",
+        "pauseSchedule",
+        "Pause a schedule: no slot fires until it is resumed",
+        "A slot held by `buffer_one` is dropped. Idempotent.",
+    ),
+    _schedule_action(
+        "resume",
+        "resumeSchedule",
+        "Resume a paused schedule from its next slot after now",
+        "Slots that passed while it was paused never fire. Idempotent.",
+    ),
+    Route(
+        "DELETE",
+        "/schedules/{schedule_id}",
+        "schedules",
+        operation_id="deleteSchedule",
+        summary="Delete a schedule: no slot fires after this answers",
+        description="Tasks it already submitted are not touched.",
+        auth=Auth.API_KEY,
+        tag="schedules",
+        params=(SCHEDULE_ID_PARAM,),
+        answers=(
+            Answer(204, "Deleted"),
+            API_KEY_401,
+            _NO_SCHEDULE,
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+)
+
+# Webhooks (functions/webhooks). deliver_webhooks, which sends them, is internal:
+# Pub/Sub pushes to it and Cloud Scheduler runs its sweep.
+
+WEBHOOK_ID = {
+    "type": "string",
+    "pattern": "^(ep|tk)_[0-9a-f]{32}$",
+    "description": "`ep_` and 32 hex digits (an endpoint), or `tk_`... (the per-task key)",
+}
+DELIVERY_ID = {"type": "string", "pattern": "^dl_[0-9a-f]{32}$"}
+WEBHOOK_ID_PARAM = Param("webhook_id", "path", "The webhook's id", WEBHOOK_ID, True)
+_WEBHOOK_VIEW = (Content(JSON, "shared.webhooks.models:EndpointView"),)
+_WEBHOOK_CREATED = (Content(JSON, "shared.webhooks.models:EndpointCreated"),)
+_NO_WEBHOOK = Answer(404, "No such webhook, or another tenant's", problems=("not-found",))
+_BODY_400 = Answer(
+    400, "The body is not JSON, or nests too deeply", problems=("bad-request", "nesting-too-deep")
+)
+_BODY_415 = Answer(415, "The body is not application/json", problems=("unsupported-media-type",))
+_BODY_413 = Answer(413, "The body is over 1 MiB", problems=("payload-too-large",))
+_PAGE_PARAMS = (
+    Param(
+        "limit",
+        "query",
+        "Page size",
+        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    ),
+    Param(
+        "page_token",
+        "query",
+        "The `next_page_token` of the previous page",
+        {"type": "string", "minLength": 1},
+    ),
+)
+_PAGE_400 = Answer(
+    400, "A page_token this API did not issue", problems=("bad-request", "nesting-too-deep")
+)
+_PAGE_422 = Answer(422, "An unknown query parameter or a bad value", problems=("validation",))
+
+
+def _webhook_route(
+    method: str,
+    path: str,
+    operation_id: str,
+    summary: str,
+    answers: tuple[Answer, ...],
+    **extra: Any,
+) -> Route:
+    return Route(
+        method,
+        path,
+        "webhooks",
+        operation_id=operation_id,
+        summary=summary,
+        auth=Auth.API_KEY,
+        tag="webhooks",
+        answers=(*answers, INTERNAL, UNAVAILABLE),
+        **extra,
+    )
+
+
+_WEBHOOK_ROUTES = (
+    _webhook_route(
+        "POST",
+        "/webhooks",
+        "createWebhook",
+        "Register an endpoint for task events: its signing secret is shown once",
+        (
+            Answer(201, "Registered", _WEBHOOK_CREATED, headers=("Location",)),
+            _BODY_400,
+            API_KEY_401,
+            Answer(409, "The tenant has 20 webhooks already", problems=("too-many-webhooks",)),
+            _BODY_413,
+            _BODY_415,
+            Answer(
+                422,
+                "An invalid field, or a URL refused: not https, credentials in it, or an "
+                "address that is not public (the rule is named)",
+                problems=("validation",),
+            ),
+        ),
+        description=(
+            "Deliveries follow Standard Webhooks: `webhook-id`, `webhook-timestamp` and"
+            " `webhook-signature` (`v1,` HMAC-SHA256, or `v1a,` Ed25519 with `signature: v1a`)."
+        ),
+        body="shared.webhooks.models:EndpointRequest",
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks",
+        "listWebhooks",
+        "The caller's webhooks, newest first, a page at a time (never a secret)",
+        (
+            Answer(
+                200, "A page of webhooks", (Content(JSON, "shared.webhooks.models:EndpointPage"),)
+            ),
+            _PAGE_400,
+            API_KEY_401,
+            _PAGE_422,
+        ),
+        params=_PAGE_PARAMS,
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/signing-key",
+        "createSigningKey",
+        "Create the key that signs deliveries to a submit's own `webhook_url`",
+        (
+            Answer(201, "Created: the key, shown once", _WEBHOOK_CREATED, headers=("Location",)),
+            _BODY_400,
+            API_KEY_401,
+            Answer(409, "The tenant has one: rotate it instead", problems=("conflict",)),
+            _BODY_413,
+            _BODY_415,
+            Answer(422, "An invalid field", problems=("validation",)),
+        ),
+        description="`{}` asks for a `v1` (HMAC) key.",
+        body="shared.webhooks.models:SigningKeyRequest",
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks/{webhook_id}",
+        "getWebhook",
+        "A webhook: its URL, events, status and the keys signing now",
+        (Answer(200, "The webhook", _WEBHOOK_VIEW), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "DELETE",
+        "/webhooks/{webhook_id}",
+        "deleteWebhook",
+        "Remove a webhook: nothing more is sent to it",
+        (Answer(204, "Deleted"), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/{webhook_id}:rotate-secret",
+        "rotateWebhookSecret",
+        "A new signing key, shown once; the old one keeps signing beside it for 24 h",
+        (Answer(200, "Rotated: the new key", _WEBHOOK_CREATED), API_KEY_401, _NO_WEBHOOK),
+        params=(WEBHOOK_ID_PARAM,),
+    ),
+    _webhook_route(
+        "GET",
+        "/webhooks/{webhook_id}/deliveries",
+        "listWebhookDeliveries",
+        "A webhook's deliveries, newest first, each with every attempt",
+        (
+            Answer(
+                200,
+                "A page of deliveries",
+                (Content(JSON, "shared.webhooks.models:DeliveryPage"),),
+            ),
+            _PAGE_400,
+            API_KEY_401,
+            _NO_WEBHOOK,
+            _PAGE_422,
+        ),
+        params=(WEBHOOK_ID_PARAM, *_PAGE_PARAMS),
+    ),
+    _webhook_route(
+        "POST",
+        "/webhooks/deliveries/{delivery_id}:replay",
+        "replayWebhookDelivery",
+        "Send a delivery again, with the same `webhook-id`, on a fresh retry schedule",
+        (
+            Answer(
+                202,
+                "Pending again (idempotent while pending)",
+                (Content(JSON, "shared.webhooks.models:DeliveryReplayed"),),
+            ),
+            API_KEY_401,
+            Answer(404, "No such delivery, or another tenant's", problems=("not-found",)),
+            Answer(
+                409,
+                "Its webhook was deleted or disabled",
+                problems=("delivery-not-replayable",),
+            ),
+        ),
+        params=(Param("delivery_id", "path", "The delivery's id", DELIVERY_ID, True),),
+    ),
+)
 
 _HEALTH_ANSWERS = (
     Answer(
@@ -383,6 +723,8 @@ ROUTES: tuple[Route, ...] = (
             UNAVAILABLE,
         ),
     ),
+    *_SCHEDULE_ROUTES,
+    *_WEBHOOK_ROUTES,
     Route(
         "GET",
         "/health",
@@ -545,7 +887,7 @@ ROUTES: tuple[Route, ...] = (
         summary="The caller's workflows, newest first, a page at a time",
         tag="workflows",
         auth=Auth.API_KEY,
-        params=PAGE_PARAMS,
+        params=_PAGE_PARAMS,
         answers=(
             Answer(
                 200,

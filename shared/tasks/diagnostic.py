@@ -159,3 +159,40 @@ def probe(payload: ProbePayload, ctx: TaskContext) -> dict[str, Any]:
     if ctx.attempt <= payload.fail_times:
         raise RetryableError(f"probe fails attempt {ctx.attempt} of {payload.fail_times}")
     return {"pid": me, "attempt": ctx.attempt, "concurrent": len(beside) + 1}
+
+
+class FanPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    children: int = Field(ge=1, le=10_000)
+    join: str = Field(default="all", pattern="^(all|all_settled|any)$")
+    # Children that hold (a probe with this marker) until released: proves waiting and cancel.
+    hold_marker: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+@task_type("fan", FanPayload, diagnostic=True)
+def fan(payload: FanPayload, ctx: TaskContext) -> Any:
+    """Fans out `children` echo tasks (or holding probes), then totals them: proves fan-in."""
+    if payload.hold_marker is not None:
+        children = [
+            ("probe", {"marker": payload.hold_marker, "hold_attempts": 1})
+            for _ in range(payload.children)
+        ]
+    else:
+        children = [("echo", {"i": i}) for i in range(payload.children)]
+    return ctx.fan_out(children, then=("fan.total", {}), join=payload.join)
+
+
+class TotalPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@task_type("fan.total", TotalPayload, diagnostic=True)
+def fan_total(payload: TotalPayload, ctx: TaskContext) -> dict[str, Any]:
+    children = ctx.inputs.get("children", [])
+    succeeded = [c for c in children if c["status"] == "succeeded"]
+    return {
+        "children": len(children),
+        "succeeded": len(succeeded),
+        "total": sum(c["result"].get("i", 0) for c in succeeded),
+    }

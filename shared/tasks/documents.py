@@ -11,13 +11,13 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConfigurationError, PayloadTooLarge, ResultTooLarge
-from shared.queries import EXPIRES_AT
+from shared.queries import EXPIRES_AT, TIMER_SHARD, timer_shard
 from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
     from shared.security.crypto import Control, TaskKey, TaskOpener, TaskSealer
 
-DATA_FIELDS = ("payload", "result", "error", "progress")
+DATA_FIELDS = ("payload", "result", "error", "progress", "webhook_url")
 # Firestore refuses documents over 1 MiB; the rest is room for names and plain fields.
 MAX_SEALED_BYTES = 1024 * 1024 - 16 * 1024
 _PLAIN_FIELDS = (
@@ -36,6 +36,7 @@ _PLAIN_FIELDS = (
     "dispatch_pending",
     "dead_letter_pending",
     "attempt_base",
+    "run_at",
     "cancel_requested",
     "has_dependents",
     "parent_id",
@@ -49,6 +50,7 @@ _PLAIN_FIELDS = (
     "depends_on",
     "workflow_id",
     "node",
+    "notify",
 )
 
 _OPTIONAL_FIELDS = (
@@ -96,8 +98,15 @@ class TaskDocuments:
             if doc[name] is None:
                 del doc[name]
         doc["status"] = task.status.value
+        if task.run_at is None:
+            del doc["run_at"]  # absent, not null: an immediate task stays out of the timer index
+        else:
+            doc[TIMER_SHARD] = timer_shard(task.task_id)
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)
+        if task.webhook_url is not None:
+            doc["webhook_url"] = key.seal("webhook_url", task.webhook_url)
+        doc["notify"] = task.webhook_url is not None
         if self.sealed_size(doc) > MAX_SEALED_BYTES:
             raise PayloadTooLarge(
                 f"payload is {len(doc['payload'])} bytes once stored; "
@@ -154,6 +163,7 @@ class TaskDocuments:
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
         values["has_dependents"] = bool(values.get("has_dependents"))
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod
@@ -167,6 +177,7 @@ class TaskDocuments:
         values["attempt_base"] = int(values.get("attempt_base") or 0)
         values["cancel_requested"] = bool(values.get("cancel_requested"))
         values["has_dependents"] = bool(values.get("has_dependents"))
+        values["notify"] = bool(values.get("notify"))
         return Task.model_validate(values)
 
     @staticmethod

@@ -16,7 +16,11 @@ from shared.tasks.models import Task, TaskStatus
 
 class TaskEvents(Protocol):
     def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
-        """Add writes to `batch`, the commit that records `task` as `status` (terminal)."""
+        """Add writes to `batch`, the commit that records `task` as `status` (terminal).
+
+        `task` is as that commit records it: `status` and `finished_at` set. A
+        commit retried after a conflict stages again, with the same task.
+        """
 
     def flush(self, task: Task, status: TaskStatus) -> None:
         """After that commit: deliver what `stage` recorded (best effort; never raises)."""

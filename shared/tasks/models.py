@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
 MAX_DEPENDENCIES = 1000
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+MAX_DELAY_S = 365 * 24 * 3600  # how far ahead a task may be scheduled
+# RFC 3339's date-time (JSON Schema's format): the values themselves are pydantic's to check.
+_AWARE: TypeAdapter[AwareDatetime] = TypeAdapter(AwareDatetime)
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
 
 class TaskStatus(StrEnum):
@@ -31,7 +44,16 @@ class TaskStatus(StrEnum):
 class TaskRequest(BaseModel):
     """What a client submits."""
 
-    model_config = ConfigDict(extra="forbid")
+    # At most one start time: both given is a 422 (shared.tasks.submission.start_of).
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["run_at", "delay_s"],
+                "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}},
+            }
+        },
+    )
 
     type: str = Field(min_length=1, max_length=100)
     payload: dict[str, Any]
@@ -39,6 +61,38 @@ class TaskRequest(BaseModel):
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
     # Tasks (of the same tenant) that must succeed first; their results are ctx.inputs["deps"].
     depends_on: list[str] = Field(default_factory=list, max_length=MAX_DEPENDENCIES)
+    # When to start (one of the two; neither means now). See shared.tasks.submission.
+    run_at: AwareDatetime | None = Field(
+        default=None,
+        description="Start at this time (RFC 3339 with an offset), at most 365 days ahead: "
+        "the task waits `scheduled` until then. A time past, or within a second, starts now. "
+        "Not with `delay_s`",
+    )
+    delay_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_DELAY_S,
+        description="Start this many seconds from now (at most 365 days): the task waits "
+        "`scheduled` until then; under a second starts now. Not with `run_at`",
+    )
+
+    @field_validator("run_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: object) -> object:
+        # pydantic would also take a number (or a string of digits) as Unix time, and a
+        # space for the T: the contract says RFC 3339.
+        if value is None:
+            return None
+        if not (isinstance(value, str) and _RFC3339.fullmatch(value)):
+            raise ValueError("must be an RFC 3339 date-time string with an offset")
+        # Parsed here: past a before-validator, strict validation refuses any string.
+        try:
+            return _AWARE.validate_python(value, strict=False)
+        except ValidationError as exc:
+            raise ValueError(exc.errors()[0]["msg"]) from None
+
+    # This task's own completion webhook (shared.webhooks): checked at submit, stored sealed.
+    webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
 
 
 class TaskError(BaseModel):
@@ -71,6 +125,7 @@ class Task(BaseModel):
     lease_until: datetime | None = None
     dispatch_pending: bool = False
     dead_letter_pending: bool = False
+    run_at: datetime | None = None  # set while, and after, it waited as `scheduled`
     progress: dict[str, Any] | None = None  # None when absent or not decrypted for this read
     cancel_requested: bool = False
     # Orchestration (shared/workflows): a child knows its parent and position; a parent
@@ -87,6 +142,8 @@ class Task(BaseModel):
     result_from: str | None = None  # a parent's result is its continuation's
     workflow_id: str | None = None  # a node of this workflow (shared/workflows)
     node: str | None = None  # ... under this name
+    webhook_url: str | None = None  # None when not decrypted for this read
+    notify: bool = False  # plain: the task has a webhook_url, known without decrypting
 
     @property
     def attempts_left(self) -> int:
@@ -115,6 +172,10 @@ class TaskView(BaseModel):
     finished_at: datetime | None
     result: Any = None
     error: TaskError | None = None
+    run_at: datetime | None = Field(
+        default=None,
+        description="When a delayed task was due to start; present only for a delayed task",
+    )
     progress: Progress | None = None
     cancel_requested: bool = False
     parent_id: str | None = None
@@ -136,6 +197,7 @@ class TaskView(BaseModel):
             finished_at=task.finished_at,
             result=task.result if task.status is TaskStatus.SUCCEEDED else None,
             error=task.error if task.status is TaskStatus.FAILED else None,
+            run_at=task.run_at,
             progress=Progress.model_validate(task.progress) if task.progress else None,
             cancel_requested=task.cancel_requested,
             parent_id=task.parent_id or task.continues,
@@ -152,6 +214,8 @@ class TaskView(BaseModel):
             body["result"] = self.result
         if self.status is not TaskStatus.FAILED:
             body.pop("error")
+        if self.run_at is None:
+            body.pop("run_at")
         if self.progress is None:
             body.pop("progress")
         if not self.cancel_requested:
@@ -180,6 +244,7 @@ class CreatedTask(BaseModel):
     created_at: datetime
     data_key: str  # base64 of the wrapped data key
     payload: str  # base64 of the sealed payload
+    notify: bool = False  # it has a webhook_url: its outcome stages a per-task webhook
 
 
 class TaskMessage(BaseModel):

@@ -174,6 +174,7 @@ class Created:
     task_id: str
     replayed: bool
     dispatch_pending: bool = False  # a replay of a submit whose publish was deferred
+    run_at: datetime | None = None  # a replay of a submit that scheduled its task
     fresh: CreatedTask | None = None  # the document as created (not for a replay)
 
 
@@ -492,9 +493,7 @@ class FirestoreTaskRepository:
                         "this Idempotency-Key was used with a different request body",
                         field="Idempotency-Key",
                     )
-                return Created(
-                    prior["task_id"], replayed=True, dispatch_pending=self._pending(prior)
-                )
+                return Created(prior["task_id"], replayed=True, **self._prior_state(prior))
             # Past its window (TTL deletion lags by up to a day): the key starts afresh,
             # unless another submit renewed it first.
             renew = self._rebatch(task, doc, extra)
@@ -515,9 +514,15 @@ class FirestoreTaskRepository:
             extra(batch)
         return batch
 
-    def _pending(self, prior: dict[str, Any]) -> bool:
+    def _prior_state(self, prior: dict[str, Any]) -> dict[str, Any]:
+        """What the original answer said: a deferred dispatch, a scheduled start."""
         snap = self._read(str(prior["task_id"]), SUBMIT_WRITE)
-        return bool(snap is not None and snap.get("dispatch_pending"))
+        if snap is None:
+            return {}
+        return {
+            "dispatch_pending": bool(snap.get("dispatch_pending")),
+            "run_at": snap.get("run_at"),
+        }
 
     def mark_dispatch_pending(self, task_id: str) -> None:
         self._tasks.document(task_id).update({"dispatch_pending": True}, **AUTH_READ.kwargs())
@@ -657,6 +662,7 @@ class FirestoreTaskRepository:
                 "updated_at": fresh.created_at,
                 "data_key": base64.b64decode(fresh.data_key, validate=True),
                 "payload": base64.b64decode(fresh.payload, validate=True),
+                "notify": fresh.notify,
             }
             version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
             key = self._docs.key_of(message.task_id, doc)
@@ -743,7 +749,11 @@ class FirestoreTaskRepository:
                 batch = self._db.batch()
                 batch.update(ref, changes, option=self._after(version))
                 if status.terminal:
-                    self.events.stage(batch, lease.task, status)
+                    # What follows the outcome sees the task as this commit records it.
+                    recorded = lease.task.model_copy(
+                        update={"status": status, "finished_at": changes["finished_at"]}
+                    )
+                    self.events.stage(batch, recorded, status)
                 try:
                     _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
                 except failed_precondition:
@@ -941,7 +951,8 @@ class FirestoreTaskRepository:
             self._tasks.document(snapshot.task_id), changes, option=self._after(snapshot.version)
         )
         task = opened.task or TaskDocuments.plain(snapshot.task_id, snapshot.doc)
-        self.events.stage(batch, task, status)
+        recorded = task.model_copy(update={"status": status, "finished_at": now})
+        self.events.stage(batch, recorded, status)
         try:
             batch.commit(**WORKER_CALL.kwargs())
         except failed_precondition:
@@ -1112,8 +1123,14 @@ def _until(call: Callable[[], T], until: float) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask:
-    """What the first delivery needs of a document just created (its first write's result)."""
+def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
+    """What the first delivery needs of a document just created (its first write's result).
+
+    None for a `scheduled` task: its first delivery comes from the ticker, after
+    the write that queued it, and a message describing it would start it early.
+    """
+    if doc["status"] != TaskStatus.QUEUED.value:
+        return None
     return CreatedTask(
         version=written.update_time.rfc3339(),
         type=doc["type"],
@@ -1122,6 +1139,7 @@ def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask:
         created_at=doc["created_at"],
         data_key=base64.b64encode(doc["data_key"]).decode("ascii"),
         payload=base64.b64encode(doc["payload"]).decode("ascii"),
+        notify=bool(doc.get("notify")),
     )
 
 

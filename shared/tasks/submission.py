@@ -1,12 +1,13 @@
-"""Submitting a task: validate, store encrypted, publish its id."""
+"""Submitting a task: validate, store encrypted, publish its id (or leave it `scheduled`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -16,7 +17,14 @@ from shared.errors import NotFound, Unavailable, ValidationFailed
 from shared.limits import check_depth
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import CreatedTask, Task, TaskMessage, TaskRequest, TaskStatus
+from shared.tasks.models import (
+    MAX_DELAY_S,
+    CreatedTask,
+    Task,
+    TaskMessage,
+    TaskRequest,
+    TaskStatus,
+)
 from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.repository import IdempotencyClaim, TaskRepository
 
@@ -26,6 +34,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("aia.submit")
 
 MAX_IDEMPOTENCY_KEY = 255
+# A start this close (or past) is now: the ticker would only add its own delay.
+DUE_NOW = timedelta(seconds=1)
+# Checks a submit's webhook_url for its tenant (shared.webhooks): raises ValidationFailed.
+WebhookUrlCheck = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,13 @@ class Submitted:
     replayed: bool
     dispatched: bool
     waiting: bool = False  # stored waiting for its dependencies
+    run_at: datetime | None = None  # stored `scheduled`, not published: the ticker queues it
+
+    @property
+    def status(self) -> TaskStatus:
+        if self.waiting:
+            return TaskStatus.WAITING
+        return TaskStatus.QUEUED if self.run_at is None else TaskStatus.SCHEDULED
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,23 @@ def parse_request(body: Any, registry: TaskRegistry, *, diagnostic: bool) -> Tas
     return request
 
 
+def start_of(request: TaskRequest, now: datetime) -> datetime | None:
+    """When the task should start (UTC), or None to start now."""
+    if request.run_at is not None and request.delay_s is not None:
+        raise ValidationFailed("give run_at or delay_s, not both", field="delay_s")
+    if request.run_at is not None:
+        # A difference, not astimezone(UTC): a valid time at the calendar's edge
+        # (0001-01-01T00:00+05:00) has no UTC twin, but is simply in the past.
+        ahead, field = request.run_at - now, "run_at"
+    elif request.delay_s is not None:
+        ahead, field = timedelta(seconds=request.delay_s), "delay_s"
+    else:
+        return None
+    if ahead > timedelta(seconds=MAX_DELAY_S):
+        raise ValidationFailed(f"{field} is more than 365 days ahead", field=field)
+    return now + ahead if ahead > DUE_NOW else None
+
+
 def validate_idempotency_key(key: str) -> str:
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
         raise ValidationFailed(
@@ -86,6 +122,7 @@ class SubmitService:
         settings: Settings,
         *,
         dependencies: Joins | None = None,
+        webhook_check: WebhookUrlCheck | None = None,
     ) -> None:
         self._repository = repository
         self._publisher = publisher
@@ -93,9 +130,14 @@ class SubmitService:
         self._sealer = sealer
         self._settings = settings
         self._dependencies = dependencies
+        self._webhook_check = webhook_check
 
     def submit(self, tenant_id: str, body: Any, idempotency_key: str | None = None) -> Submitted:
         request = parse_request(body, self._registry, diagnostic=self._settings.diagnostic_tasks)
+        if request.webhook_url is not None:
+            if self._webhook_check is None:
+                raise ValidationFailed("webhook_url: webhooks are not enabled", field="webhook_url")
+            self._webhook_check(tenant_id, request.webhook_url)
         claim = None
         if idempotency_key is not None:
             canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -106,20 +148,35 @@ class SubmitService:
                 body_digest=self._sealer.digest(canonical),
             )
         now = datetime.now(UTC)
+        run_at = start_of(request, now)
+        if request.depends_on and run_at is not None:
+            raise ValidationFailed(
+                "a task starts when its dependencies succeeded, or at run_at: not both",
+                field="depends_on",
+            )
         deps = self._dependencies_of(tenant_id, request.depends_on)
         task = Task(
             task_id=uuid.uuid4().hex,
             tenant_id=tenant_id,
             type=request.type,
-            status=TaskStatus.WAITING if deps else TaskStatus.QUEUED,
+            status=(
+                TaskStatus.WAITING
+                if deps
+                else TaskStatus.QUEUED
+                if run_at is None
+                else TaskStatus.SCHEDULED
+            ),
             payload=request.payload,
             max_attempts=request.max_attempts,
             timeout_s=request.timeout_s,
+            webhook_url=request.webhook_url,
+            notify=request.webhook_url is not None,
             created_at=now,
             updated_at=now,
             depends_on=deps or None,
             blocked_by=f"tasks:{len(deps)}" if deps else None,
             inputs_from="deps" if deps else None,
+            run_at=run_at,
         )
         joins = self._dependencies
         extra = joins.stage_dependents(task) if deps and joins is not None else None
@@ -127,12 +184,19 @@ class SubmitService:
         if created.replayed:
             # The original answer, including a dispatch that was deferred.
             return Submitted(
-                created.task_id, replayed=True, dispatched=not created.dispatch_pending
+                created.task_id,
+                replayed=True,
+                dispatched=not created.dispatch_pending,
+                run_at=created.run_at,
             )
         if deps and joins is not None:
             # Published when its dependencies succeed; some may have already.
             joins.dependencies_created(task)
             return Submitted(task.task_id, replayed=False, dispatched=True, waiting=True)
+        if run_at is not None:
+            # Stored `scheduled` and not published: the ticker queues it when due. Its
+            # document must never travel as a fresh task's (that would start it now).
+            return Submitted(task.task_id, replayed=False, dispatched=True, run_at=run_at)
         return Submitted(
             task.task_id, replayed=False, dispatched=self._dispatch(task, created.fresh)
         )

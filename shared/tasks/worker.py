@@ -134,6 +134,8 @@ class Worker:
             return Processed(Outcome.SKIPPED, "missing")
         if TaskStatus(snapshot.status).terminal:
             return Processed(Outcome.SKIPPED, "terminal")
+        if snapshot.status == TaskStatus.SCHEDULED:  # a stray delivery: the ticker queues it
+            return Processed(Outcome.SKIPPED, "not due")
         if snapshot.status == TaskStatus.WAITING:
             # Waiting for children or a join: its work resumes when they report in.
             return Processed(Outcome.SKIPPED, "waiting")
@@ -299,8 +301,9 @@ class Worker:
         if kind == "deps":
             deps = [self._repository.get(task.tenant_id, d) for d in task.depends_on or []]
             if task.workflow_id is not None:
-                # A workflow node reads its dependencies by node name (shared/workflows).
-                return {d.node or d.task_id: _outcome_of(d) for d in deps}
+                # A workflow node starts only once every dependency succeeded: it reads
+                # their results alone, by node name (shared/workflows).
+                return {d.node or d.task_id: d.result for d in deps}
             return {"deps": {d.task_id: _outcome_of(d) for d in deps}}
         return {}
 

@@ -72,6 +72,7 @@ class WorkflowService:
         repository: FirestoreTaskRepository,
         publisher: TaskPublisher,
         registry: TaskRegistry,
+        *,
         sealer: TaskSealer,
         settings: Settings,
     ) -> None:
@@ -375,17 +376,19 @@ def view_of(snap: WorkflowSnapshot, docs: Mapping[str, dict[str, Any] | None]) -
                 error_code="not-created",
             )
             continue
-        status = TaskStatus(doc["status"])
+        node_status = TaskStatus(doc["status"])
         nodes[name] = NodeView(
             task_id=task_id,
             type=doc.get("type"),
-            status=status,
+            status=node_status,
             depends_on=[names.get(d, d) for d in doc.get("depends_on") or ()],
             attempts=int(doc.get("attempts") or 0),
             created_at=doc.get("created_at"),
             started_at=doc.get("started_at"),
             finished_at=doc.get("finished_at"),
-            error_code=doc.get("error_code") if status.value in ("failed", "cancelled") else None,
+            error_code=doc.get("error_code")
+            if node_status.terminal and node_status is not TaskStatus.SUCCEEDED
+            else None,
         )
     existing = [n for name, n in nodes.items() if docs.get(name) is not None]
     unfinished = sum(not n.status.terminal for n in existing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import jsonschema_rs
@@ -44,6 +45,59 @@ def _submitted(key: str) -> str:
     return str(response.get_json()["task_id"])
 
 
+HOURLY = {"cron": "0 * * * *", "timezone": "Europe/Paris", "task": {"type": "echo", "payload": {}}}
+
+
+def _schedule(key: str, *, paused: bool = False) -> str:
+    client = function_client("schedules")
+    response = client.post("/schedules", json=HOURLY, headers=_auth(key))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    schedule_id = str(response.get_json()["schedule_id"])
+    if paused:
+        assert client.post(f"/schedules/{schedule_id}:pause", headers=_auth(key)).status_code == 200
+    return schedule_id
+
+
+# A public IP literal passes the egress rules without DNS (as deployed: no loopback).
+WEBHOOK = {"url": "https://93.184.216.34/hooks/aia", "events": ["task.succeeded"]}
+
+
+def _webhook(key: str) -> str:
+    response = function_client("webhooks").post("/webhooks", json=WEBHOOK, headers=_auth(key))
+    assert response.status_code == 201, response.get_data(as_text=True)
+    return str(response.get_json()["id"])
+
+
+def _failed_delivery(key: str) -> str:
+    """A delivery to a fresh webhook whose every attempt failed: replayable."""
+    from shared import queries
+    from shared.clients import firestore_client
+    from shared.webhooks.models import Attempt, Delivery, DeliveryStatus
+    from shared.webhooks.store import delivery_document
+
+    endpoint_id = _webhook(key)
+    tenant_id = providers.api_keys().authenticate(key)
+    now = datetime.now(UTC)
+    delivery = Delivery(
+        delivery_id="dl_" + "1" * 32,
+        tenant_id=tenant_id,
+        endpoint_id=endpoint_id,
+        event_id="msg_" + "2" * 32,
+        event_type="task.succeeded",
+        task_id="3" * 32,
+        status=DeliveryStatus.FAILED,
+        attempt_count=1,
+        attempts=[Attempt(at=now, outcome="http-error", response_code=500, latency_ms=12)],
+        reason="every scheduled attempt failed",
+        created_at=now,
+        updated_at=now,
+    )
+    document = delivery_document(delivery, now + timedelta(days=1))
+    deliveries = firestore_client().collection(queries.WEBHOOK_DELIVERIES)
+    deliveries.document(delivery.delivery_id).set(document)
+    return delivery.delivery_id
+
+
 # One valid request per operation: a new route needs one here (a test says so).
 EXAMPLES: dict[str, Callable[[str], Call]] = {
     "submitTask": lambda key: Call("/tasks", {"type": "sleep", "payload": {"seconds": 0}}),
@@ -57,6 +111,22 @@ EXAMPLES: dict[str, Callable[[str], Call]] = {
     "replayTask": lambda key: Call(f"/tasks/{_submitted(key)}:replay"),
     # A queued task: cancelled at once.
     "cancelTask": lambda key: Call(f"/tasks/{_submitted(key)}:cancel"),
+    "createSchedule": lambda key: Call("/schedules", HOURLY),
+    "listSchedules": lambda key: Call("/schedules?limit=5"),
+    "getSchedule": lambda key: Call(f"/schedules/{_schedule(key)}"),
+    "pauseSchedule": lambda key: Call(f"/schedules/{_schedule(key)}:pause"),
+    "resumeSchedule": lambda key: Call(f"/schedules/{_schedule(key, paused=True)}:resume"),
+    "deleteSchedule": lambda key: Call(f"/schedules/{_schedule(key)}"),
+    "createWebhook": lambda key: Call("/webhooks", WEBHOOK),
+    "listWebhooks": lambda key: Call("/webhooks?limit=5"),
+    "createSigningKey": lambda key: Call("/webhooks/signing-key", {"signature": "v1a"}),
+    "getWebhook": lambda key: Call(f"/webhooks/{_webhook(key)}"),
+    "deleteWebhook": lambda key: Call(f"/webhooks/{_webhook(key)}"),
+    "rotateWebhookSecret": lambda key: Call(f"/webhooks/{_webhook(key)}:rotate-secret"),
+    "listWebhookDeliveries": lambda key: Call(f"/webhooks/{_webhook(key)}/deliveries"),
+    "replayWebhookDelivery": lambda key: Call(
+        f"/webhooks/deliveries/{_failed_delivery(key)}:replay"
+    ),
     "health": lambda key: Call("/health"),
     "healthAtRoot": lambda key: Call("/"),
     "metrics": lambda key: Call("/metrics", headers={"Accept": "application/json"}),
@@ -144,6 +214,30 @@ def test_route_answers_as_declared_with_credentials(
     _validate(document, _response_spec(document, route, response.status_code), response)
 
 
+def test_delayed_submits_and_their_views_answer_as_declared(
+    api_key: Callable[[str], str], document: dict[str, Any]
+) -> None:
+    key = api_key("acme")
+    submit = ROUTES["submitTask"]
+    in_an_hour = datetime.now(UTC).astimezone(timezone(timedelta(hours=1))) + timedelta(hours=1)
+    for start in ({"delay_s": 600}, {"run_at": in_an_hour.isoformat()}):
+        call = Call("/tasks", {"type": "echo", "payload": {}, **start})
+        response = _call(submit, call, _auth(key))
+        assert response.status_code == 202, response.get_data(as_text=True)
+        assert response.get_json()["status"] == "scheduled"
+        _validate(document, _response_spec(document, submit, 202), response)
+        task_id = response.get_json()["task_id"]
+        view = _call(ROUTES["getTask"], Call(f"/tasks/{task_id}"), _auth(key))
+        assert view.get_json()["status"] == "scheduled"
+        assert "run_at" in view.get_json()
+        _validate(document, _response_spec(document, ROUTES["getTask"], 200), view)
+    both = {"type": "echo", "payload": {}, "delay_s": 5, "run_at": "2030-01-01T00:00:00Z"}
+    schema = document["paths"]["/tasks"]["post"]["requestBody"]["content"]["application/json"]
+    root = {"components": document["components"], "allOf": [schema["schema"]]}
+    assert not jsonschema_rs.validator_for(root).is_valid(both), "the document allows both"
+    assert jsonschema_rs.validator_for(root).is_valid({**both, "delay_s": None})
+
+
 @pytest.mark.parametrize("operation", sorted(ROUTES))
 def test_route_answers_as_declared_without_credentials(
     operation: str, api_key: Callable[[str], str], document: dict[str, Any]
@@ -206,9 +300,11 @@ def test_other_methods_are_405_with_the_paths_methods(
 def test_unknown_paths_are_404(
     function: str, api_key: Callable[[str], str], document: dict[str, Any]
 ) -> None:
-    response = function_client(function).get("/no/such/route", headers=_auth(api_key("acme")))
-    assert response.status_code == 404, response.get_data(as_text=True)
-    _validate(document, document["components"]["responses"]["NotFound"], response)
+    for path in ("/no/such/route", "/tasks/a%0Ab", "/webhooks/a%0Ab/deliveries"):
+        # A newline never matches functions-framework's own rule: its refusal too is ours.
+        response = function_client(function).get(path, headers=_auth(api_key("acme")))
+        assert response.status_code == 404, response.get_data(as_text=True)
+        _validate(document, document["components"]["responses"]["NotFound"], response)
 
 
 def test_served_document_is_the_generated_one(configure: Callable[..., None]) -> None:

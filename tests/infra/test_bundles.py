@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.emulators import reset_firestore, reset_pubsub
 from shared.config import load_settings
-from shared.queries import TASKS
+from shared.queries import SCHEDULES, TASKS
 from shared.security.keyring import KeyRing, generate_keyring
 from tests.conftest import TEST_PROJECT, observed_topics
 from tests.support.health import assert_health
@@ -204,11 +204,13 @@ class World:
     ring: KeyRing
     api_key: str
     tasks: Any  # the tasks collection, as process_task and task_status see it
+    schedules: Any
     tasks_observer: str
 
     def env_for(self, name: str) -> dict[str, str]:
-        """What Terraform gives `name`: submit_task holds the public ring only."""
-        ring = self.ring.public_only() if name == "submit_task" else self.ring
+        """What Terraform gives `name`: the sealing functions hold the public ring only."""
+        sealing_only = name in ("submit_task", "schedules", "webhooks")
+        ring = self.ring.public_only() if sealing_only else self.ring
         return {**self.env, "AIA_KEYRING": ring.to_json()}
 
     def auth(self) -> dict[str, str]:
@@ -234,6 +236,7 @@ def world(emulator_env: dict[str, str]) -> World:
         ring=generate_keyring(),
         api_key=api_key,
         tasks=tasks_db.collection(TASKS),
+        schedules=tasks_db.collection(SCHEDULES),
         tasks_observer=topics[TASKS_TOPIC][1],
     )
 
@@ -366,6 +369,54 @@ def test_redispatch_bundle_serves(
     assert all(type(n) is int for n in swept.values())
 
 
+@pytest.fixture(scope="module")
+def schedule(world: World, bundles: dict[str, package.Bundle], runtime_venv: Path) -> str:
+    """A schedule created through the schedules bundle (cron and time zones from its venv)."""
+    body = {
+        "cron": "30 2 * * *",
+        "timezone": "Europe/Paris",
+        "task": {"type": "echo", "payload": {"from": "schedule"}},
+    }
+    request = Request.post_json("/schedules", body, world.auth())
+    report = assert_serves(serve("schedules", request, world, bundles, runtime_venv), 201)
+    created = json.loads(report["body"])
+    assert len(created["next_runs"]) == 5
+    assert all(
+        run.startswith(("20", "21")) and "T02:30:00+0" in run for run in created["next_runs"][1:]
+    )
+    return str(created["schedule_id"])
+
+
+def test_schedules_bundle_serves(
+    schedule: str, world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request(path=f"/schedules/{schedule}", headers=world.auth())
+    view = json.loads(
+        assert_serves(serve("schedules", request, world, bundles, runtime_venv))["body"]
+    )
+    assert view["schedule_id"] == schedule
+    assert view["state"] == "active"
+
+
+def test_schedule_tick_bundle_serves(
+    schedule: str, world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # Its slot passed a minute ago: the tick opens the sealed payload and submits the task.
+    past = datetime.now(UTC) - timedelta(minutes=1)
+    world.schedules.document(schedule).update({"next_run_at": past, "due_at": past})
+    report = assert_serves(
+        serve("schedule_tick", Request("POST", "/"), world, bundles, runtime_venv)
+    )
+    assert report["content_type"] == "application/json"
+    counts = json.loads(report["body"])
+    assert (counts["ticks"], counts["slots_fired"]) == (1, 1)
+    fired = world.schedules.document(schedule).get()
+    task = world.tasks.document(fired.get("last_task_id")).get()
+    assert (task.get("tenant_id"), task.get("type")) == ("bundle-check", "echo")
+
+
 def test_openapi_bundle_serves(
     world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
 ) -> None:
@@ -388,6 +439,28 @@ def test_dashboard_bundle_serves(
         report = assert_serves(serve("dashboard", Request(path=path), world, bundles, runtime_venv))
         assert report["content_type"].startswith(kind), (path, report["content_type"])
         assert report["body"], path
+
+
+def test_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # A public IP literal: the URL passes the egress rules without DNS.
+    body = {"url": "https://93.184.216.34/hook", "events": ["task.succeeded"]}
+    request = Request.post_json("/webhooks", body, world.auth())
+    report = assert_serves(serve("webhooks", request, world, bundles, runtime_venv), 201)
+    answer = json.loads(report["body"])
+    assert answer["secret"].startswith("whsec_")
+    assert answer["url"] == body["url"]
+
+
+def test_deliver_webhooks_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    request = Request("POST", "/sweep")
+    report = assert_serves(serve("deliver_webhooks", request, world, bundles, runtime_venv))
+    swept = json.loads(report["body"])
+    assert set(swept) == {"events", "deliveries", "caught_up"}
+    assert all(type(n) is int for n in swept.values())
 
 
 SERVING_CHECKS = {

@@ -190,7 +190,7 @@ def test_topics_and_secrets_named_by_functions_exist(
         assert set(spec["views"]) <= topics, name
         for key in spec["invokers"]:
             assert f"{key} =" in service.locals["invoker_identities"], (name, key)
-    assert set(service.locals["topics"]) == {"tasks", "dead_letter"}
+    assert set(service.locals["topics"]) == {"tasks", "dead_letter", "webhook_events"}
 
 
 def test_functions_publish_only_where_they_must(functions: dict[str, dict[str, Any]]) -> None:
@@ -323,7 +323,11 @@ def test_retry_backoff_has_one_source(service: Module) -> None:
         for policy in sub.get("retry_policy", [])
     }
     backoff_of_var = "${var.retry_max_backoff_s}s"
-    assert policies == {"worker_push": backoff_of_var, "backstop_push": backoff_of_var}
+    assert policies == {
+        "worker_push": backoff_of_var,
+        "backstop_push": backoff_of_var,
+        "webhook_push": backoff_of_var,
+    }
 
 
 def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
@@ -332,6 +336,50 @@ def test_redispatch_is_scheduled_with_oidc(service: Module) -> None:
     assert target["http_method"] == "POST"
     assert target["uri"] == '${module.function["redispatch"].uri}'
     assert target["oidc_token"][0]["audience"] == target["uri"]
+
+
+def test_schedule_tick_is_called_every_minute_and_ticks_within_its_timeout(
+    service: Module, functions: dict[str, dict[str, Any]]
+) -> None:
+    from shared.scheduling.ticker import MAX_LOOP_S
+
+    job = service.resources["google_cloud_scheduler_job"]["schedule_tick"]
+    assert job["schedule"] == "* * * * *"
+    target = job["http_target"][0]
+    assert target["uri"] == '${module.function["schedule_tick"].uri}'
+    assert target["oidc_token"][0]["audience"] == target["uri"]
+    assert target["oidc_token"][0]["service_account_email"] == (
+        "${google_service_account.scheduler_invoker.email}"
+    )
+    assert target["body"] == "${base64encode(jsonencode({for_s = var.tick_loop_s, every_s = 1}))}"
+    assert functions["schedule_tick"]["invokers"] == ["scheduler"]
+    (bounds,) = service.variables["tick_loop_s"]["validation"]
+    high = int(re.findall(r"var\.tick_loop_s <= (\d+)", bounds["condition"])[0])
+    # The loop the code accepts, inside the function's timeout and the job's deadline.
+    assert high <= MAX_LOOP_S < functions["schedule_tick"]["timeout"]
+    assert job["attempt_deadline"] == f"{functions['schedule_tick']['timeout']}s"
+
+
+def test_webhooks_are_pushed_and_swept_on_the_delivery_functions_paths(service: Module) -> None:
+    """The paths functions/deliver_webhooks serves; OIDC audiences are the service URL."""
+    uri = '${module.function["deliver_webhooks"].uri}'
+    job = service.resources["google_cloud_scheduler_job"]["webhook_sweep"]
+    target = job["http_target"][0]
+    assert target["http_method"] == "POST"
+    assert target["uri"] == '${module.function["deliver_webhooks"].uri}/sweep'
+    assert target["oidc_token"][0]["audience"] == uri
+    sub = service.resources["google_pubsub_subscription"]["webhook_push"]
+    assert sub["topic"] == "${google_pubsub_topic.webhook_events.id}"
+    push = sub["push_config"][0]
+    assert push["push_endpoint"] == '${module.function["deliver_webhooks"].uri}/push'
+    oidc = push["oidc_token"][0]
+    assert oidc["service_account_email"] == "${google_service_account.push_invoker.email}"
+    assert oidc["audience"] == uri
+    functions = service.locals["functions"]
+    assert functions["deliver_webhooks"]["timeout"] <= sub["ack_deadline_seconds"]
+    assert functions["deliver_webhooks"]["invokers"] == ["pubsub_push", "scheduler"]
+    # Pub/Sub gives up on nothing here: the sweep republishes what a lost message named.
+    assert "dead_letter_policy" not in sub
 
 
 # Firestore
@@ -372,6 +420,22 @@ def test_every_query_has_its_composite_index(service: Module) -> None:
     assert not unused, f"indexes no query uses (each costs writes): {sorted(unused)}"
 
 
+def test_due_times_are_exempt_from_single_field_indexes(service: Module) -> None:
+    exempt = {(f["collection"], f["field"]) for f in service.locals["not_indexed"].values()}
+    assert exempt == set(queries.NOT_INDEXED)
+    field = service.resources["google_firestore_field"]["not_indexed"]
+    assert field["for_each"] == "${local.not_indexed}"
+    assert field["index_config"] == [{}]
+    assert "ttl_config" not in field
+    # Each exempt field is queried only behind a leading shard.
+    for collection, name in queries.NOT_INDEXED:
+        specs = [
+            q for q in queries.ALL_QUERIES if name in (q.range_field, *(f for f, _ in q.order))
+        ]
+        assert specs, name
+        assert all(q.collection == collection and q.equals[0] == queries.TIMER_SHARD for q in specs)
+
+
 def test_index_resource_uses_the_list(service: Module) -> None:
     index = service.resources["google_firestore_index"]["this"]
     assert index["for_each"] == "${local.composite_indexes}"
@@ -393,6 +457,18 @@ def test_ttl_policies(service: Module) -> None:
     # Exempt from indexing only because no query filters or orders on it.
     assert field["index_config"] == [{}]
     assert queries.EXPIRES_AT not in used_in_queries
+
+
+def test_unindexed_fields_are_never_queried(service: Module) -> None:
+    fields = service.locals["unindexed_fields"]
+    assert {(f["collection"], f["field"]) for f in fields.values()} == set(queries.UNINDEXED_FIELDS)
+    unindexed = service.resources["google_firestore_field"]["unindexed"]
+    assert unindexed["for_each"] == "${local.unindexed_fields}"
+    assert unindexed["index_config"] == [{}]
+    for collection, name in queries.UNINDEXED_FIELDS:
+        for query in queries.ALL_QUERIES:
+            if query.collection == collection:
+                assert name not in (*query.equals, *(f for f, _ in query.order)), query
 
 
 def test_firestore_database(service: Module) -> None:

@@ -311,14 +311,23 @@ def test_environment_variables_per_function(env: str, plans: dict[str, Any]) -> 
     }
 
 
+# Who invokes each internal function: Pub/Sub's push identity, Cloud Scheduler's, or both.
+INTERNAL_INVOKERS = {
+    "process_task": {"pubsub_push"},
+    "redispatch": {"scheduler"},
+    "schedule_tick": {"scheduler"},
+    "deliver_webhooks": {"pubsub_push", "scheduler"},
+}
+INTERNAL_GRANTS = sum(map(len, INTERNAL_INVOKERS.values()))
+
+
 def expected_invokers(case: str) -> dict[str, set[str]]:
     """Function -> the keys of its run.invoker members, from the case's variables."""
     values = case_values(case)
     users = {"public"} if values.get("public_access", False) else set()
     users |= set(values.get("invoker_members", []))
-    internal = {"process_task": {"pubsub_push"}, "redispatch": {"scheduler"}}
     names = package.discover_functions(REPO_ROOT)
-    return {n: users if n in USER_FACING else internal.get(n, set()) for n in names}
+    return {n: users if n in USER_FACING else INTERNAL_INVOKERS.get(n, set()) for n in names}
 
 
 def test_cases_plan_public_access_both_ways() -> None:
@@ -347,7 +356,8 @@ def test_invokers_in_plan(case: str, plans: dict[str, Any]) -> None:
     expected = expected_invokers(case)
     assert {f: k for f, k in planned.items() if k} == {f: k for f, k in expected.items() if k}
     public = bool(values.get("public_access", False))
-    assert len(members) == 2 + len(USER_FACING) * (public + len(values.get("invoker_members", [])))
+    users = public + len(values.get("invoker_members", []))
+    assert len(members) == INTERNAL_GRANTS + len(USER_FACING) * users
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -366,7 +376,7 @@ def test_iam_in_plan(case: str, plans: dict[str, Any]) -> None:
     # Every grant the plan holds, counted by kind: one more or less is a reviewed change.
     invokers = len(expected_invokers(case)["health"])
     assert counted == {
-        "google_cloud_run_v2_service_iam_member": 2 + len(USER_FACING) * invokers,
+        "google_cloud_run_v2_service_iam_member": INTERNAL_GRANTS + len(USER_FACING) * invokers,
         # tasks database for every function, keys database for its readers, 2 for builds
         "google_project_iam_member": len(functions(plans[case])) + len(KEYS_READERS) + 2,
         "google_secret_manager_secret_iam_member": len(KEYRING) + len(METRICS_TOKEN),
@@ -480,7 +490,7 @@ def test_prod_has_the_load_balancer(plans: dict[str, Any]) -> None:
 @pytest.mark.parametrize("env", ENV_NAMES)
 def test_push_subscriptions_target_the_worker(env: str, plans: dict[str, Any]) -> None:
     subs = {r["name"]: r["values"] for r in resources(plans[env], "google_pubsub_subscription")}
-    assert set(subs) == {"worker_push", "backstop_push", "dead_letter_hold"}
+    assert set(subs) == {"worker_push", "backstop_push", "dead_letter_hold", "webhook_push"}
     worker, backstop = subs["worker_push"], subs["backstop_push"]
     assert worker["ack_deadline_seconds"] == 600
     attempts = tfvars(env).get("max_delivery_attempts", 10)
@@ -496,3 +506,9 @@ def test_push_subscriptions_target_the_worker(env: str, plans: dict[str, Any]) -
     env_vars = worker_fn["service_config"][0]["environment_variables"]
     assert env_vars["AIA_RETRY_MAX_BACKOFF_S"] == "600"
     assert float(env_vars["AIA_REDISPATCH_AFTER_S"]) > 600 + 5
+    # The webhook topic pushes to the delivery function, which acks within the deadline.
+    hooks = subs["webhook_push"]
+    assert hooks["dead_letter_policy"] == []
+    assert hooks["retry_policy"] == [{"minimum_backoff": "10s", "maximum_backoff": "600s"}]
+    deliver = functions(plans[env])["deliver_webhooks"]["service_config"][0]
+    assert deliver["timeout_seconds"] <= hooks["ack_deadline_seconds"]

@@ -21,7 +21,7 @@ from tools.package import discover_functions, signature_type
 from tools.tfschema.venvs import REPO_ROOT
 
 # Internal functions: invoked by Pub/Sub and Cloud Scheduler, never through the public URL.
-INTERNAL = frozenset({"process_task", "redispatch"})
+INTERNAL = frozenset({"process_task", "redispatch", "schedule_tick", "deliver_webhooks"})
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,25 @@ def test_every_route_declares_a_success_and_its_faults() -> None:
 def test_find_picks_the_most_literal_route(method: str, path: str, operation: str | None) -> None:
     found = routes.find(method, path)
     assert (found.operation_id if found else None) == operation
+
+
+def test_a_list_filters_by_any_task_status() -> None:
+    from shared.tasks.models import TaskStatus
+
+    (status,) = (p for p in routes.find("GET", "/tasks").params if p.name == "status")  # type: ignore[union-attr]
+    assert status.schema["enum"] == [s.value for s in TaskStatus]
+
+
+def test_schedule_tick_is_internal_and_the_schedules_api_is_public() -> None:
+    functions = {r.function for r in routes.ROUTES}
+    assert "schedules" in functions
+    assert "schedule_tick" not in functions
+    assert routes.route_for("POST", "/schedules") == "schedules"
+    assert routes.route_for("DELETE", "/schedules/" + "a" * 32) == "schedules"
+    found = routes.find("POST", "/schedules/" + "a" * 32 + ":resume")
+    assert found is not None
+    assert found.operation_id == "resumeSchedule"
+    assert routes.allowed_methods("/schedules/" + "a" * 32) == ("DELETE", "GET")
 
 
 def test_allowed_methods_are_every_method_of_the_path() -> None:
@@ -230,6 +249,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "analytics.merge": {},
     "fail": {"times": 1, "retryable": False},
     "probe": {"marker": "m-1"},
+    "fan": {"children": 3},
+    "fan.total": {},
 }
 
 

@@ -7,10 +7,15 @@
  *   /tasks                           -> task_status
  *   /tasks/submit                    -> submit_task
  *   /tasks/counts                    -> task_status
+ *   /schedules                       -> schedules
+ *   /webhooks, /webhooks/signing-key -> webhooks
  *   /health, /                       -> health
  *   /metrics                         -> metrics
  *   /openapi.json                    -> openapi
  *   /dashboard, /dashboard/...       -> dashboard
+ *   /webhooks/deliveries/...         -> webhooks
+ *   /schedules/...                   -> schedules
+ *   /webhooks/...                    -> webhooks
  *   /workflows, /workflows/...       -> workflows
  *   POST /tasks/...  (:replay)       -> submit_task
  *   /tasks/...       ({task_id})     -> task_status
@@ -27,8 +32,10 @@ locals {
     metrics     = var.services.metrics
     submit_task = var.services.submit_task
     task_status = var.services.task_status
+    schedules   = var.services.schedules
     openapi     = var.services.openapi
     dashboard   = var.services.dashboard
+    webhooks    = var.services.webhooks
     workflows   = var.services.workflows
   }
 
@@ -38,16 +45,22 @@ locals {
     { priority = 20, backend = "task_status", full_path = "/tasks", prefix = null, method = null },
     { priority = 30, backend = "submit_task", full_path = "/tasks/submit", prefix = null, method = null },
     { priority = 40, backend = "task_status", full_path = "/tasks/counts", prefix = null, method = null },
-    { priority = 50, backend = "health", full_path = "/health", prefix = null, method = null },
-    { priority = 60, backend = "health", full_path = "/", prefix = null, method = null },
-    { priority = 70, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
-    { priority = 80, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
-    { priority = 90, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
-    { priority = 95, backend = "workflows", full_path = "/workflows", prefix = null, method = null },
-    { priority = 100, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
-    { priority = 105, backend = "workflows", full_path = null, prefix = "/workflows/", method = null },
-    { priority = 110, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
-    { priority = 120, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 50, backend = "schedules", full_path = "/schedules", prefix = null, method = null },
+    { priority = 60, backend = "webhooks", full_path = "/webhooks", prefix = null, method = null },
+    { priority = 70, backend = "webhooks", full_path = "/webhooks/signing-key", prefix = null, method = null },
+    { priority = 80, backend = "health", full_path = "/health", prefix = null, method = null },
+    { priority = 90, backend = "health", full_path = "/", prefix = null, method = null },
+    { priority = 100, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
+    { priority = 110, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
+    { priority = 120, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
+    { priority = 130, backend = "workflows", full_path = "/workflows", prefix = null, method = null },
+    { priority = 140, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
+    { priority = 150, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 160, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 170, backend = "workflows", full_path = null, prefix = "/workflows/", method = null },
+    { priority = 180, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
+    { priority = 190, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 200, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

@@ -35,8 +35,10 @@ variable "services" {
     metrics     = string
     submit_task = string
     task_status = string
+    schedules   = string
     openapi     = string
     dashboard   = string
+    webhooks    = string
     workflows   = string
   })
 }

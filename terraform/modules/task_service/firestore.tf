@@ -35,19 +35,59 @@ locals {
       collection = "tasks"
       fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
+    # Timers: the shard leads, so nearly monotonic due times spread over
+    # TIMER_SHARDS index ranges (Firestore serves ~500 writes/s per range).
+    due_tasks = {
+      collection = "tasks"
+      fields     = [["timer_shard", "ASCENDING"], ["status", "ASCENDING"], ["run_at", "ASCENDING"]]
+    }
+    due_schedules = {
+      collection = "schedules"
+      fields     = [["timer_shard", "ASCENDING"], ["state", "ASCENDING"], ["due_at", "ASCENDING"]]
+    }
+    list_schedules = {
+      collection = "schedules"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    # Webhooks: a new endpoint's catch-up, and the tenant's pages of endpoints and deliveries.
+    tasks_finished_between = {
+      collection = "tasks"
+      fields     = [["tenant_id", "ASCENDING"], ["finished_at", "ASCENDING"], ["__name__", "ASCENDING"]]
+    }
+    list_webhook_endpoints = {
+      collection = "webhook_endpoints"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    list_webhook_deliveries = {
+      collection = "webhook_deliveries"
+      fields     = [["tenant_id", "ASCENDING"], ["endpoint_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
+    # Workflows: a tenant's page of them (shared/queries.py LIST_WORKFLOWS).
     list_workflows = {
       collection = "workflows"
       fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
   }
 
-  # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys", "workflows"]
+  # shared/queries.py NOT_INDEXED: due times only the sharded indexes above may
+  # hold; their automatic single-field index would be the unsharded hot range.
+  not_indexed = {
+    tasks_run_at     = { collection = "tasks", field = "run_at" }
+    schedules_due_at = { collection = "schedules", field = "due_at" }
+  }
 
-  # A workflow's node map and order hold up to 1,000 entries each that no query
-  # reads: indexed, each entry would be an index write (shared/workflows/store.py).
-  unindexed_workflow_fields = ["nodes", "order"]
-  ttl_field                 = "expires_at"
+  # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "workflows"]
+
+  # shared/queries.py UNINDEXED_FIELDS.
+  unindexed_fields = {
+    webhook_endpoint_secrets  = { collection = "webhook_endpoints", field = "secrets" }
+    webhook_delivery_attempts = { collection = "webhook_deliveries", field = "attempts" }
+    # A workflow's node map and order: up to 1,000 entries each, one index write apiece.
+    workflow_nodes = { collection = "workflows", field = "nodes" }
+    workflow_order = { collection = "workflows", field = "order" }
+  }
+  ttl_field = "expires_at"
 }
 
 resource "google_firestore_database" "this" {
@@ -114,13 +154,26 @@ resource "google_firestore_field" "ttl" {
   index_config {}
 }
 
-resource "google_firestore_field" "unindexed" {
-  for_each = toset(local.unindexed_workflow_fields)
+resource "google_firestore_field" "not_indexed" {
+  for_each = local.not_indexed
 
   project    = var.project_id
   database   = google_firestore_database.this.name
-  collection = "workflows"
-  field      = each.value
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {}
+}
+
+# Never filtered or ordered on, and bulky (sealed keys, the attempt log):
+# exempt from indexing, so writing them costs no index entries.
+resource "google_firestore_field" "unindexed" {
+  for_each = local.unindexed_fields
+
+  project    = var.project_id
+  database   = google_firestore_database.this.name
+  collection = each.value.collection
+  field      = each.value.field
 
   index_config {}
 }

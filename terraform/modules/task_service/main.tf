@@ -30,6 +30,10 @@ locals {
     AIA_RETRY_MAX_BACKOFF_S = tostring(var.retry_max_backoff_s)
     AIA_REDISPATCH_AFTER_S  = tostring(local.redispatch_after_s)
     AIA_TASK_RETENTION_DAYS = tostring(var.task_retention_days)
+    # Webhooks. AIA_WEBHOOKS_ALLOW_LOOPBACK is for the local stack only: unset, it
+    # is false, and every deployed function refuses loopback and http endpoints.
+    AIA_WEBHOOK_EVENTS_TOPIC = google_pubsub_topic.webhook_events.name
+    AIA_WEBHOOK_CACHE_S      = tostring(var.webhook_cache_s)
   }
 
   # var.retry_max_backoff_s is the one value behind both push subscriptions'
@@ -85,14 +89,15 @@ locals {
       user_facing    = true
       firestore      = "roles/datastore.user"
       keys_firestore = "roles/datastore.viewer"
-      publishes      = ["tasks"]
-      views          = []
-      keyring        = "public"
-      metrics_token  = false
-      timeout        = 30
-      memory         = "512Mi"
-      cpu            = "1"
-      concurrency    = 8
+      # A task cancelled before it starts is terminal here: its webhook event's flush.
+      publishes     = ["tasks", "webhook_events"]
+      views         = []
+      keyring       = "public"
+      metrics_token = false
+      timeout       = 30
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
     }
     task_status = {
       invokers       = []
@@ -115,10 +120,12 @@ locals {
       user_facing    = false
       firestore      = "roles/datastore.user"
       keys_firestore = null
-      publishes      = ["tasks", "dead_letter"]
-      views          = []
-      keyring        = "private"
-      metrics_token  = false
+      # Publishes a fan-out's children, the dead letters, and a terminal task's
+      # webhook event id (the outbox's flush) to deliver_webhooks.
+      publishes     = ["tasks", "dead_letter", "webhook_events"]
+      views         = []
+      keyring       = "private"
+      metrics_token = false
       # The push subscription's ack deadline is 600 s, its maximum.
       timeout = 600
       memory  = "1Gi"
@@ -166,8 +173,8 @@ locals {
       user_facing    = true
       firestore      = "roles/datastore.user"
       keys_firestore = "roles/datastore.viewer"
-      # The first nodes, and a dependent a cancelled node's follow-up may start.
-      publishes     = ["tasks"]
+      # The first nodes; and a cancel's nodes, terminal here: their webhook events' flush.
+      publishes     = ["tasks", "webhook_events"]
       views         = []
       keyring       = "public"
       metrics_token = false
@@ -186,7 +193,7 @@ locals {
       keys_firestore = null
       # The sweep also flushes the dead-letter outbox of tasks whose final
       # publish failed.
-      publishes     = ["tasks", "dead_letter"]
+      publishes     = ["tasks", "dead_letter", "webhook_events"]
       views         = []
       keyring       = null
       metrics_token = false
@@ -194,6 +201,76 @@ locals {
       memory        = "256Mi"
       cpu           = "0.333"
       concurrency   = 1
+    }
+    schedules = {
+      invokers       = []
+      description    = "The caller's cron schedules: create, list, read, pause, resume, delete."
+      user_facing    = true
+      firestore      = "roles/datastore.user"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = []
+      views          = []
+      # Seals a schedule's task payload; only schedule_tick can open it.
+      keyring       = "public"
+      metrics_token = false
+      timeout       = 30
+      memory        = "512Mi"
+      cpu           = "1"
+      concurrency   = 8
+    }
+    schedule_tick = {
+      invokers       = ["scheduler"]
+      description    = "Each minute, ticking every second: queues due delayed tasks, fires due cron slots."
+      user_facing    = false
+      firestore      = "roles/datastore.user"
+      keys_firestore = null
+      publishes      = ["tasks"]
+      views          = []
+      # Opens a schedule's sealed payload to submit the slot's task.
+      keyring       = "private"
+      metrics_token = false
+      # A call ticks for var.tick_loop_s (at most 100 s), mostly asleep: a
+      # third of a CPU keeps the always-busy instance cheap.
+      timeout     = 120
+      memory      = "512Mi"
+      cpu         = "0.333"
+      concurrency = 1
+    }
+    # The tenant's webhook API. Seals new signing keys with the public ring and
+    # can never read one back; publishes a replayed delivery's id.
+    webhooks = {
+      invokers       = []
+      description    = "Webhook endpoints, their signing keys, deliveries and replays."
+      user_facing    = true
+      firestore      = "roles/datastore.user"
+      keys_firestore = "roles/datastore.viewer"
+      publishes      = ["webhook_events"]
+      views          = []
+      keyring        = "public"
+      metrics_token  = false
+      timeout        = 30
+      memory         = "512Mi"
+      cpu            = "1"
+      concurrency    = 8
+    }
+    # Pushed webhook events and deliveries, and the sweep every minute. Holds the
+    # private ring (to open signing keys and task views) and is the only function
+    # that calls out of Google.
+    deliver_webhooks = {
+      invokers       = ["pubsub_push", "scheduler"]
+      description    = "Sends signed webhook deliveries, retries them on schedule, sweeps the outbox."
+      user_facing    = false
+      firestore      = "roles/datastore.user"
+      keys_firestore = null
+      publishes      = ["webhook_events"]
+      views          = []
+      keyring        = "private"
+      metrics_token  = false
+      # Two 15 s attempts 5 s apart per endpoint, in parallel; well under the ack deadline.
+      timeout     = 300
+      memory      = "512Mi"
+      cpu         = "1"
+      concurrency = 16
     }
   }
 
@@ -203,8 +280,9 @@ locals {
   }
 
   topics = {
-    tasks       = google_pubsub_topic.tasks
-    dead_letter = google_pubsub_topic.dead_letter
+    tasks          = google_pubsub_topic.tasks
+    dead_letter    = google_pubsub_topic.dead_letter
+    webhook_events = google_pubsub_topic.webhook_events
   }
 
   keyring_secrets = {
@@ -322,8 +400,10 @@ module "gateway" {
     metrics     = module.function["metrics"].service
     submit_task = module.function["submit_task"].service
     task_status = module.function["task_status"].service
+    schedules   = module.function["schedules"].service
     openapi     = module.function["openapi"].service
     dashboard   = module.function["dashboard"].service
+    webhooks    = module.function["webhooks"].service
     workflows   = module.function["workflows"].service
   }
 

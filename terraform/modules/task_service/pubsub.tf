@@ -124,3 +124,46 @@ resource "google_pubsub_subscription" "backstop_push" {
     ttl = ""
   }
 }
+
+# Webhook event and delivery ids (never task data): process_task publishes a
+# finished task's event, the webhook API a replay, the sweep what is due.
+resource "google_pubsub_topic" "webhook_events" {
+  # checkov:skip=CKV_GCP_83:Messages carry event and delivery ids only; what a delivery sends is read and sealed in Firestore, so Google-managed encryption suffices.
+  project = var.project_id
+  name    = var.webhook_events_topic
+  labels  = local.labels
+
+  message_retention_duration = "86400s"
+
+  depends_on = [google_project_service.this]
+}
+
+# No dead-letter policy: each message names a record in Firestore that the
+# sweep republishes when due, and deliver_webhooks acks what it cannot use.
+resource "google_pubsub_subscription" "webhook_push" {
+  project = var.project_id
+  name    = "${var.webhook_events_topic}-deliver"
+  topic   = google_pubsub_topic.webhook_events.id
+  labels  = local.labels
+
+  ack_deadline_seconds       = 600
+  message_retention_duration = "604800s"
+
+  push_config {
+    push_endpoint = "${module.function["deliver_webhooks"].uri}/push"
+
+    oidc_token {
+      service_account_email = google_service_account.push_invoker.email
+      audience              = module.function["deliver_webhooks"].uri
+    }
+  }
+
+  retry_policy {
+    minimum_backoff = "10s"
+    maximum_backoff = "${var.retry_max_backoff_s}s"
+  }
+
+  expiration_policy {
+    ttl = ""
+  }
+}

@@ -1,7 +1,7 @@
 # Key rings for payload encryption. Terraform creates the secrets only: the
 # key material is added as versions out of band (docs/deploy.md), so it never
-# enters the Terraform state. submit_task reads the public ring (seal only);
-# process_task and task_status read the private ring.
+# enters the Terraform state. submit_task and schedules read the public ring
+# (seal only); process_task, task_status and schedule_tick read the private ring.
 resource "google_secret_manager_secret" "keyring" {
   for_each = toset(["public", "private"])
 

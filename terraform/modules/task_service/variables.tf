@@ -151,6 +151,17 @@ variable "redispatch_schedule" {
   default     = "* * * * *"
 }
 
+variable "tick_loop_s" {
+  description = "Seconds each minute's schedule_tick call keeps ticking (every second): 59 keeps a tick every second (delayed tasks ~1 s late, one instance busy); 0 ticks once a minute (up to ~60 s late, near-zero cost)."
+  type        = number
+  default     = 59
+
+  validation {
+    condition     = var.tick_loop_s >= 0 && var.tick_loop_s <= 100
+    error_message = "tick_loop_s must be between 0 and 100 (the function's timeout is 120 s)."
+  }
+}
+
 variable "log_level" {
   description = "Log level of the functions (AIA_LOG_LEVEL)."
   type        = string
@@ -281,4 +292,27 @@ variable "metrics_flush_s" {
     condition     = var.metrics_flush_s >= 0 && var.metrics_flush_s <= 300
     error_message = "metrics_flush_s must be 0-300."
   }
+}
+
+variable "webhook_events_topic" {
+  description = "Name of the topic carrying webhook event and delivery ids to deliver_webhooks (AIA_WEBHOOK_EVENTS_TOPIC)."
+  type        = string
+  default     = "aia-webhook-events"
+}
+
+variable "webhook_cache_s" {
+  description = "Seconds an instance trusts what it read about a tenant's webhook endpoints (AIA_WEBHOOK_CACHE_S); a new endpoint's catch-up covers 30 s, so no more."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.webhook_cache_s >= 0 && var.webhook_cache_s <= 30
+    error_message = "webhook_cache_s must be 0-30."
+  }
+}
+
+variable "webhook_sweep_schedule" {
+  description = "Cron schedule of the webhook sweep (due retries, lost flushes, catch-ups)."
+  type        = string
+  default     = "* * * * *"
 }

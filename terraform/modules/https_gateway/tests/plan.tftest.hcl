@@ -8,8 +8,10 @@ variables {
     metrics     = "metrics"
     submit_task = "submit-task"
     task_status = "task-status"
+    schedules   = "schedules"
     openapi     = "openapi"
     dashboard   = "dashboard"
+    webhooks    = "webhooks"
     workflows   = "workflows"
   }
 }
@@ -18,8 +20,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 14
-    error_message = "Fourteen route rules: shared/api/routes.py's routing_rules()."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 20
+    error_message = "Twenty route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
@@ -28,7 +30,7 @@ run "routes" {
   }
 
   assert {
-    condition     = length(google_compute_backend_service.this) == 7
+    condition     = length(google_compute_backend_service.this) == 9
     error_message = "One backend per public function."
   }
 

@@ -38,7 +38,7 @@ run "defaults_are_private_and_protected" {
   }
 
   assert {
-    condition     = keys(local.function_invokers["process_task"]) == ["pubsub_push"] && keys(local.function_invokers["redispatch"]) == ["scheduler"]
+    condition     = keys(local.function_invokers["process_task"]) == ["pubsub_push"] && keys(local.function_invokers["redispatch"]) == ["scheduler"] && toset(keys(local.function_invokers["deliver_webhooks"])) == toset(["pubsub_push", "scheduler"])
     error_message = "Only the push and scheduler identities invoke the internal functions."
   }
 }
@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "workflows"])
-    error_message = "TTL policies on tasks, idempotency_keys and workflows."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "workflows"])
+    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, and workflows."
   }
 
   assert {
@@ -115,8 +115,8 @@ run "secrets_only_where_needed" {
   command = plan
 
   assert {
-    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task", "workflows"])
-    error_message = "Only submit_task, task_status, process_task and workflows read a key ring."
+    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task", "schedules", "schedule_tick", "webhooks", "deliver_webhooks", "workflows"])
+    error_message = "Only submit_task, task_status, process_task, the schedule, webhook and workflow functions read a key ring."
   }
 
   assert {
@@ -127,6 +127,11 @@ run "secrets_only_where_needed" {
   assert {
     condition     = google_secret_manager_secret_iam_member.keyring_access["process_task"].secret_id == google_secret_manager_secret.keyring["private"].secret_id
     error_message = "process_task reads the private ring."
+  }
+
+  assert {
+    condition     = google_secret_manager_secret_iam_member.keyring_access["webhooks"].secret_id == google_secret_manager_secret.keyring["public"].secret_id && google_secret_manager_secret_iam_member.keyring_access["deliver_webhooks"].secret_id == google_secret_manager_secret.keyring["private"].secret_id
+    error_message = "The webhook API seals signing keys with the public ring; only the delivery function can open them."
   }
 
   assert {
@@ -159,7 +164,7 @@ run "keys_database_is_read_only_for_functions" {
   }
 
   assert {
-    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "workflows"])
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "schedules", "webhooks", "workflows"])
     error_message = "Only the functions that authenticate tenants may read the keys database."
   }
 
@@ -292,4 +297,43 @@ run "load_balancer_needs_a_domain" {
   }
 
   expect_failures = [var.load_balancer]
+}
+
+run "webhooks" {
+  command = plan
+
+  assert {
+    condition     = google_pubsub_topic.webhook_events.name == "aia-webhook-events" && google_pubsub_subscription.webhook_push.ack_deadline_seconds >= local.functions["deliver_webhooks"].timeout
+    error_message = "The webhook topic pushes to deliver_webhooks, with an ack deadline covering its timeout."
+  }
+
+  assert {
+    condition     = length(google_pubsub_subscription.webhook_push.dead_letter_policy) == 0 && google_pubsub_subscription.webhook_push.retry_policy[0].maximum_backoff == "600s"
+    error_message = "No dead letters for webhook ids (the sweep republishes them); backoff from the one variable."
+  }
+
+  assert {
+    condition     = google_cloud_scheduler_job.webhook_sweep.schedule == "* * * * *" && google_cloud_scheduler_job.webhook_sweep.retry_config[0].retry_count == 0
+    error_message = "The webhook sweep runs every minute; the next run is the retry."
+  }
+
+  assert {
+    condition     = local.environment_variables["AIA_WEBHOOK_EVENTS_TOPIC"] == "aia-webhook-events" && local.environment_variables["AIA_WEBHOOK_CACHE_S"] == "30" && !contains(keys(local.environment_variables), "AIA_WEBHOOKS_ALLOW_LOOPBACK")
+    error_message = "Functions get the webhook topic and cache bound; never the local stack's loopback allowance."
+  }
+
+  assert {
+    condition     = toset([for name, spec in local.functions : name if contains(spec.publishes, "webhook_events")]) == toset(["process_task", "submit_task", "redispatch", "webhooks", "deliver_webhooks", "workflows"])
+    error_message = "Only the functions that end tasks, the webhook API and the delivery function publish webhook ids."
+  }
+}
+
+run "rejects_a_webhook_cache_beyond_the_catch_up" {
+  command = plan
+
+  variables {
+    webhook_cache_s = 31
+  }
+
+  expect_failures = [var.webhook_cache_s]
 }

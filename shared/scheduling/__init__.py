@@ -1,0 +1,1 @@
+"""Scheduling: delayed tasks (timers the ticker dispatches) and cron schedules."""

@@ -1,0 +1,1 @@
+"""Signed completion webhooks (Standard Webhooks): endpoints, outbox, delivery, egress."""
