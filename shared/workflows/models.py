@@ -1,18 +1,19 @@
 """Workflow models, named by direction of travel: the request in, the views out.
 
-A workflow's node is a task request (`TaskRequest`): the same type, payload
-and limits a submit takes, validated the same way; only its `depends_on` names
-other nodes of the workflow instead of task ids.
+A workflow's node is a task request cut down to what means something inside a
+workflow: the same type, payload and limits a submit takes, validated the same
+way; its `depends_on` names other nodes instead of task ids, and it has no
+start time or webhook of its own.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.tasks.models import TASK_ID_PATTERN, TaskRequest, TaskStatus
+from shared.tasks.models import MAX_TIMEOUT_S, TASK_ID_PATTERN, TaskStatus
 
 NODE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_NODES = 1000
@@ -26,12 +27,28 @@ FailurePolicy = Literal["fail_fast", "continue"]
 WorkflowStatus = Literal["running", "succeeded", "failed", "cancelled"]
 
 
+class WorkflowNode(BaseModel):
+    """One node: a task's type, payload and limits, and the nodes it waits for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100)
+    payload: dict[str, Any]
+    depends_on: list[NodeName] = Field(
+        default_factory=list,
+        max_length=MAX_NODES - 1,
+        description="Names of nodes of this workflow that must succeed first",
+    )
+    max_attempts: int = Field(default=3, ge=1, le=10)
+    timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+
+
 class WorkflowRequest(BaseModel):
     """What a client submits: named nodes, each a task request whose `depends_on` names nodes."""
 
     model_config = ConfigDict(extra="forbid")
 
-    nodes: dict[NodeName, TaskRequest] = Field(
+    nodes: dict[NodeName, WorkflowNode] = Field(
         min_length=1,
         max_length=MAX_NODES,
         description="Node name -> the task it runs; `depends_on` lists node names, and a node "

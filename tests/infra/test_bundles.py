@@ -209,7 +209,7 @@ class World:
 
     def env_for(self, name: str) -> dict[str, str]:
         """What Terraform gives `name`: the sealing functions hold the public ring only."""
-        sealing_only = name in ("submit_task", "schedules", "webhooks")
+        sealing_only = name in ("submit_task", "schedules", "webhooks", "workflows")
         ring = self.ring.public_only() if sealing_only else self.ring
         return {**self.env, "AIA_KEYRING": ring.to_json()}
 
@@ -461,6 +461,26 @@ def test_deliver_webhooks_bundle_serves(
     swept = json.loads(report["body"])
     assert set(swept) == {"events", "deliveries", "caught_up"}
     assert all(type(n) is int for n in swept.values())
+
+
+def test_workflows_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # Two nodes, one depending on the other: sealed, stored, the root published.
+    body = {
+        "nodes": {
+            "a": {"type": "echo", "payload": {}},
+            "b": {"type": "echo", "payload": {}, "depends_on": ["a"]},
+        }
+    }
+    request = Request.post_json("/workflows", body, world.auth())
+    report = assert_serves(serve("workflows", request, world, bundles, runtime_venv), 202)
+    workflow_id = json.loads(report["body"])["workflow_id"]
+    published = pull(world.tasks_observer, host=world.env["PUBSUB_EMULATOR_HOST"])
+    assert [m.attributes.get("workflow_id") for m in published] == [workflow_id]
+    read = Request(path=f"/workflows/{workflow_id}", headers=world.auth())
+    view = json.loads(assert_serves(serve("workflows", read, world, bundles, runtime_venv))["body"])
+    assert (view["status"], view["nodes"]["b"]["status"]) == ("running", "waiting")
 
 
 SERVING_CHECKS = {
