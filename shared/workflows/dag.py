@@ -22,7 +22,7 @@ from shared.limits import check_depth
 from shared.tasks.models import TaskRequest
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.submission import parse_request
-from shared.workflows.models import MAX_EDGES, WorkflowRequest
+from shared.workflows.models import MAX_EDGES, MAX_NODES, WorkflowRequest
 
 # What a node may hold: a task request's fields. Anything else a submit may one day
 # take (a delay, a schedule) means nothing inside a workflow and is refused.
@@ -120,6 +120,13 @@ def _parse_node(name: str, node: Any, registry: TaskRegistry, *, diagnostic: boo
     if extra:
         raise ValidationFailed(
             f"{where}.{extra[0]}: not a field of a workflow node", field=f"{where}.{extra[0]}"
+        )
+    deps = node.get("depends_on")
+    if isinstance(deps, list) and len(deps) > MAX_NODES - 1:
+        # A node can wait for every other node at most (the schema's maxItems).
+        raise ValidationFailed(
+            f"{where}.depends_on: at most {MAX_NODES - 1} dependencies",
+            field=f"{where}.depends_on",
         )
     try:
         return parse_request(node, registry, diagnostic=diagnostic)
