@@ -69,6 +69,7 @@ FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("dashboard", "http"),
     ("webhooks", "http"),
     ("deliver_webhooks", "http"),
+    ("workflows", "http"),
 )
 # Settings the stack decides; inherited values would point functions elsewhere.
 # AIA_KEYRING (an inline secret) would silently win over AIA_KEYRING_FILE.

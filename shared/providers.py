@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from shared.security.keyring import KeyRing
     from shared.tasks.dispatch import PubSubTaskPublisher
     from shared.tasks.documents import TaskDocuments
+    from shared.tasks.events import AllEvents
     from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository
     from shared.tasks.status import StatusService
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from shared.webhooks.outbox import Notifier, WebhookEvents
     from shared.webhooks.store import FirestoreWebhookStore
     from shared.workflows.joins import Joins
+    from shared.workflows.service import WorkflowService
 
 
 @functools.cache
@@ -91,7 +93,6 @@ def _retention() -> timedelta:
 
 @functools.cache
 def task_repository() -> FirestoreTaskRepository:
-    from shared.tasks.events import AllEvents
     from shared.tasks.repository import FirestoreTaskRepository
 
     repository = FirestoreTaskRepository(
@@ -100,10 +101,20 @@ def task_repository() -> FirestoreTaskRepository:
         metric_shards=get_settings().metrics_shards,
         counters=counters(),
     )
-    # A terminal commit counts the parent's join, settles a budget hold and stages
-    # the webhook event together.
-    repository.events = AllEvents(task_joins(repository), budget_events(), webhook_events())
+    repository.events = task_events(repository)
     return repository
+
+
+def task_events(repository: FirestoreTaskRepository) -> AllEvents:
+    """What follows a task's end: workflows' failure policy, joins and dependents, webhooks."""
+    from shared.tasks.events import AllEvents
+    from shared.workflows.events import WorkflowEvents
+
+    joins = task_joins(repository)
+    # A terminal commit counts the parent's join, settles a budget hold and stages the
+    # webhook event together; fail_fast cancels the rest of a workflow before its
+    # dependents fail one by one.
+    return AllEvents(WorkflowEvents(repository, joins), joins, budget_events(), webhook_events())
 
 
 @functools.cache
@@ -241,20 +252,18 @@ def worker() -> Worker:
 
     registry = task_registry()
     repository = task_repository()
-    joins = task_joins(repository)
     return Worker(
         repository,
         registry,
         task_publisher(BACKGROUND_PUBLISH_WAIT_S),
         ProcessRunner(registry.modules),
-        joins=joins,
+        joins=task_joins(repository),
     )
 
 
 @functools.cache
 def redispatcher() -> Redispatcher:
     from shared.operations.redispatch import Redispatcher
-    from shared.tasks.events import AllEvents
     from shared.tasks.repository import FirestoreTaskRepository
 
     settings = get_settings()
@@ -262,9 +271,26 @@ def redispatcher() -> Redispatcher:
     repository = FirestoreTaskRepository(
         firestore_client(), None, metric_shards=settings.metrics_shards, counters=counters()
     )
-    repository.events = AllEvents(task_joins(repository), budget_events(), webhook_events())
+    repository.events = task_events(repository)
     after = timedelta(seconds=settings.redispatch_after_s)
     return Redispatcher(repository, task_publisher(BACKGROUND_PUBLISH_WAIT_S), after=after)
+
+
+@functools.cache
+def workflow_service() -> WorkflowService:
+    from shared.security.crypto import TaskSealer
+    from shared.workflows.service import WorkflowService
+    from shared.workflows.store import WorkflowStore
+
+    repository = task_repository()
+    return WorkflowService(
+        WorkflowStore(repository),
+        repository,
+        task_publisher(),
+        task_registry(),
+        sealer=TaskSealer(keyring()),
+        settings=get_settings(),
+    )
 
 
 @functools.cache
@@ -409,6 +435,7 @@ def reset() -> None:
         status_service,
         worker,
         redispatcher,
+        workflow_service,
         schedule_service,
         ticker,
         webhook_store,

@@ -14,6 +14,7 @@ TASKS = "tasks"
 IDEMPOTENCY_KEYS = "idempotency_keys"
 API_KEYS = "api_keys"
 METRIC_SHARDS = "metric_shards"
+WORKFLOWS = "workflows"
 SCHEDULES = "schedules"
 WEBHOOK_ENDPOINTS = "webhook_endpoints"
 WEBHOOK_EVENTS = "webhook_events"
@@ -36,9 +37,17 @@ TTL_COLLECTIONS = (
     WEBHOOK_DELIVERIES,
     LEDGER,
     RATE_SHARDS,
+    WORKFLOWS,
 )
 # (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
-UNINDEXED_FIELDS = ((WEBHOOK_ENDPOINTS, "secrets"), (WEBHOOK_DELIVERIES, "attempts"))
+# A workflow's node map and order hold up to 1,000 entries each: indexed, every
+# entry would be an index write at creation.
+UNINDEXED_FIELDS = (
+    (WEBHOOK_ENDPOINTS, "secrets"),
+    (WEBHOOK_DELIVERIES, "attempts"),
+    (WORKFLOWS, "nodes"),
+    (WORKFLOWS, "order"),
+)
 
 Direction = Literal["ASCENDING", "DESCENDING"]
 
@@ -105,6 +114,11 @@ LEDGER_BY_TENANT_KIND = QuerySpec(
 # Every escrow shard of a tenant; its usage shards of one period (equality only).
 BUDGET_SHARDS_OF_TENANT = QuerySpec(BUDGET_SHARDS, ("tenant_id",))
 USAGE_OF_PERIOD = QuerySpec(BUDGET_USAGE, ("tenant_id", "period"))
+# Workflows (shared/workflows): a tenant's newest first; each one's nodes counted by
+# status; and those whose next reconciler check is due.
+LIST_WORKFLOWS = QuerySpec(WORKFLOWS, ("tenant_id",), _NEWEST_FIRST)
+COUNT_WORKFLOW_NODES_BY_STATUS = QuerySpec(TASKS, ("workflow_id", "status", "tenant_id"))
+WORKFLOWS_TO_CHECK = QuerySpec(WORKFLOWS, (), (("check_at", "ASCENDING"),), range_field="check_at")
 
 # Timers: delayed tasks (`run_at`) and cron schedules (`due_at`). A due time is
 # a nearly monotonic indexed value, which Firestore serves at about 500 writes/s
@@ -171,6 +185,9 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     COUNT_CHILDREN_BY_STATUS,
     STALE_WAITING,
     KEYS_TO_REWRAP,
+    LIST_WORKFLOWS,
+    COUNT_WORKFLOW_NODES_BY_STATUS,
+    WORKFLOWS_TO_CHECK,
     DUE_TASKS,
     DUE_SCHEDULES,
     LIST_SCHEDULES,

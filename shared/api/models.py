@@ -36,6 +36,9 @@ class Problem(BaseModel):
         default=None, description="Every invalid payload field (at most 20)"
     )
     limit: int | None = Field(default=None, description="The nesting limit that was exceeded")
+    cycle: list[str] | None = Field(
+        default=None, description="A workflow's nodes that depend on each other in a cycle"
+    )
 
 
 class TaskAccepted(BaseModel):

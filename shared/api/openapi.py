@@ -25,6 +25,7 @@ OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{model}"
 PROBLEM_MODEL = "shared.api.models:Problem"
 TASK_REQUEST = "TaskRequest"
+WORKFLOW_NODE = "WorkflowNode"  # shared.workflows.models: a task request inside a workflow
 
 INLINE_SCHEMAS: dict[str, dict[str, Any]] = {
     "text": {"type": "string"},
@@ -148,27 +149,26 @@ def build(
     def ref(model: str, mode: JsonSchemaMode) -> str:
         return refs[(model, mode)]
 
+    payload_refs = {name: ref(key, "validation") for name, key in payload_keys.items()}
     if any(r.body_by_task_type for r in documented):
         base_ref = next(
             ref(r.body, "validation") for r in documented if r.body_by_task_type and r.body
         )
-        base = components[base_ref.rsplit("/", 1)[1]]
-        mapping: dict[str, str] = {}
-        for task in task_types:
-            name = _component_name(f"{TASK_REQUEST}.{task.name}")
-            variant = copy.deepcopy(base)
-            variant["title"] = f"{TASK_REQUEST} ({task.name})"
-            variant["properties"]["type"] = {"const": task.name}
-            variant["properties"]["payload"] = {"$ref": ref(payload_keys[task.name], "validation")}
-            components[name] = variant
-            mapping[task.name] = REF.format(model=name)
-        components[base_ref.rsplit("/", 1)[1]] = {
-            "title": TASK_REQUEST,
-            "description": "What a client submits: `payload` is validated by the model "
-            "of its `type`.",
-            "oneOf": [{"$ref": target} for target in mapping.values()],
-            "discriminator": {"propertyName": "type", "mapping": mapping},
-        }
+        _by_task_type(
+            components,
+            base_ref.rsplit("/", 1)[1],
+            TASK_REQUEST,
+            payload_refs,
+            "What a client submits: `payload` is validated by the model of its `type`.",
+        )
+    if WORKFLOW_NODE in components:
+        _by_task_type(
+            components,
+            WORKFLOW_NODE,
+            WORKFLOW_NODE,
+            payload_refs,
+            "One node of a workflow: `payload` is validated by the model of its `type`.",
+        )
 
     problem_ref = ref(PROBLEM_MODEL, "serialization")
     paths: dict[str, dict[str, Any]] = {}
@@ -189,6 +189,7 @@ def build(
         "tags": [
             {"name": "tasks", "description": "Submitting and reading tasks (an API key)"},
             {"name": "schedules", "description": "Cron schedules that submit tasks (an API key)"},
+            {"name": "workflows", "description": "Static DAGs of task nodes (an API key)"},
             {"name": "operations", "description": "Health and metrics (the metrics token)"},
             {"name": "meta", "description": "This document and the dashboard"},
         ],
@@ -196,6 +197,32 @@ def build(
     if server_url:
         document["servers"] = [{"url": server_url}]
     return document
+
+
+def _by_task_type(
+    components: dict[str, Any],
+    component: str,
+    title: str,
+    payload_refs: dict[str, str],
+    description: str,
+) -> None:
+    """Replace a request component by one variant per task type, told apart by `type`."""
+    base = components[component]
+    mapping: dict[str, str] = {}
+    for task_name, payload_ref in payload_refs.items():
+        name = _component_name(f"{title}.{task_name}")
+        variant = copy.deepcopy(base)
+        variant["title"] = f"{title} ({task_name})"
+        variant["properties"]["type"] = {"const": task_name}
+        variant["properties"]["payload"] = {"$ref": payload_ref}
+        components[name] = variant
+        mapping[task_name] = REF.format(model=name)
+    components[component] = {
+        "title": title,
+        "description": description,
+        "oneOf": [{"$ref": target} for target in mapping.values()],
+        "discriminator": {"propertyName": "type", "mapping": mapping},
+    }
 
 
 def _operation(route: Route, ref: Any, problem_ref: str) -> dict[str, Any]:

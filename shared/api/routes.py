@@ -49,7 +49,9 @@ class Header:
 
 HEADERS: dict[str, Header] = {
     "Location": Header(
-        "URL of the task's status, or of the schedule created", {"type": "string"}, required=True
+        "URL of the task's status, of the schedule created, or of the workflow's status",
+        {"type": "string"},
+        required=True,
     ),
     "Idempotent-Replayed": Header(
         "`true` when this is the stored answer to an earlier request with the same "
@@ -170,6 +172,9 @@ IDEMPOTENCY_KEY = Param(
 )
 # shared.tasks.models.TaskStatus (a unit test keeps them equal): any of them filters a list.
 TASK_STATUSES = ["scheduled", "queued", "running", "waiting", "succeeded", "failed", "cancelled"]
+WORKFLOW_ID_PARAM = Param(
+    "workflow_id", "path", "The workflow's id, as its creation answered it", TASK_ID, True
+)
 
 _SUBMIT_ANSWERS = (
     Answer(
@@ -899,6 +904,127 @@ ROUTES: tuple[Route, ...] = (
             Answer(404, "No such file", problems=("not-found",)),
             INTERNAL,
             PUBLIC_503,
+        ),
+    ),
+    # Workflows (shared/workflows): static DAGs of task nodes.
+    Route(
+        "POST",
+        "/workflows",
+        "workflows",
+        operation_id="createWorkflow",
+        summary="Submit a workflow: named task nodes and the nodes each depends on",
+        description=(
+            "Validated whole before anything is stored: each node as a task submit is (its"
+            " `payload` by its `type`), and the graph (every dependency a node, no cycle). A 422"
+            " names the node at fault (`field`: `nodes.<name>.payload.x`,"
+            " `nodes.<name>.depends_on`; a cycle's nodes in `cycle`). Every node is stored"
+            " before any runs; a node starts once all it depends on succeeded."
+        ),
+        tag="workflows",
+        auth=Auth.API_KEY,
+        params=(IDEMPOTENCY_KEY,),
+        body="shared.workflows.models:WorkflowRequest",
+        answers=(
+            Answer(
+                202,
+                "Stored (encrypted), its first nodes queued; `dispatch: deferred` when their "
+                "publish is left to the redispatch sweep",
+                (Content(JSON, "shared.workflows.models:WorkflowAccepted"),),
+                headers=("Location", "Idempotent-Replayed"),
+            ),
+            Answer(
+                400,
+                "The body is not JSON, or nests too deeply",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(
+                413,
+                "The body is over 1 MiB, or a node too large to store",
+                problems=("payload-too-large",),
+            ),
+            Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+            Answer(
+                422,
+                "A node is invalid (unknown type, invalid payload or field), a dependency is "
+                "no node, the nodes form a cycle, or an Idempotency-Key was reused with "
+                "another body",
+                problems=("validation", "idempotency-mismatch"),
+            ),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/workflows",
+        "workflows",
+        operation_id="listWorkflows",
+        summary="The caller's workflows, newest first, a page at a time",
+        tag="workflows",
+        auth=Auth.API_KEY,
+        params=_PAGE_PARAMS,
+        answers=(
+            Answer(
+                200,
+                "A page of workflow summaries",
+                (Content(JSON, "shared.workflows.models:WorkflowPage"),),
+            ),
+            Answer(
+                400,
+                "A page_token this API did not issue",
+                problems=("bad-request", "nesting-too-deep"),
+            ),
+            API_KEY_401,
+            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "GET",
+        "/workflows/{workflow_id}",
+        "workflows",
+        operation_id="getWorkflow",
+        summary="A workflow's status (derived from its nodes) and each node's",
+        tag="workflows",
+        auth=Auth.API_KEY,
+        params=(WORKFLOW_ID_PARAM,),
+        answers=(
+            Answer(
+                200, "The workflow view", (Content(JSON, "shared.workflows.models:WorkflowView"),)
+            ),
+            API_KEY_401,
+            Answer(404, "No such workflow, or another tenant's", problems=("not-found",)),
+            INTERNAL,
+            UNAVAILABLE,
+        ),
+    ),
+    Route(
+        "POST",
+        "/workflows/{workflow_id}:cancel",
+        "workflows",
+        operation_id="cancelWorkflow",
+        summary="Cancel a workflow: no node starts any more, and running ones are stopped",
+        description=(
+            "Every unfinished node is cancelled, as a task cancel does (a running one sees "
+            "`ctx.cancelled`). Idempotent."
+        ),
+        tag="workflows",
+        auth=Auth.API_KEY,
+        params=(WORKFLOW_ID_PARAM,),
+        answers=(
+            Answer(
+                202,
+                "Cancelled; nodes still running stop shortly",
+                (Content(JSON, "shared.workflows.models:WorkflowView"),),
+                headers=("Location",),
+            ),
+            API_KEY_401,
+            Answer(404, "No such workflow, or another tenant's", problems=("not-found",)),
+            Answer(409, "The workflow already succeeded or failed", problems=("conflict",)),
+            INTERNAL,
+            UNAVAILABLE,
         ),
     ),
 )

@@ -196,3 +196,15 @@ def fan_total(payload: TotalPayload, ctx: TaskContext) -> dict[str, Any]:
         "succeeded": len(succeeded),
         "total": sum(c["result"].get("i", 0) for c in succeeded),
     }
+
+
+class InputsPayload(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=63)
+
+
+@task_type("inputs", InputsPayload, diagnostic=True)
+def inputs(payload: InputsPayload, ctx: TaskContext) -> dict[str, Any]:
+    """Returns what it was given to read: proves a workflow node's `ctx.inputs` by node name."""
+    return {"name": payload.name, "inputs": ctx.inputs}

@@ -48,6 +48,8 @@ _PLAIN_FIELDS = (
     "inputs_from",
     "result_from",
     "depends_on",
+    "workflow_id",
+    "node",
     "notify",
     "hold",
     "tokens_charged",
@@ -63,6 +65,8 @@ _OPTIONAL_FIELDS = (
     "inputs_from",
     "result_from",
     "depends_on",
+    "workflow_id",
+    "node",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a

@@ -49,3 +49,16 @@ class AllEvents:
     def flush(self, task: Task, status: TaskStatus) -> None:
         for follower in self._followers:
             follower.flush(task, status)
+
+    @property
+    def followers(self) -> tuple[TaskEvents, ...]:
+        return self._followers
+
+    def reconcile(self) -> int:
+        """Each follower's sweep of what its lost follow-ups left (the redispatch sweep's)."""
+        done = 0
+        for follower in self._followers:
+            reconcile = getattr(follower, "reconcile", None)
+            if reconcile is not None:
+                done += int(reconcile())
+        return done

@@ -148,6 +148,8 @@ class Task(BaseModel):
     depends_on: list[str] | None = None  # tasks that must succeed before this one starts
     has_dependents: bool = False  # some waiting task depends on this one
     result_from: str | None = None  # a parent's result is its continuation's
+    workflow_id: str | None = None  # a node of this workflow (shared/workflows)
+    node: str | None = None  # ... under this name
     webhook_url: str | None = None  # None when not decrypted for this read
     notify: bool = False  # plain: the task has a webhook_url, known without decrypting
     # Budgeted tenants only: what submit reserved, and what attempts reported using.
@@ -191,6 +193,7 @@ class TaskView(BaseModel):
     continuation_id: str | None = None
     blocked_by: str | None = None
     children: dict[str, int] | None = None  # a parent's children by status
+    workflow_id: str | None = None  # the workflow this task is a node of
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -211,6 +214,7 @@ class TaskView(BaseModel):
             parent_id=task.parent_id or task.continues,
             continuation_id=task.continuation_id,
             blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
+            workflow_id=task.workflow_id,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -227,7 +231,7 @@ class TaskView(BaseModel):
             body.pop("progress")
         if not self.cancel_requested:
             body.pop("cancel_requested")
-        for optional in ("parent_id", "continuation_id", "blocked_by", "children"):
+        for optional in ("parent_id", "continuation_id", "blocked_by", "children", "workflow_id"):
             if body.get(optional) is None:
                 body.pop(optional, None)
         return body

@@ -305,8 +305,12 @@ class Worker:
         if kind == "task":
             return {"winner": _outcome_of(self._repository.get(task.tenant_id, ref))}
         if kind == "deps":
-            deps = task.depends_on or []
-            return {"deps": {d: _outcome_of(self._repository.get(task.tenant_id, d)) for d in deps}}
+            deps = [self._repository.get(task.tenant_id, d) for d in task.depends_on or []]
+            if task.workflow_id is not None:
+                # A workflow node starts only once every dependency succeeded: it reads
+                # their results alone, by node name (shared/workflows).
+                return {d.node or d.task_id: d.result for d in deps}
+            return {"deps": {d.task_id: _outcome_of(d) for d in deps}}
         return {}
 
     def _finished(

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -61,6 +63,7 @@ class Joins:
         self._registry_of = registry
         self._publisher_of = publisher
         self._db = repository._db  # the same database: the join records live beside
+        self._local = threading.local()  # follow-ups queued while one runs (see `flush`)
 
     @property
     def _registry(self) -> TaskRegistry:
@@ -171,6 +174,21 @@ class Joins:
         batch.set(self._done(task.parent_id).document(task.task_id), record)
 
     def flush(self, task: Task, status: TaskStatus) -> None:
+        # A follow-up that ends a task (a dependent failing with its dependency) is
+        # flushed from within this one: queued and run here in turn, not nested, so a
+        # long chain of dependents fails without the stack growing with it.
+        queue: deque[tuple[Task, TaskStatus]] | None = getattr(self._local, "queue", None)
+        if queue is not None:
+            queue.append((task, status))
+            return
+        self._local.queue = queue = deque([(task, status)])
+        try:
+            while queue:
+                self._follow(*queue.popleft())
+        finally:
+            self._local.queue = None
+
+    def _follow(self, task: Task, status: TaskStatus) -> None:
         try:
             if task.parent_id is not None and task.child_index is not None:
                 self._child_finished(task, status)

@@ -98,6 +98,24 @@ def _failed_delivery(key: str) -> str:
     return delivery.delivery_id
 
 
+# A diamond of echo nodes: b and c depend on a, d on both.
+DIAMOND = {
+    "nodes": {
+        "a": {"type": "echo", "payload": {"n": 1}},
+        "b": {"type": "echo", "payload": {}, "depends_on": ["a"]},
+        "c": {"type": "echo", "payload": {}, "depends_on": ["a"]},
+        "d": {"type": "echo", "payload": {}, "depends_on": ["b", "c"]},
+    },
+    "failure_policy": "continue",
+}
+
+
+def _workflow(key: str) -> str:
+    response = function_client("workflows").post("/workflows", json=DIAMOND, headers=_auth(key))
+    assert response.status_code == 202, response.get_data(as_text=True)
+    return str(response.get_json()["workflow_id"])
+
+
 # One valid request per operation: a new route needs one here (a test says so).
 EXAMPLES: dict[str, Callable[[str], Call]] = {
     "submitTask": lambda key: Call("/tasks", {"type": "sleep", "payload": {"seconds": 0}}),
@@ -129,6 +147,11 @@ EXAMPLES: dict[str, Callable[[str], Call]] = {
     ),
     "getUsage": lambda key: Call("/usage"),
     "listLedger": lambda key: Call("/usage/ledger?kind=grant&limit=5"),
+    "createWorkflow": lambda key: Call("/workflows", DIAMOND, {"Idempotency-Key": "wf-1"}),
+    "listWorkflows": lambda key: Call("/workflows?limit=5"),
+    "getWorkflow": lambda key: Call(f"/workflows/{_workflow(key)}"),
+    # Nothing has run (no worker here): every node is cancelled at once.
+    "cancelWorkflow": lambda key: Call(f"/workflows/{_workflow(key)}:cancel"),
     "health": lambda key: Call("/health"),
     "healthAtRoot": lambda key: Call("/"),
     "metrics": lambda key: Call("/metrics", headers={"Accept": "application/json"}),

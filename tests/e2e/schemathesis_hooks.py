@@ -17,6 +17,12 @@ VALID_TASK = {"type": "echo", "payload": {}}
 # A receiver the local stack's egress allows (loopback, by its configuration); nothing
 # listens there, so its deliveries fail fast and retry on schedule.
 VALID_WEBHOOK_URL = "http://127.0.0.1:9/schemathesis"
+# What createWorkflow's valid cases get for nodes: a small DAG of echo nodes.
+VALID_NODES = {
+    "a": {"type": "echo", "payload": {}},
+    "b": {"type": "echo", "payload": {}, "depends_on": ["a"]},
+    "c": {"type": "echo", "payload": {}, "depends_on": ["a", "b"]},
+}
 
 
 @schemathesis.hook
@@ -39,6 +45,11 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
         body.pop("webhook_url", None)
     elif case.method.upper() == "POST" and case.path == "/schedules":
         _meaningful_schedule(body)
+    elif case.method.upper() == "POST" and case.path == "/workflows":
+        # Whether nodes form a DAG (every dependency a node, no cycle) is checked by
+        # meaning, which the schema cannot say: generated names almost never do. A valid
+        # case gets a small DAG; its failure policy stays as generated.
+        body["nodes"] = VALID_NODES
     elif case.method.upper() == "POST" and case.path == "/webhooks":
         # Whether a URL may receive webhooks depends on what it resolves to (the declared
         # 422 for a private or unresolvable host): a valid case gets one that may.

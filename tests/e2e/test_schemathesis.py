@@ -30,7 +30,7 @@ MAX_EXAMPLES = 10
 SEED = 1
 # page_token is opaque: only tokens this API issued are valid, so a schema-valid
 # string this API never issued is the declared 400, not a valid request refused
-# (the other statuses are schemathesis' defaults). The same holds for both lists.
+# (the other statuses are schemathesis' defaults). The same holds for every list.
 # createSchedule's valid cases get a real cron, zone and task type from the hooks.
 CONFIG = "".join(
     f"""\
@@ -46,6 +46,7 @@ checks.positive_data_acceptance.expected-statuses = [
         "listWebhooks",
         "listWebhookDeliveries",
         "listLedger",
+        "listWorkflows",
     )
 )
 HOOKS = Path(__file__).with_name("schemathesis_hooks.py")

@@ -49,11 +49,13 @@ USER_FACING = frozenset(
         "usage",
         "openapi",
         "dashboard",
+        "workflows",
     }
 )
 # Kept warm in prod: the API's own request path. The OpenAPI document and the
-# dashboard's files are fetched once per visit and tolerate a cold start.
-WARM_IN_PROD = USER_FACING - {"openapi", "dashboard"}
+# dashboard's files are fetched once per visit and tolerate a cold start; so does
+# a workflow's creation, once per many nodes (its nodes run on process_task).
+WARM_IN_PROD = USER_FACING - {"openapi", "dashboard", "workflows"}
 # Which key ring each function reads (AIA_KEYRING); the others read none.
 # schedules seals a schedule's payload; schedule_tick opens it to submit a slot's task.
 # The webhook API seals signing keys (public ring); only deliver_webhooks opens them.
@@ -61,6 +63,7 @@ KEYRING = {
     "submit_task": "public",
     "task_status": "private",
     "process_task": "private",
+    "workflows": "public",
     "schedules": "public",
     "schedule_tick": "private",
     "webhooks": "public",
@@ -71,17 +74,19 @@ KEYRING = {
 METRICS_TOKEN = frozenset({"health", "metrics"})
 # The functions that authenticate tenants: the only readers of the API keys
 # database, and never writers (operators create keys with their own credentials).
-KEYS_READERS = frozenset({"submit_task", "task_status", "schedules", "webhooks", "usage"})
+KEYS_READERS = frozenset(
+    {"submit_task", "task_status", "schedules", "webhooks", "usage", "workflows"}
+)
 # Who publishes to each topic: the dead-letter topic is the application's alone
 # (the worker's final failures, and the sweep flushing their outbox); only the
 # Pub/Sub service agent publishes to the backstop. The worker publishes a fan-out's
 # children and starts continuations and dependents.
 PUBLISHERS = {
-    "tasks": frozenset({"submit_task", "redispatch", "schedule_tick", "process_task"}),
+    "tasks": frozenset({"submit_task", "redispatch", "schedule_tick", "process_task", "workflows"}),
     "dead_letter": frozenset({"process_task", "redispatch"}),
     # Webhook ids: a finished task's event (the outbox's flush: the worker, a cancel,
-    # the sweep's cascades), a replay, the delivery sweep.
+    # a workflow's cancel, the sweep's cascades), a replay, the delivery sweep.
     "webhook_events": frozenset(
-        {"process_task", "submit_task", "redispatch", "webhooks", "deliver_webhooks"}
+        {"process_task", "submit_task", "redispatch", "webhooks", "deliver_webhooks", "workflows"}
     ),
 }

@@ -209,7 +209,7 @@ class World:
 
     def env_for(self, name: str) -> dict[str, str]:
         """What Terraform gives `name`: the sealing functions hold the public ring only."""
-        sealing_only = name in ("submit_task", "schedules", "webhooks")
+        sealing_only = name in ("submit_task", "schedules", "webhooks", "workflows")
         ring = self.ring.public_only() if sealing_only else self.ring
         return {**self.env, "AIA_KEYRING": ring.to_json()}
 
@@ -469,6 +469,28 @@ def test_usage_bundle_serves(
     request = Request(path="/usage", headers=world.auth())
     report = assert_serves(serve("usage", request, world, bundles, runtime_venv))
     assert json.loads(report["body"]) == {"tenant_id": "bundle-check", "budgeted": False}
+
+
+def test_workflows_bundle_serves(
+    world: World, bundles: dict[str, package.Bundle], runtime_venv: Path
+) -> None:
+    # Two nodes, one depending on the other: sealed, stored, the root published.
+    body = {
+        "nodes": {
+            "a": {"type": "echo", "payload": {}},
+            "b": {"type": "echo", "payload": {}, "depends_on": ["a"]},
+        }
+    }
+    request = Request.post_json("/workflows", body, world.auth())
+    report = assert_serves(serve("workflows", request, world, bundles, runtime_venv), 202)
+    workflow_id = json.loads(report["body"])["workflow_id"]
+    published = pull(world.tasks_observer, host=world.env["PUBSUB_EMULATOR_HOST"])
+    # Other checks' messages may still wait on the observer: only this workflow's count.
+    mine = [m for m in published if m.attributes.get("workflow_id") == workflow_id]
+    assert len(mine) == 1
+    read = Request(path=f"/workflows/{workflow_id}", headers=world.auth())
+    view = json.loads(assert_serves(serve("workflows", read, world, bundles, runtime_venv))["body"])
+    assert (view["status"], view["nodes"]["b"]["status"]) == ("running", "waiting")
 
 
 SERVING_CHECKS = {

@@ -253,6 +253,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "probe": {"marker": "m-1"},
     "fan": {"children": 3},
     "fan.total": {},
+    "inputs": {"name": "a"},
 }
 
 

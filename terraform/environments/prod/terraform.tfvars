@@ -27,6 +27,8 @@ scaling = {
   schedule_tick = { max_instances = 2 } # one call a minute, overlapping at most the next
   usage         = { min_instances = 1, max_instances = 20 }
   webhooks      = { min_instances = 1, max_instances = 10 }
+  # A creation is one request per many nodes: a cold start there is tolerated.
+  workflows = { max_instances = 10 }
   # Waits on receivers (up to 15 s each), 16 deliveries at a time per instance.
   deliver_webhooks = { max_instances = 50 }
 }

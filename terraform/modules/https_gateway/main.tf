@@ -17,6 +17,7 @@
  *   /webhooks/deliveries/...         -> webhooks
  *   /schedules/...                   -> schedules
  *   /webhooks/...                    -> webhooks
+ *   /workflows, /workflows/...       -> workflows
  *   POST /tasks/...  (:replay)       -> submit_task
  *   /tasks/...       ({task_id})     -> task_status
  *   anything else                    -> health, which answers 404 problem+json
@@ -37,6 +38,7 @@ locals {
     dashboard   = var.services.dashboard
     webhooks    = var.services.webhooks
     usage       = var.services.usage
+    workflows   = var.services.workflows
   }
 
   # Route rules in priority order; each matches a path and, optionally, a method.
@@ -55,12 +57,14 @@ locals {
     { priority = 120, backend = "metrics", full_path = "/metrics", prefix = null, method = null },
     { priority = 130, backend = "openapi", full_path = "/openapi.json", prefix = null, method = null },
     { priority = 140, backend = "dashboard", full_path = "/dashboard", prefix = null, method = null },
-    { priority = 150, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
-    { priority = 160, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
-    { priority = 170, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
-    { priority = 180, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
-    { priority = 190, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
-    { priority = 200, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
+    { priority = 150, backend = "workflows", full_path = "/workflows", prefix = null, method = null },
+    { priority = 160, backend = "webhooks", full_path = null, prefix = "/webhooks/deliveries/", method = null },
+    { priority = 170, backend = "schedules", full_path = null, prefix = "/schedules/", method = null },
+    { priority = 180, backend = "dashboard", full_path = null, prefix = "/dashboard/", method = null },
+    { priority = 190, backend = "workflows", full_path = null, prefix = "/workflows/", method = null },
+    { priority = 200, backend = "webhooks", full_path = null, prefix = "/webhooks/", method = null },
+    { priority = 210, backend = "submit_task", full_path = null, prefix = "/tasks/", method = "POST" },
+    { priority = 220, backend = "task_status", full_path = null, prefix = "/tasks/", method = null },
   ]
 }
 

@@ -40,5 +40,6 @@ variable "services" {
     dashboard   = string
     webhooks    = string
     usage       = string
+    workflows   = string
   })
 }

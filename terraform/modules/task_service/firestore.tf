@@ -71,6 +71,11 @@ locals {
       collection = "ledger"
       fields     = [["tenant_id", "ASCENDING"], ["kind", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # Workflows: a tenant's page of them (shared/queries.py LIST_WORKFLOWS).
+    list_workflows = {
+      collection = "workflows"
+      fields     = [["tenant_id", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
+    }
   }
 
   # shared/queries.py NOT_INDEXED: due times only the sharded indexes above may
@@ -87,12 +92,15 @@ locals {
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards"]
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows"]
 
   # shared/queries.py UNINDEXED_FIELDS.
   unindexed_fields = {
     webhook_endpoint_secrets  = { collection = "webhook_endpoints", field = "secrets" }
     webhook_delivery_attempts = { collection = "webhook_deliveries", field = "attempts" }
+    # A workflow's node map and order: up to 1,000 entries each, one index write apiece.
+    workflow_nodes = { collection = "workflows", field = "nodes" }
+    workflow_order = { collection = "workflows", field = "order" }
   }
   ttl_field = "expires_at"
 }

@@ -188,6 +188,24 @@ locals {
       cpu            = "0.333"
       concurrency    = 8
     }
+    workflows = {
+      invokers       = []
+      description    = "Validates a workflow (a DAG of task nodes), seals and stores its nodes, publishes the first; reads and cancels workflows."
+      user_facing    = true
+      firestore      = "roles/datastore.user"
+      keys_firestore = "roles/datastore.viewer"
+      # The first nodes; and a cancel's nodes, terminal here: their webhook events' flush.
+      publishes     = ["tasks", "webhook_events"]
+      views         = []
+      keyring       = "public"
+      metrics_token = false
+      # Storing 1,000 nodes is a few commits of 400 writes; the reconciler abandons a
+      # creation unfinished after 120 s (shared/workflows/events.py CREATION_GRACE).
+      timeout     = 60
+      memory      = "512Mi"
+      cpu         = "1"
+      concurrency = 8
+    }
     redispatch = {
       invokers       = ["scheduler"]
       description    = "Every minute: republishes tasks stuck queued or with expired leases."
@@ -408,6 +426,7 @@ module "gateway" {
     dashboard   = module.function["dashboard"].service
     webhooks    = module.function["webhooks"].service
     usage       = module.function["usage"].service
+    workflows   = module.function["workflows"].service
   }
 
   depends_on = [google_project_service.this]

@@ -13,6 +13,7 @@ variables {
     dashboard   = "dashboard"
     webhooks    = "webhooks"
     usage       = "usage"
+    workflows   = "workflows"
   }
 }
 
@@ -20,8 +21,8 @@ run "routes" {
   command = plan
 
   assert {
-    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 20
-    error_message = "Twenty route rules: shared/api/routes.py's routing_rules()."
+    condition     = length(google_compute_url_map.this.path_matcher[0].route_rules) == 22
+    error_message = "Twenty-two route rules: shared/api/routes.py's routing_rules()."
   }
 
   assert {
@@ -30,7 +31,7 @@ run "routes" {
   }
 
   assert {
-    condition     = length(google_compute_backend_service.this) == 9
+    condition     = length(google_compute_backend_service.this) == 10
     error_message = "One backend per public function."
   }
 

@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards"])
-    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, the budget ledger and rate-limit shards."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows"])
+    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, the budget ledger, rate-limit shards and workflows."
   }
 
   assert {
@@ -115,8 +115,8 @@ run "secrets_only_where_needed" {
   command = plan
 
   assert {
-    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task", "schedules", "schedule_tick", "webhooks", "deliver_webhooks"])
-    error_message = "Only submit_task, task_status, process_task, the schedule and the webhook functions read a key ring."
+    condition     = toset(keys(google_secret_manager_secret_iam_member.keyring_access)) == toset(["submit_task", "task_status", "process_task", "schedules", "schedule_tick", "webhooks", "deliver_webhooks", "workflows"])
+    error_message = "Only submit_task, task_status, process_task, the schedule, webhook and workflow functions read a key ring."
   }
 
   assert {
@@ -164,7 +164,7 @@ run "keys_database_is_read_only_for_functions" {
   }
 
   assert {
-    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "schedules", "webhooks", "usage"])
+    condition     = toset(keys(google_project_iam_member.firestore_keys)) == toset(["submit_task", "task_status", "schedules", "webhooks", "usage", "workflows"])
     error_message = "Only the functions that authenticate tenants may read the keys database."
   }
 
@@ -323,7 +323,7 @@ run "webhooks" {
   }
 
   assert {
-    condition     = toset([for name, spec in local.functions : name if contains(spec.publishes, "webhook_events")]) == toset(["process_task", "submit_task", "redispatch", "webhooks", "deliver_webhooks"])
+    condition     = toset([for name, spec in local.functions : name if contains(spec.publishes, "webhook_events")]) == toset(["process_task", "submit_task", "redispatch", "webhooks", "deliver_webhooks", "workflows"])
     error_message = "Only the functions that end tasks, the webhook API and the delivery function publish webhook ids."
   }
 }
