@@ -230,6 +230,27 @@ def _submit(path: str, operation_id: str, summary: str, description: str = "") -
     )
 
 
+# What every list answers: pages of `limit` with an opaque `page_token`.
+_PAGE_PARAMS = (
+    Param(
+        "limit",
+        "query",
+        "Page size",
+        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+    ),
+    Param(
+        "page_token",
+        "query",
+        "The `next_page_token` of the previous page",
+        {"type": "string", "minLength": 1},
+    ),
+)
+_PAGE_400 = Answer(
+    400, "A page_token this API did not issue", problems=("bad-request", "nesting-too-deep")
+)
+_PAGE_422 = Answer(422, "An unknown query parameter or a bad value", problems=("validation",))
+
+
 # Cron schedules (functions/schedules). schedule_tick, which fires them, is internal:
 # Cloud Scheduler invokes it, like redispatch, and it has no public route.
 
@@ -318,33 +339,16 @@ _SCHEDULE_ROUTES = (
         summary="The caller's schedules, newest first, a page at a time",
         auth=Auth.API_KEY,
         tag="schedules",
-        params=(
-            Param(
-                "limit",
-                "query",
-                "Page size",
-                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-            ),
-            Param(
-                "page_token",
-                "query",
-                "The `next_page_token` of the previous page",
-                {"type": "string", "minLength": 1},
-            ),
-        ),
+        params=_PAGE_PARAMS,
         answers=(
             Answer(
                 200,
                 "A page of schedules",
                 (Content(JSON, "shared.scheduling.models:SchedulePage"),),
             ),
-            Answer(
-                400,
-                "A page_token this API did not issue",
-                problems=("bad-request", "nesting-too-deep"),
-            ),
+            _PAGE_400,
             API_KEY_401,
-            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            _PAGE_422,
             INTERNAL,
             UNAVAILABLE,
         ),
@@ -416,24 +420,6 @@ _BODY_400 = Answer(
 )
 _BODY_415 = Answer(415, "The body is not application/json", problems=("unsupported-media-type",))
 _BODY_413 = Answer(413, "The body is over 1 MiB", problems=("payload-too-large",))
-_PAGE_PARAMS = (
-    Param(
-        "limit",
-        "query",
-        "Page size",
-        {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-    ),
-    Param(
-        "page_token",
-        "query",
-        "The `next_page_token` of the previous page",
-        {"type": "string", "minLength": 1},
-    ),
-)
-_PAGE_400 = Answer(
-    400, "A page_token this API did not issue", problems=("bad-request", "nesting-too-deep")
-)
-_PAGE_422 = Answer(422, "An unknown query parameter or a bad value", problems=("validation",))
 
 
 def _webhook_route(
@@ -683,28 +669,13 @@ ROUTES: tuple[Route, ...] = (
                 {"type": "string", "enum": TASK_STATUSES},
             ),
             Param("type", "query", "Only tasks of this type", {"type": "string", "minLength": 1}),
-            Param(
-                "limit",
-                "query",
-                "Page size",
-                {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
-            ),
-            Param(
-                "page_token",
-                "query",
-                "The `next_page_token` of the previous page",
-                {"type": "string", "minLength": 1},
-            ),
+            *_PAGE_PARAMS,
         ),
         answers=(
             Answer(200, "A page of task views", (Content(JSON, "shared.tasks.models:TaskPage"),)),
-            Answer(
-                400,
-                "A page_token this API did not issue",
-                problems=("bad-request", "nesting-too-deep"),
-            ),
+            _PAGE_400,
             API_KEY_401,
-            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            _PAGE_422,
             INTERNAL,
             UNAVAILABLE,
         ),
@@ -970,13 +941,9 @@ ROUTES: tuple[Route, ...] = (
                 "A page of workflow summaries",
                 (Content(JSON, "shared.workflows.models:WorkflowPage"),),
             ),
-            Answer(
-                400,
-                "A page_token this API did not issue",
-                problems=("bad-request", "nesting-too-deep"),
-            ),
+            _PAGE_400,
             API_KEY_401,
-            Answer(422, "An unknown query parameter or a bad value", problems=("validation",)),
+            _PAGE_422,
             INTERNAL,
             UNAVAILABLE,
         ),
