@@ -14,6 +14,7 @@ from shared import queries
 from shared.config import Settings
 from shared.errors import Unavailable, ValidationFailed
 from shared.limits import check_depth
+from shared.pages import page_request
 from shared.scheduling.cron import CronSchedule
 from shared.scheduling.models import ScheduleRequest
 from shared.scheduling.schedules import (
@@ -25,9 +26,6 @@ from shared.scheduling.schedules import (
 from shared.tasks.registry import TaskRegistry, integral_floats_as_ints
 from shared.tasks.submission import parse_request
 
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
-_LIST_PARAMS = frozenset({"limit", "page_token"})
 # A start time belongs to a one-off task; a schedule's slots are its start times.
 _NOT_IN_SCHEDULED_TASKS = ("run_at", "delay_s")
 _MAX_CONFLICTS = 5
@@ -126,22 +124,9 @@ class ScheduleService:
         return self._repository.get(tenant_id, schedule_id).view()
 
     def list(self, tenant_id: str, params: Mapping[str, str]) -> dict[str, Any]:
-        unknown = sorted(set(params) - _LIST_PARAMS)
-        if unknown:
-            raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-        empty = sorted(name for name, value in params.items() if not value)
-        if empty:
-            raise ValidationFailed(f"{empty[0]} must not be empty", field=empty[0])
-        limit = DEFAULT_PAGE
-        if params.get("limit"):
-            try:
-                limit = int(params["limit"])
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= MAX_PAGE:
-                raise ValidationFailed(f"limit must be 1-{MAX_PAGE}", field="limit")
+        wanted = page_request(params)
         found, token = self._repository.page(
-            tenant_id, limit=limit, page_token=params.get("page_token") or None
+            tenant_id, limit=wanted.limit, page_token=wanted.page_token
         )
         page: dict[str, Any] = {"schedules": [s.view() for s in found]}
         if token is not None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shared.errors import ValidationFailed
+from shared.pages import page_request
 from shared.tasks.models import TaskPage, TaskStatus, TaskView
 from shared.tasks.repository import TaskRepository
 
-DEFAULT_PAGE = 20
-MAX_PAGE = 100
-_LIST_PARAMS = frozenset({"status", "type", "limit", "page_token"})
+# Filters beside the page parameters (shared.pages).
+_FILTERS = frozenset({"status", "type"})
 
 
 class StatusService:
@@ -33,12 +33,7 @@ class StatusService:
         return view
 
     def list(self, tenant_id: str, params: Mapping[str, str]) -> TaskPage:
-        unknown = sorted(set(params) - _LIST_PARAMS)
-        if unknown:
-            raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-        empty = sorted(name for name, value in params.items() if not value)
-        if empty:
-            raise ValidationFailed(f"{empty[0]} must not be empty", field=empty[0])
+        page = page_request(params, _FILTERS)
         status = None
         if params.get("status"):
             try:
@@ -46,19 +41,11 @@ class StatusService:
             except ValueError as exc:
                 allowed = ", ".join(s.value for s in TaskStatus)
                 raise ValidationFailed(f"status must be one of {allowed}", field="status") from exc
-        limit = DEFAULT_PAGE
-        if params.get("limit"):
-            try:
-                limit = int(params["limit"])
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= MAX_PAGE:
-                raise ValidationFailed(f"limit must be 1-{MAX_PAGE}", field="limit")
         tasks, token = self._repository.list_tasks(
             tenant_id,
             status=status,
             task_type=params.get("type") or None,
-            limit=limit,
-            page_token=params.get("page_token") or None,
+            limit=page.limit,
+            page_token=page.page_token,
         )
         return TaskPage(tasks=[TaskView.of(t) for t in tasks], next_page_token=token)

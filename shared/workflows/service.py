@@ -30,14 +30,13 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     Unavailable,
-    ValidationFailed,
 )
+from shared.pages import page_request
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskMessage, TaskStatus
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import FirestoreTaskRepository, IdempotencyClaim, valid_task_id
-from shared.tasks.status import DEFAULT_PAGE, MAX_PAGE
 from shared.tasks.submission import validate_idempotency_key
 from shared.workflows.dag import Plan, node_task_id, parse_workflow
 from shared.workflows.events import CREATION_GRACE, FIRST_CHECK, halt
@@ -54,7 +53,6 @@ log = logging.getLogger("aia.workflows")
 
 # Root nodes are published this many at a time; the first wave that fails stops it.
 PUBLISH_WAVE = 8
-_LIST_PARAMS = frozenset({"limit", "page_token"})
 _MAX_CONFLICTS = 5
 
 
@@ -270,23 +268,8 @@ class WorkflowService:
         return view_of(snap, self._store.node_docs(snap))
 
     def list(self, tenant_id: str, params: Mapping[str, str]) -> WorkflowPage:
-        unknown = sorted(set(params) - _LIST_PARAMS)
-        if unknown:
-            raise ValidationFailed(f"unknown query parameter {unknown[0]!r}", field=unknown[0])
-        empty = sorted(name for name, value in params.items() if not value)
-        if empty:
-            raise ValidationFailed(f"{empty[0]} must not be empty", field=empty[0])
-        limit = DEFAULT_PAGE
-        if params.get("limit"):
-            try:
-                limit = int(params["limit"])
-            except ValueError:
-                limit = 0
-            if not 1 <= limit <= MAX_PAGE:
-                raise ValidationFailed(f"limit must be 1-{MAX_PAGE}", field="limit")
-        snaps, token = self._store.page(
-            tenant_id, limit=limit, page_token=params.get("page_token") or None
-        )
+        wanted = page_request(params)
+        snaps, token = self._store.page(tenant_id, limit=wanted.limit, page_token=wanted.page_token)
         now = datetime.now(UTC)
         summaries = [self._summary(snap) for snap in snaps if not _expired(snap, now)]
         return WorkflowPage(workflows=summaries, next_page_token=token)
