@@ -147,6 +147,10 @@ def unauthorized(what: str) -> Answer:
 
 
 API_KEY_401 = unauthorized("Missing, malformed, unknown or revoked API key")
+BODY_400 = Answer(
+    400, "The body is not JSON, or nests too deeply", problems=("bad-request", "nesting-too-deep")
+)
+BODY_415 = Answer(415, "The body is not application/json", problems=("unsupported-media-type",))
 OPERATOR_401 = unauthorized("A metrics token is configured and was not given")
 UNAVAILABLE = Answer(
     503,
@@ -184,11 +188,7 @@ _SUBMIT_ANSWERS = (
         (Content(JSON, "shared.api.models:TaskAccepted"),),
         headers=("Location", "Idempotent-Replayed", "RateLimit-Policy", "RateLimit"),
     ),
-    Answer(
-        400,
-        "The body is not JSON, or nests too deeply",
-        problems=("bad-request", "nesting-too-deep"),
-    ),
+    BODY_400,
     API_KEY_401,
     Answer(
         402,
@@ -197,7 +197,7 @@ _SUBMIT_ANSWERS = (
         problems=("budget-exhausted",),
     ),
     Answer(413, "The body is over 1 MiB, or too large to store", problems=("payload-too-large",)),
-    Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+    BODY_415,
     Answer(
         422,
         "Unknown type, invalid payload or field, or an Idempotency-Key reused with another body",
@@ -309,18 +309,14 @@ _SCHEDULE_ROUTES = (
                 _SCHEDULE_VIEW,
                 headers=("Location",),
             ),
-            Answer(
-                400,
-                "The body is not JSON, or nests too deeply",
-                problems=("bad-request", "nesting-too-deep"),
-            ),
+            BODY_400,
             API_KEY_401,
             Answer(
                 413,
                 "The body is over 1 MiB, or the task's payload too large to store",
                 problems=("payload-too-large",),
             ),
-            Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+            BODY_415,
             Answer(
                 422,
                 "No cron expression or time zone, an unknown task type, an invalid payload or"
@@ -415,10 +411,6 @@ WEBHOOK_ID_PARAM = Param("webhook_id", "path", "The webhook's id", WEBHOOK_ID, T
 _WEBHOOK_VIEW = (Content(JSON, "shared.webhooks.models:EndpointView"),)
 _WEBHOOK_CREATED = (Content(JSON, "shared.webhooks.models:EndpointCreated"),)
 _NO_WEBHOOK = Answer(404, "No such webhook, or another tenant's", problems=("not-found",))
-_BODY_400 = Answer(
-    400, "The body is not JSON, or nests too deeply", problems=("bad-request", "nesting-too-deep")
-)
-_BODY_415 = Answer(415, "The body is not application/json", problems=("unsupported-media-type",))
 _BODY_413 = Answer(413, "The body is over 1 MiB", problems=("payload-too-large",))
 
 
@@ -451,11 +443,11 @@ _WEBHOOK_ROUTES = (
         "Register an endpoint for task events: its signing secret is shown once",
         (
             Answer(201, "Registered", _WEBHOOK_CREATED, headers=("Location",)),
-            _BODY_400,
+            BODY_400,
             API_KEY_401,
             Answer(409, "The tenant has 20 webhooks already", problems=("too-many-webhooks",)),
             _BODY_413,
-            _BODY_415,
+            BODY_415,
             Answer(
                 422,
                 "An invalid field, or a URL refused: not https, credentials in it, or an "
@@ -491,11 +483,11 @@ _WEBHOOK_ROUTES = (
         "Create the key that signs deliveries to a submit's own `webhook_url`",
         (
             Answer(201, "Created: the key, shown once", _WEBHOOK_CREATED, headers=("Location",)),
-            _BODY_400,
+            BODY_400,
             API_KEY_401,
             Answer(409, "The tenant has one: rotate it instead", problems=("conflict",)),
             _BODY_413,
-            _BODY_415,
+            BODY_415,
             Answer(422, "An invalid field", problems=("validation",)),
         ),
         description="`{}` asks for a `v1` (HMAC) key.",
@@ -903,18 +895,14 @@ ROUTES: tuple[Route, ...] = (
                 (Content(JSON, "shared.workflows.models:WorkflowAccepted"),),
                 headers=("Location", "Idempotent-Replayed"),
             ),
-            Answer(
-                400,
-                "The body is not JSON, or nests too deeply",
-                problems=("bad-request", "nesting-too-deep"),
-            ),
+            BODY_400,
             API_KEY_401,
             Answer(
                 413,
                 "The body is over 1 MiB, or a node too large to store",
                 problems=("payload-too-large",),
             ),
-            Answer(415, "The body is not application/json", problems=("unsupported-media-type",)),
+            BODY_415,
             Answer(
                 422,
                 "A node is invalid (unknown type, invalid payload or field), a dependency is "
