@@ -4,9 +4,10 @@
   very commits that hold and settle (one shard document of `METRIC_SHARDS`
   per tenant and shard, a map by type), so only budgeted tenants' tasks write.
 - Admissions refused, by tenant and reason (budget, rate): counted in memory
-  and flushed at most every `FLUSH_S` per instance. A refusal must stay cheap
-  (a rate-limited burst is refused from a cache, with no I/O); an instance
-  that stops loses at most its last `FLUSH_S` of refusal counts, never a token.
+  and flushed at most every `FLUSH_S` per instance, by the next request or,
+  if none comes, by a timer (and at exit). A refusal must stay cheap (a
+  rate-limited burst is refused from a cache, with no I/O); an instance that
+  is killed loses at most its last `FLUSH_S` of refusal counts, never a token.
 
 Label cardinality is bounded by tenants x types (tokens) and tenants x 2
 (refusals). Importing this module imports no Google or Prometheus library.
@@ -14,6 +15,8 @@ Label cardinality is bounded by tenants x types (tokens) and tenants x 2
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import math
 import random
@@ -79,6 +82,9 @@ class RefusalCounter:
         self._pending: dict[tuple[str, str], int] = {}
         self._last = -math.inf  # an instance's first refusal is written at once
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._db: Any = None
+        atexit.register(self._flush_at_exit)
 
     def note(self, tenant_id: str, reason: str) -> None:
         with self._lock:
@@ -90,9 +96,18 @@ class RefusalCounter:
             return dict(self._pending)
 
     def flush_if_due(self, db: Any, *, timeout_s: float = 1.0) -> bool:
-        """Write what was counted if `flush_s` passed since the last flush (best effort)."""
+        """Write what was counted if `flush_s` passed since the last flush (best effort).
+
+        Counts that are not due yet get a timer, so a refusal followed by no
+        other request still reaches the scrape within `flush_s`.
+        """
         with self._lock:
-            if not self._pending or self._clock() - self._last < self._flush_s:
+            self._db = db
+            if not self._pending:
+                return False
+            wait = self._flush_s - (self._clock() - self._last)
+            if wait > 0:
+                self._arm(wait)
                 return False
             counts, self._pending = self._pending, {}
             self._last = self._clock()
@@ -103,8 +118,32 @@ class RefusalCounter:
             with self._lock:
                 for key, n in counts.items():
                     self._pending[key] = self._pending.get(key, 0) + n
+                self._arm(self._flush_s)
             return False
         return True
+
+    def _arm(self, wait_s: float) -> None:
+        # Caller holds the lock.
+        if self._timer is None and self._flush_s > 0:
+            self._timer = threading.Timer(wait_s, self._flush_from_timer)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush_from_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            db = self._db
+        if db is not None:
+            self.flush_if_due(db)
+
+    def _flush_at_exit(self) -> None:
+        # The process is ending: there is no one left to tell of a failure.
+        with self._lock:
+            self._last = -math.inf
+            db = self._db
+        if db is not None:
+            with contextlib.suppress(Exception):
+                self.flush_if_due(db)
 
     def _write(self, db: Any, counts: Mapping[tuple[str, str], int], timeout_s: float) -> None:
         from google.cloud.firestore import Increment
