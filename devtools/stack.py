@@ -88,6 +88,8 @@ OWNED_ENV = (
     "AIA_WEBHOOKS_ALLOW_LOOPBACK",
     "AIA_BASE_URL",
     "AIA_API_KEY",
+    "AIA_TRACE_EXPORTER",
+    "AIA_TRACE_DIR",
     RUN_MARKER_ENV,
 )
 
@@ -152,6 +154,11 @@ class Stack:
     @property
     def logs(self) -> Path:
         return self.opts.state_dir / "logs"
+
+    @property
+    def traces(self) -> Path:
+        """Where the functions write their spans (`AIA_TRACE_EXPORTER=file`)."""
+        return self.opts.state_dir / "traces"
 
     @property
     def keyring_path(self) -> Path:
@@ -326,6 +333,9 @@ class Stack:
                 "AIA_RETRY_MAX_BACKOFF_S": _num(self.opts.retry_max_backoff_s),
                 # Developers and tests receive webhooks on this machine, over plain http.
                 "AIA_WEBHOOKS_ALLOW_LOOPBACK": "true",
+                # Spans as JSON lines, one file per process (shared.tracing).
+                "AIA_TRACE_EXPORTER": "file",
+                "AIA_TRACE_DIR": str(self.traces),
                 "PYTHONUNBUFFERED": "1",
             }
         )

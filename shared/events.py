@@ -81,17 +81,26 @@ def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) ->
     logs.configure(settings.log_level, settings.project)
     message = event_data.get("message", {}) if isinstance(event_data, dict) else {}
     attributes = message.get("attributes") or {}
+    if not isinstance(attributes, dict):
+        attributes = {}
     logs.bind(logs.trace_id_from_headers(attributes), message_id=message.get("messageId"))
     error: BaseException | None = None
-    try:
-        processed = process(decode_message(event_data, model))
-        outcome = processed.outcome
-        log.info(
-            "delivery handled",
-            extra={"outcome": getattr(outcome, "value", outcome), "detail": processed.detail},
-        )
-    except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
-        error = exc
+    with _consumer_span(event_data, message, attributes) as current:
+        try:
+            decoded = decode_message(event_data, model)
+            for name, key in (("task_id", "aia.task.id"), ("tenant_id", "aia.tenant.id")):
+                if isinstance(value := getattr(decoded, name, None), str):
+                    current.set_attribute(key, value)
+            processed = process(decoded)
+            outcome = processed.outcome
+            log.info(
+                "delivery handled",
+                extra={"outcome": getattr(outcome, "value", outcome), "detail": processed.detail},
+            )
+            current.set_attribute("aia.outcome", str(getattr(outcome, "value", outcome)))
+        except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
+            error = exc
+            current.set_attribute("aia.outcome", "redeliver" if not should_ack(exc) else "ack")
     if error is None:
         return
     # Error texts may quote task data, so logs name the error's code and type only.
@@ -101,3 +110,35 @@ def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) ->
         return
     log.warning("delivery will be retried", extra={"code": code})
     raise Redeliver(code) from error
+
+
+def _consumer_span(event_data: Any, message: dict[str, Any], attributes: dict[str, Any]) -> Any:
+    """The CONSUMER span of one push delivery, continuing its publisher's trace.
+
+    Attributes follow OpenTelemetry's messaging conventions for Pub/Sub; the
+    span is the publisher's child and also links it.
+    """
+    from shared import tracing
+
+    subscription = event_data.get("subscription") if isinstance(event_data, dict) else None
+    name = str(subscription or "").rsplit("/", 1)[-1] or "push"
+    delivery_attempt = event_data.get("deliveryAttempt") if isinstance(event_data, dict) else None
+    return tracing.span(
+        f"process {name}",
+        kind="CONSUMER",
+        parent=tracing.extract({k: str(v) for k, v in attributes.items()}),
+        link_parent=True,
+        attributes={
+            "messaging.system": "gcp_pubsub",
+            "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
+            "messaging.destination.subscription.name": str(subscription or ""),
+            "messaging.message.id": str(message.get("messageId") or ""),
+            **(
+                {"messaging.gcp_pubsub.message.delivery_attempt": int(delivery_attempt)}
+                if isinstance(delivery_attempt, int)
+                else {}
+            ),
+            **({"aia.task.type": attributes["type"]} if "type" in attributes else {}),
+        },
+    )

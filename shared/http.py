@@ -72,19 +72,26 @@ def problem_response(error: AIAError, instance: str | None = None) -> flask.Resp
 
 
 def endpoint(handler: Handler) -> Handler:
-    """Wrap an HTTP entry point: logging context, and every error as problem+json."""
+    """Wrap an HTTP entry point: a SERVER span, logging context, every error as problem+json."""
+    return _wrap(handler, traced=True)
+
+
+def probe_endpoint(handler: Handler) -> Handler:
+    """`endpoint` without a span: health probes and scrapes, called every few seconds,
+    would bury the traces worth reading (and the health check's cold start stays free
+    of the tracing SDK)."""
+    return _wrap(handler, traced=False)
+
+
+def _wrap(handler: Handler, *, traced: bool) -> Handler:
     # functions-framework loads main.py inside its Flask app's context. A request its
     # own routing refuses (a path with a newline never matches its /<path:path>
     # rule) would get Flask's HTML page: the function's app answers problem+json too.
     if flask.has_app_context():
         flask.current_app.register_error_handler(HTTPException, _routing_problem)
 
-    @functools.wraps(handler)
-    def wrapper(request: flask.Request) -> flask.Response:
+    def answer(request: flask.Request) -> flask.Response:
         try:
-            settings = get_settings()
-            logs.configure(settings.log_level, settings.project)
-            logs.bind(logs.trace_id_from_headers(request.headers), path=request.path)
             return handler(request)
         except AIAError as exc:
             level = logging.ERROR if exc.status >= 500 else logging.INFO
@@ -97,6 +104,36 @@ def endpoint(handler: Handler) -> Handler:
                 return problem_response(error, request.path)
             log.exception("unhandled error")
             return problem_response(AIAError("an unexpected error occurred"), request.path)
+
+    @functools.wraps(handler)
+    def wrapper(request: flask.Request) -> flask.Response:
+        try:
+            settings = get_settings()
+            logs.configure(settings.log_level, settings.project)
+            logs.bind(logs.trace_id_from_headers(request.headers), path=request.path)
+        except AIAError as exc:  # a configuration error: no span without settings
+            return problem_response(exc, request.path)
+        if not traced:
+            return answer(request)
+        from shared import tracing
+
+        with tracing.span(
+            f"{request.method} {handler.__name__}",
+            kind="SERVER",
+            parent=tracing.extract({"traceparent": request.headers.get("traceparent", "")}),
+            attributes={
+                "http.request.method": request.method,
+                "url.path": request.path,
+                "faas.trigger": "http",
+            },
+        ) as current:
+            response = answer(request)
+            current.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 500:
+                from opentelemetry.trace import Status, StatusCode
+
+                current.set_status(Status(StatusCode.ERROR))
+            return response
 
     return wrapper
 

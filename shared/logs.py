@@ -13,6 +13,10 @@ _trace: contextvars.ContextVar[str | None] = contextvars.ContextVar("aia_trace",
 _fields: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "aia_log_fields", default=None
 )
+# (trace id, span id) of the current span (shared.tracing), over the request's trace.
+_span: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "aia_log_span", default=(None, None)
+)
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -31,9 +35,12 @@ class CloudLoggingFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "logger": record.name,
         }
-        trace = _trace.get()
+        span_trace, span_id = _span.get()
+        trace = span_trace or _trace.get()
         if trace and self.project:
             entry["logging.googleapis.com/trace"] = f"projects/{self.project}/traces/{trace}"
+        if span_id:
+            entry["logging.googleapis.com/spanId"] = span_id
         entry.update(_fields.get() or {})
         entry.update({k: v for k, v in vars(record).items() if k not in _RESERVED})
         if record.exc_info:
@@ -58,6 +65,17 @@ def bind(trace: str | None = None, **fields: Any) -> None:
     """Attach a trace id and fields to every log line of the current request."""
     _trace.set(trace)
     _fields.set(fields)
+
+
+def bind_span(trace: str | None, span_id: str | None) -> tuple[str | None, str | None]:
+    """Make a span's ids those of the log lines that follow; returns what they were."""
+    previous = _span.get()
+    _span.set((trace, span_id))
+    return previous
+
+
+def restore_span(previous: tuple[str | None, str | None]) -> None:
+    _span.set(previous)
 
 
 _configured = False

@@ -54,12 +54,17 @@ Direction = Literal["ASCENDING", "DESCENDING"]
 
 @dataclass(frozen=True)
 class QuerySpec:
-    """Equality filters (`==`, or `in` on a shard), then range/order fields, on one collection."""
+    """Equality filters (`==`, or `in` on all shards), then range/order fields, on a collection."""
 
     collection: str
     equals: tuple[str, ...]
     order: tuple[tuple[str, Direction], ...] = ()
     range_field: str | None = None
+
+    @property
+    def sharded(self) -> bool:
+        """Led by the index shard, which the query reads whole with `in`."""
+        return bool(self.equals) and self.equals[0] == INDEX_SHARD
 
     def needs_composite_index(self) -> bool:
         # Equality-only queries are served by merging single-field indexes.
@@ -78,25 +83,35 @@ LIST_TASKS_BY_TYPE = QuerySpec(TASKS, ("tenant_id", "type"), _NEWEST_FIRST)
 LIST_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("tenant_id", "status", "type"), _NEWEST_FIRST)
 COUNT_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("status", "type"))
 COUNT_TENANT_TASKS_BY_STATUS = QuerySpec(TASKS, ("tenant_id", "status"))
+# Index shards. A due time (`run_at`, `due_at`) or a sweep's timestamp is a nearly
+# monotonic indexed value, which Firestore serves at about 500 writes/s per index
+# key range; every task and schedule carries `index_shard` = crc32(id) % INDEX_SHARDS,
+# the shard leads each such index, so its entries spread over INDEX_SHARDS ranges,
+# and the ticker and the sweeps read every shard at once with `in` (at most 30
+# values). 24 ranges take 10,000 tasks/s at ~420 entries/s each.
+INDEX_SHARD = "index_shard"
+INDEX_SHARDS = 24
 # Tasks waiting longer than they should: publish failed, message lost, or worker died.
+# A sweep's timestamp rises with time and its status has a handful of values, so
+# each (status, time) range would take one entry per task: about 500 tasks/s for
+# the service. The index shard leads these indexes.
 STALE_QUEUED = QuerySpec(
-    TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
+    TASKS, (INDEX_SHARD, "status"), (("updated_at", "ASCENDING"),), range_field="updated_at"
 )
 DISPATCH_PENDING = QuerySpec(TASKS, ("status", "dispatch_pending"))
 EXPIRED_LEASES = QuerySpec(
-    TASKS, ("status",), (("lease_until", "ASCENDING"),), range_field="lease_until"
+    TASKS, (INDEX_SHARD, "status"), (("lease_until", "ASCENDING"),), range_field="lease_until"
 )
 # Failed for good, but the worker's own dead-letter publish did not get through.
 DEAD_LETTER_PENDING = QuerySpec(
-    TASKS, ("dead_letter_pending",), (("updated_at", "ASCENDING"),), range_field="updated_at"
+    TASKS,
+    (INDEX_SHARD, "dead_letter_pending"),
+    (("updated_at", "ASCENDING"),),
+    range_field="updated_at",
 )
 # A parent's children in fan-out order, and counted by status for its view.
 CHILDREN = QuerySpec(TASKS, ("parent_id",), (("child_index", "ASCENDING"),))
 COUNT_CHILDREN_BY_STATUS = QuerySpec(TASKS, ("parent_id", "status", "tenant_id"))
-# What the reconciler looks at: parents and continuations waiting for a join.
-STALE_WAITING = QuerySpec(
-    TASKS, ("status",), (("updated_at", "ASCENDING"),), range_field="updated_at"
-)
 # Per-child join records and completed buckets, under joins/{parent id}.
 JOINS = "joins"
 JOIN_DONE = "done"
@@ -119,18 +134,12 @@ USAGE_OF_PERIOD = QuerySpec(BUDGET_USAGE, ("tenant_id", "period"))
 LIST_WORKFLOWS = QuerySpec(WORKFLOWS, ("tenant_id",), _NEWEST_FIRST)
 COUNT_WORKFLOW_NODES_BY_STATUS = QuerySpec(TASKS, ("workflow_id", "status", "tenant_id"))
 WORKFLOWS_TO_CHECK = QuerySpec(WORKFLOWS, (), (("check_at", "ASCENDING"),), range_field="check_at")
-
-# Timers: delayed tasks (`run_at`) and cron schedules (`due_at`). A due time is
-# a nearly monotonic indexed value, which Firestore serves at about 500 writes/s
-# per index key range; the shard leads each index, so the entries spread over
-# TIMER_SHARDS ranges, and the ticker reads every shard at once with `in`.
-TIMER_SHARD = "timer_shard"
-TIMER_SHARDS = 8
+# Timers: delayed tasks (`run_at`) and cron schedules (`due_at`), behind the index shard.
 DUE_TASKS = QuerySpec(
-    TASKS, (TIMER_SHARD, "status"), (("run_at", "ASCENDING"),), range_field="run_at"
+    TASKS, (INDEX_SHARD, "status"), (("run_at", "ASCENDING"),), range_field="run_at"
 )
 DUE_SCHEDULES = QuerySpec(
-    SCHEDULES, (TIMER_SHARD, "state"), (("due_at", "ASCENDING"),), range_field="due_at"
+    SCHEDULES, (INDEX_SHARD, "state"), (("due_at", "ASCENDING"),), range_field="due_at"
 )
 LIST_SCHEDULES = QuerySpec(SCHEDULES, ("tenant_id",), _NEWEST_FIRST)
 # Due times are only ever queried through the sharded indexes above: their
@@ -183,7 +192,6 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     DEAD_LETTER_PENDING,
     CHILDREN,
     COUNT_CHILDREN_BY_STATUS,
-    STALE_WAITING,
     KEYS_TO_REWRAP,
     LIST_WORKFLOWS,
     COUNT_WORKFLOW_NODES_BY_STATUS,
@@ -206,9 +214,14 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
 )
 
 
-def timer_shard(doc_id: str) -> int:
-    """The timer shard of a document, fixed by its id."""
-    return zlib.crc32(doc_id.encode()) % TIMER_SHARDS
+def index_shard(doc_id: str) -> int:
+    """The index shard of a document, fixed by its id."""
+    return zlib.crc32(doc_id.encode()) % INDEX_SHARDS
+
+
+def all_shards() -> list[int]:
+    """Every index shard: the `in` operand of a sharded query."""
+    return list(range(INDEX_SHARDS))
 
 
 def list_tasks_spec(*, status: bool, type_: bool) -> QuerySpec:

@@ -10,7 +10,7 @@ from shared.operations.health import check_health
 
 
 @functions_framework.http
-@http.endpoint
+@http.probe_endpoint
 def health(request: flask.Request) -> flask.Response:
     http.require_path(request, "/", "/health")
     http.require_method(request, "GET", "HEAD")

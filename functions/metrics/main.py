@@ -13,7 +13,7 @@ NO_CACHE = {"Cache-Control": "no-store", "Vary": "Accept"}
 
 
 @functions_framework.http
-@http.endpoint
+@http.probe_endpoint
 def metrics(request: flask.Request) -> flask.Response:
     # "/" too: a function's own URL reaches it at the root, the gateway at /metrics.
     http.require_path(request, "/", "/metrics")

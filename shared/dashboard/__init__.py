@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 from pathlib import Path
 
 from shared.errors import NotFound
@@ -38,6 +39,17 @@ SECURITY_HEADERS = {
     # Revalidate every time: a deploy shows at once, and the files are small.
     "Cache-Control": "no-cache",
 }
+
+
+TRACE_URL_SLOT = b"{{trace_console_url}}"
+
+
+def page(name: str, trace_console_url: str) -> tuple[bytes, str]:
+    """`asset`, with the index naming the trace console the detail view links to."""
+    body, content_type = asset(name)
+    if name == INDEX:
+        body = body.replace(TRACE_URL_SLOT, html.escape(trace_console_url, quote=True).encode())
+    return body, content_type
 
 
 @functools.cache

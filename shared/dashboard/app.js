@@ -70,6 +70,14 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+// The trace console's page of a trace, when the deployment names one (a <meta> the
+// dashboard function fills in); only http(s) links are made.
+function traceUrl(traceId) {
+  const template = document.querySelector('meta[name="aia-trace-url"]')?.content || "";
+  if (!traceId || !/^[0-9a-f]{32}$/.test(traceId) || !/^https?:\/\//.test(template) || !template.includes("{trace_id}")) return null;
+  return template.replaceAll("{trace_id}", traceId);
+}
+
 function when(iso) {
   if (!iso) return "—";
   const date = new Date(iso);
@@ -173,6 +181,12 @@ async function loadDetail() {
     ["Started", when(task.started_at)],
     ["Finished", when(task.finished_at)],
   ];
+  const traceLink = traceUrl(task.trace_id);
+  if (traceLink) {
+    fields.push(["Trace", el("a", { href: traceLink, target: "_blank", rel: "noopener noreferrer" }, task.trace_id)]);
+  } else if (task.trace_id) {
+    fields.push(["Trace", task.trace_id]);
+  }
   $("detail-fields").replaceChildren(...fields.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { dataset: { field: name.toLowerCase() } }, value)]));
   const output = $("detail-output");
   if (task.status === "succeeded") {

@@ -59,7 +59,9 @@ class Redispatcher:
                     self._publisher.dead_letter(data, attributes)
                 else:
                     self._publisher.publish(
-                        message, attributes={"redispatch": "true", "reason": task.reason.value}
+                        message,
+                        attributes={"redispatch": "true", "reason": task.reason.value},
+                        traceparent=task.traceparent,
                     )
             except Unavailable:
                 log.warning("redispatch publish failed", extra={"task_id": task.task_id})

@@ -99,7 +99,7 @@ class ScheduleService:
             **self._documents.seal(tenant_id, schedule_id, task),
             "next_run_at": first_run,
             "due_at": first_run,
-            queries.TIMER_SHARD: queries.timer_shard(schedule_id),
+            queries.INDEX_SHARD: queries.index_shard(schedule_id),
             "buffered_slot": None,
             "last_slot": None,
             "last_task_id": None,

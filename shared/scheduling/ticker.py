@@ -133,7 +133,11 @@ class Ticker:
     def _publish(self, task: DueTask) -> None:
         message = TaskMessage(task_id=task.task_id, tenant_id=task.tenant_id)
         try:
-            self._publisher.publish(message, attributes={"type": task.type, "scheduled": "true"})
+            self._publisher.publish(
+                message,
+                attributes={"type": task.type, "scheduled": "true"},
+                traceparent=task.traceparent,
+            )
         except Unavailable:
             log.warning("publish failed; task left for redispatch", extra={"task_id": task.task_id})
             try:

@@ -27,17 +27,18 @@ class DueTask:
     tenant_id: str
     type: str
     version: Any  # the update time the queueing write is conditioned on
+    traceparent: str | None = None  # the trace the task was submitted in
 
 
 def due_query(db: Any, spec: queries.QuerySpec, values: dict[str, Any], now: datetime) -> Any:
     """A due-timer query from its declared spec: every shard at once, due at or before `now`."""
     from google.cloud.firestore import FieldFilter
 
-    shard, *equals = spec.equals
-    assert shard == queries.TIMER_SHARD
+    assert spec.sharded
     assert spec.range_field is not None
+    shard, *equals = spec.equals
     query = db.collection(spec.collection).where(
-        filter=FieldFilter(shard, "in", list(range(queries.TIMER_SHARDS)))
+        filter=FieldFilter(shard, "in", queries.all_shards())
     )
     for name in equals:
         query = query.where(filter=FieldFilter(name, "==", values[name]))
@@ -64,8 +65,15 @@ class FirestoreTimers:
             self._db, queries.DUE_TASKS, {"status": TaskStatus.SCHEDULED.value}, now
         ).limit(limit)
         return [
-            DueTask(snap.id, snap.get("tenant_id"), snap.get("type"), snap.update_time)
+            DueTask(
+                snap.id,
+                doc.get("tenant_id", ""),
+                doc.get("type", ""),
+                snap.update_time,
+                doc.get("traceparent"),
+            )
             for snap in query.stream(**TICK_CALL.kwargs())
+            for doc in (snap.to_dict() or {},)
         ]
 
     def queue(self, due: list[DueTask], now: datetime) -> list[DueTask]:

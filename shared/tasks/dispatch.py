@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from shared import tracing
 from shared.clients import PUBLISH_WAIT_S
 from shared.errors import Unavailable
 from shared.tasks.models import TaskMessage
@@ -13,7 +14,13 @@ log = logging.getLogger("aia.dispatch")
 
 
 class TaskPublisher(Protocol):
-    def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str: ...
+    def publish(
+        self,
+        message: TaskMessage,
+        *,
+        attributes: dict[str, str] | None = None,
+        traceparent: str | None = None,
+    ) -> str: ...
     def dead_letter(self, data: bytes, attributes: dict[str, str]) -> str: ...
 
 
@@ -38,18 +45,28 @@ class PubSubTaskPublisher:
         self._dead_letter_topic = dead_letter_topic
         self._wait_s = wait_s
 
-    def publish(self, message: TaskMessage, *, attributes: dict[str, str] | None = None) -> str:
+    def publish(
+        self,
+        message: TaskMessage,
+        *,
+        attributes: dict[str, str] | None = None,
+        traceparent: str | None = None,
+    ) -> str:
         data = message.model_dump_json(exclude_none=True).encode()
         attrs = {"tenant_id": message.tenant_id, **(attributes or {})}
-        return self._send(self._tasks_topic, data, attrs)
+        return self._send(self._tasks_topic, data, attrs, traceparent)
 
     def dead_letter(self, data: bytes, attributes: dict[str, str]) -> str:
-        return self._send(self._dead_letter_topic, data, attributes)
+        return self._send(self._dead_letter_topic, data, dict(attributes), None)
 
-    def _send(self, topic: str, data: bytes, attributes: dict[str, str]) -> str:
-        try:
-            future = self._client.publish(topic, data, timeout=self._wait_s, **attributes)
-            message_id: str = future.result(timeout=self._wait_s)
-        except Exception as exc:
-            raise Unavailable(f"publishing to {topic.rsplit('/', 1)[-1]} failed") from exc
+    def _send(
+        self, topic: str, data: bytes, attributes: dict[str, str], traceparent: str | None
+    ) -> str:
+        with tracing.publishing(topic, attributes, traceparent=traceparent) as current:
+            try:
+                future = self._client.publish(topic, data, timeout=self._wait_s, **attributes)
+                message_id: str = future.result(timeout=self._wait_s)
+            except Exception as exc:
+                raise Unavailable(f"publishing to {topic.rsplit('/', 1)[-1]} failed") from exc
+            current.set_attribute("messaging.message.id", message_id)
         return message_id

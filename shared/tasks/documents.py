@@ -10,8 +10,9 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from shared import tracing
 from shared.errors import ConfigurationError, PayloadTooLarge, ResultTooLarge
-from shared.queries import EXPIRES_AT, TIMER_SHARD, timer_shard
+from shared.queries import EXPIRES_AT, INDEX_SHARD, index_shard
 from shared.tasks.models import Task, TaskError, TaskStatus
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ _PLAIN_FIELDS = (
     "notify",
     "hold",
     "tokens_charged",
+    "traceparent",
 )
 
 _OPTIONAL_FIELDS = (
@@ -67,6 +69,7 @@ _OPTIONAL_FIELDS = (
     "depends_on",
     "workflow_id",
     "node",
+    "traceparent",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a
@@ -95,15 +98,18 @@ class TaskDocuments:
     def encode_new(self, task: Task) -> dict[str, Any]:
         key = self._sealer.new_task_key(task.tenant_id, task.task_id, control_of(task))
         doc: dict[str, Any] = {name: getattr(task, name) for name in _PLAIN_FIELDS}
+        # The trace the task was made in (a submit's request, a parent's attempt): what
+        # publishes, runs or reports on it later continues that trace.
+        doc["traceparent"] = task.traceparent or tracing.current_traceparent()
         # Fields only some tasks use stay out of the others' documents (and indexes).
         for name in _OPTIONAL_FIELDS:
             if doc[name] is None:
                 del doc[name]
         doc["status"] = task.status.value
+        # Leads the timer and sweep indexes, so their rising times spread over many ranges.
+        doc[INDEX_SHARD] = index_shard(task.task_id)
         if task.run_at is None:
             del doc["run_at"]  # absent, not null: an immediate task stays out of the timer index
-        else:
-            doc[TIMER_SHARD] = timer_shard(task.task_id)
         doc["hold"] = task.hold.model_dump() if task.hold is not None else None
         doc["data_key"] = key.wrapped
         doc["payload"] = key.seal("payload", task.payload)

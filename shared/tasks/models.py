@@ -17,6 +17,8 @@ from pydantic import (
     field_validator,
 )
 
+from shared import tracing
+
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
 MAX_DEPENDENCIES = 1000
 TASK_ID_PATTERN = r"^[0-9a-f]{32}$"  # uuid4 hex: also a safe Firestore document id
@@ -155,6 +157,8 @@ class Task(BaseModel):
     # Budgeted tenants only: what submit reserved, and what attempts reported using.
     hold: TokenHold | None = None
     tokens_charged: int | None = None  # None: no attempt reported any use
+    # W3C traceparent of the span the task was created in (shared.tracing).
+    traceparent: str | None = None
 
     @property
     def attempts_left(self) -> int:
@@ -194,6 +198,10 @@ class TaskView(BaseModel):
     blocked_by: str | None = None
     children: dict[str, int] | None = None  # a parent's children by status
     workflow_id: str | None = None  # the workflow this task is a node of
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace the task was submitted in (W3C trace id)",
+    )
 
     @classmethod
     def of(cls, task: Task) -> TaskView:
@@ -215,6 +223,7 @@ class TaskView(BaseModel):
             continuation_id=task.continuation_id,
             blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
             workflow_id=task.workflow_id,
+            trace_id=tracing.trace_id_of(task.traceparent),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -231,7 +240,14 @@ class TaskView(BaseModel):
             body.pop("progress")
         if not self.cancel_requested:
             body.pop("cancel_requested")
-        for optional in ("parent_id", "continuation_id", "blocked_by", "children", "workflow_id"):
+        for optional in (
+            "parent_id",
+            "continuation_id",
+            "blocked_by",
+            "children",
+            "workflow_id",
+            "trace_id",
+        ):
             if body.get(optional) is None:
                 body.pop(optional, None)
         return body

@@ -203,6 +203,7 @@ class StuckTask:
     tenant_id: str
     reason: Stuck = Stuck.STALE_QUEUED
     version: Any = None
+    traceparent: str | None = None  # the trace the task was submitted in
 
 
 class Staged(Protocol):
@@ -353,7 +354,11 @@ class FirestoreTaskRepository:
         from google.cloud.firestore import FieldFilter
 
         query = self._db.collection(spec.collection)
-        for field in spec.equals:
+        equals = spec.equals
+        if spec.sharded:
+            query = query.where(filter=FieldFilter(queries.INDEX_SHARD, "in", queries.all_shards()))
+            equals = equals[1:]
+        for field in equals:
             query = query.where(filter=FieldFilter(field, "==", values[field]))
         if spec.range_field is not None and below is not None:
             query = query.where(filter=FieldFilter(spec.range_field, "<", below))
@@ -1191,8 +1196,16 @@ class FirestoreTaskRepository:
         found: dict[str, StuckTask] = {}
         for reason, query in candidates:
             for snap in query.limit(limit).stream(**SWEEP_CALL.kwargs()):
+                doc = snap.to_dict() or {}
                 found.setdefault(
-                    snap.id, StuckTask(snap.id, snap.get("tenant_id"), reason, snap.update_time)
+                    snap.id,
+                    StuckTask(
+                        snap.id,
+                        doc.get("tenant_id", ""),
+                        reason,
+                        snap.update_time,
+                        doc.get("traceparent"),
+                    ),
                 )
         return list(found.values())[:limit]
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from shared import tracing
 from shared.errors import (
     AIAError,
     KeyUnavailable,
@@ -227,7 +228,17 @@ class Worker:
         watch = self._repository.watch_cancel(task.task_id)
         started = time.perf_counter()
         try:
-            outcome = self._runner.run(spec, cancelled=watch.requested, on_event=progress.offer)
+            with tracing.span(
+                f"run {task.type}",
+                attributes={
+                    "aia.task.type": task.type,
+                    "aia.task.id": task.task_id,
+                    "aia.attempt": task.attempts,
+                    "aia.timeout_s": task.timeout_s,
+                },
+            ) as current:
+                outcome = self._runner.run(spec, cancelled=watch.requested, on_event=progress.offer)
+                current.set_attribute("aia.attempt.error", outcome.error_code or "")
         finally:
             watch.stop()
             progress.close()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from shared import tracing
 from shared.clients import WEBHOOK_DELIVERY
 from shared.errors import IntegrityError, NotFound
 from shared.security.crypto import TaskOpener
@@ -175,6 +176,7 @@ class Deliverer:
             next_attempt_at=now,
             created_at=now,
             updated_at=now,
+            traceparent=event.traceparent,
         )
 
     # -- retries and replays -------------------------------------------------
@@ -257,7 +259,22 @@ class Deliverer:
                 "aia-event-type": delivery.event_type,
                 "aia-delivery-id": delivery.delivery_id,
             }
-            response = self._egress.post(target.url, headers, body)
+            with tracing.span(
+                "POST webhook",
+                kind="CLIENT",
+                traceparent=delivery.traceparent,
+                attributes={
+                    "http.request.method": "POST",
+                    "aia.webhook.delivery_id": delivery.delivery_id,
+                    "aia.webhook.event_type": delivery.event_type,
+                    "aia.webhook.attempt": delivery.attempt_count + 1,
+                },
+            ) as current:
+                # The receiver can join the task's trace (W3C Trace Context).
+                tracing.inject(headers)
+                headers.pop(tracing.GOOGLE_CLIENT_TRACEPARENT, None)
+                response = self._egress.post(target.url, headers, body)
+                tracing.set_attributes(current, {"http.response.status_code": response.status})
             verdict = verdict_of(response)
             attempt = Attempt(
                 at=now,
@@ -392,6 +409,7 @@ class Sweeper:
                         per_task=task.notify,
                         created_at=now,
                         fanout_due_at=now + EVENT_GRACE,
+                        traceparent=task.traceparent,
                     )
                 )
             if len(page) < CATCHUP_PAGE:

@@ -209,6 +209,7 @@ class Delivery(BaseModel):
     replays: int = 0
     created_at: datetime
     updated_at: datetime
+    traceparent: str | None = None  # the task's trace: each attempt's request continues it
 
     @property
     def failed_in_series(self) -> int:
@@ -274,6 +275,7 @@ class WebhookEvent(BaseModel):
     per_task: bool = False  # the task named its own webhook_url
     created_at: datetime
     fanout_due_at: datetime | None = None  # None once fanned out
+    traceparent: str | None = None  # the span that finished the task (shared.tracing)
 
 
 class WebhookMessage(BaseModel):

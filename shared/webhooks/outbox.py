@@ -31,6 +31,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import tracing
 from shared.clients import WEBHOOK_LOOKUP
 from shared.config import WEBHOOK_CACHE_MAX_S
 from shared.tasks.models import Task, TaskStatus
@@ -165,6 +166,7 @@ class WebhookEvents:
             per_task=task.notify,
             created_at=now,
             fanout_due_at=now + EVENT_GRACE,
+            traceparent=tracing.current_traceparent() or task.traceparent,
         )
         # `set`: a retried commit stages the same id with the same content.
         batch.set(

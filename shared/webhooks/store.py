@@ -49,6 +49,7 @@ class FinishedTask:
     status: str
     finished_at: datetime
     notify: bool
+    traceparent: str | None = None
 
 
 def _google() -> tuple[type[BaseException], type[BaseException], type[BaseException]]:
@@ -103,6 +104,7 @@ def delivery_document(delivery: Delivery, expires_at: datetime) -> dict[str, Any
             "task_id": delivery.task_id,
             "per_task": delivery.per_task,
             "created_at": delivery.created_at,
+            "traceparent": delivery.traceparent,
             queries.EXPIRES_AT: expires_at,
         }
     )
@@ -420,6 +422,7 @@ class FirestoreWebhookStore:
                     status=str(doc.get("status")),
                     finished_at=doc["finished_at"],
                     notify=bool(doc.get("notify")),
+                    traceparent=doc.get("traceparent"),
                 )
             )
         return found

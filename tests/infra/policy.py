@@ -10,6 +10,7 @@ NOT_PLAIN_ENV = {
     "AIA_DIAGNOSTIC_DIR": "local development and tests only: where the probe task records",
     "AIA_METRICS_TOKEN": "a secret: set with secret_environment_variables from Secret Manager",
     "AIA_WEBHOOKS_ALLOW_LOOPBACK": "local development only: deployed endpoints are public https",
+    "AIA_TRACE_DIR": "local development only: deployed functions export spans to Cloud Trace",
 }
 
 # Every IAM role the Terraform may grant. Adding one is a reviewed decision.
@@ -26,6 +27,7 @@ ALLOWED_ROLES = frozenset(
         "roles/storage.objectViewer",
         "roles/logging.logWriter",
         "roles/artifactregistry.writer",
+        "roles/cloudtrace.agent",
     }
 )
 # Roles that only exist (or only make sense) at project level.
@@ -35,6 +37,7 @@ PROJECT_LEVEL_ROLES = frozenset(
         "roles/datastore.viewer",
         "roles/logging.logWriter",
         "roles/artifactregistry.writer",
+        "roles/cloudtrace.agent",
     }
 )
 # Functions users call (through the load balancer when there is one).

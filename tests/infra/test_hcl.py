@@ -296,9 +296,8 @@ def test_retry_backoff_has_one_source(service: Module) -> None:
     assert match, bounds["condition"]
     low, high = match.groups()
     # Within what the code accepts (it refuses more than its own maximum).
-    code_max = next(
-        m.le for m in Settings.model_fields["retry_max_backoff_s"].metadata if hasattr(m, "le")
-    )
+    code_max = Settings.rule("retry_max_backoff_s").le
+    assert code_max is not None
     assert int(low) == 10
     assert int(high) <= code_max
     assert backoff["default"] <= int(high)
@@ -437,9 +436,12 @@ def test_rising_fields_are_exempt_from_single_field_indexes(service: Module) -> 
         # equality first, so a composite index serves it.
         assert all(q.equals for q in specs), (name, specs)
         if (collection, name) in queries.TIMER_FIELDS:
-            # Due times are queried only behind a leading shard.
             assert specs, name
-            assert all(q.equals[0] == queries.TIMER_SHARD for q in specs)
+        # One tenant's range is that tenant's to fill; any other query on a rising
+        # time (the timers, the sweeps) is read behind a leading shard, or its index
+        # would be one range for the whole service.
+        unscoped = [q for q in specs if q.equals[0] != "tenant_id"]
+        assert all(q.sharded for q in unscoped), (name, unscoped)
 
 
 def test_index_resource_uses_the_list(service: Module) -> None:
@@ -559,7 +561,19 @@ def test_project_level_grants_are_limited(service: Module) -> None:
         ("task_service", "firestore"),
         ("task_service", "firestore_keys"),
         ("task_service", "builder"),
+        ("task_service", "trace_agent"),
     }
+    # Cloud Trace's agent role (write spans, read none), only where spans are exported,
+    # and only to the functions that make spans.
+    trace = grants["trace_agent"]
+    assert trace["role"] == "roles/cloudtrace.agent"
+    assert trace["role"] in PROJECT_LEVEL_ROLES
+    assert trace["for_each"] == (
+        '${var.trace_exporter == "gcp" ? local.traced_functions : toset([])}'
+    )
+    assert service.locals["traced_functions"] == (
+        '${setsubtract(toset(keys(local.functions)), ["health", "metrics"])}'
+    )
 
 
 # Each Firestore grant resource, the databases its condition may name, and the
@@ -585,7 +599,7 @@ def test_firestore_grants_are_each_on_one_database(
     grants = service.resources["google_project_iam_member"]
     examined: list[tuple[str, str, str]] = []
     for resource, body in grants.items():
-        if resource == "builder":
+        if resource in ("builder", "trace_agent"):  # no Firestore role (checked above)
             continue
         database, field, for_each = _FIRESTORE_GRANTS[resource]
         assert body["for_each"] == for_each, resource

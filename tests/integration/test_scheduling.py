@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from shared import queries
 from shared.config import Settings
 from shared.errors import NotFound, ValidationFailed
 from shared.scheduling.schedules import (
@@ -128,11 +129,13 @@ def test_a_delayed_task_is_stored_scheduled_unpublished_and_listed(pipeline: Pip
     page = pipeline.status.list("acme", {"status": "scheduled"})
     assert [v.task_id for v in page.tasks] == [submitted.task_id]
     assert page.tasks[0].run_at == submitted.run_at
-    # An immediate task carries no timer fields at all.
+    # An immediate task stays out of the timer index; both carry the index shard
+    # that leads the timer and sweep indexes, fixed by the task's id.
     now = pipeline.submit.submit("acme", {"type": "echo", "payload": {}})
     immediate = pipeline.db.collection("tasks").document(now.task_id).get().to_dict()
     assert "run_at" not in immediate
-    assert "timer_shard" not in immediate
+    assert immediate["index_shard"] == queries.index_shard(now.task_id)
+    assert doc["index_shard"] == queries.index_shard(submitted.task_id)
 
 
 def test_an_idempotent_replay_of_a_delayed_submit_says_scheduled(pipeline: Pipeline) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 from datetime import UTC, datetime
@@ -49,7 +50,47 @@ def test_settings_defaults_and_validation_name_the_variable() -> None:
         load_settings({"AIA_METRICS_SHARDS": "zero"})
     with pytest.raises(ConfigurationError, match="AIA_TASKS_TOPIC"):
         load_settings({"AIA_TASKS_TOPIC": "ab"})
-    assert set(ENVIRONMENT.values()) == set(Settings.model_fields)
+    assert set(ENVIRONMENT.values()) == {f.name for f in dataclasses.fields(Settings)}
+
+
+def test_settings_convert_text_by_their_rules_and_refuse_the_rest() -> None:
+    settings = load_settings(
+        {
+            "AIA_DIAGNOSTIC_TASKS": "off",
+            "AIA_TASK_MODULES": " tasks.billing , tasks.reports,",
+            "AIA_TASK_PRICES": "echo=1, analytics.summary=5",
+            "AIA_HEALTH_TIMEOUT_S": "0.5",
+            "AIA_DIAGNOSTIC_DIR": "/tmp/probe",
+            "AIA_RATE_LIMIT_DEFAULT": "10/20",
+        }
+    )
+    assert settings.diagnostic_tasks is False
+    assert settings.task_modules == ("tasks.billing", "tasks.reports")
+    assert settings.task_prices == {"echo": 1, "analytics.summary": 5}
+    assert settings.health_timeout_s == 0.5
+    assert str(settings.diagnostic_dir) == "/tmp/probe"
+    assert settings.rate_limit_default == "10/20"
+    refused = {
+        "AIA_DIAGNOSTIC_TASKS": "maybe",
+        "AIA_TASK_PRICES": "echo",
+        "AIA_HEALTH_TIMEOUT_S": "3",
+        "AIA_METRICS_SHARDS": "1.5",
+        "AIA_LOG_LEVEL": "LOUD",
+        "AIA_RATE_LIMIT_DEFAULT": "fast",
+        "AIA_METRICS_FLUSH_S": "nan",
+    }
+    for variable, value in refused.items():
+        with pytest.raises(ConfigurationError, match=variable):
+            load_settings({variable: value})
+    with pytest.raises(ConfigurationError, match="price of 'echo' must be >= 0"):
+        load_settings({"AIA_TASK_PRICES": "echo=-1"})
+    # The sweep must wait out Pub/Sub's backoff: a rule across two settings.
+    with pytest.raises(ConfigurationError, match="AIA_REDISPATCH_AFTER_S"):
+        load_settings({"AIA_REDISPATCH_AFTER_S": "60", "AIA_RETRY_MAX_BACKOFF_S": "60"})
+    # Built in code, the same rules hold.
+    with pytest.raises(ValueError, match="metrics_shards"):
+        Settings(metrics_shards=0)
+    assert Settings(metrics_token="t") == Settings(metrics_token="t")  # type: ignore[arg-type]
 
 
 def test_keyring_text_from_variable_file_or_clear_error(tmp_path: object) -> None:

@@ -199,6 +199,20 @@ def task_table(tasks: Iterable[Task], *, errors: bool = False) -> Table:
     return table
 
 
+# A trace console's page for one trace, "{trace_id}" replaced: the same setting the
+# service's dashboard reads, e.g. Cloud Trace's
+# https://console.cloud.google.com/traces/list?project=P&tid={trace_id}
+TRACE_URL_ENV = "AIA_TRACE_CONSOLE_URL"
+
+
+def trace_link(trace_id: str | None) -> str | None:
+    """The trace console's page of `trace_id`, when a console URL is configured."""
+    template = os.environ.get(TRACE_URL_ENV, "")
+    if not trace_id or "{trace_id}" not in template:
+        return None
+    return template.replace("{trace_id}", trace_id)
+
+
 def task_detail(task: Task) -> Table:
     from rich.markup import escape
     from rich.table import Table
@@ -219,6 +233,8 @@ def task_detail(task: Task) -> Table:
     for name in ("parent_id", "workflow_id", "trace_id", "dispatch"):
         if (value := getattr(task, name)) is not None:
             grid.add_row(name.replace("_", " "), escape(str(value)))
+    if (link := trace_link(task.trace_id)) is not None:
+        grid.add_row("trace", escape(link))
     if task.blocked_by:
         grid.add_row("blocked by", escape(", ".join(task.blocked_by)))
     if task.children:

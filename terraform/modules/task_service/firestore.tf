@@ -19,13 +19,15 @@ locals {
       collection = "tasks"
       fields     = [["tenant_id", "ASCENDING"], ["status", "ASCENDING"], ["type", "ASCENDING"], ["created_at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # The sweeps and the timers: the index shard leads, so rising times spread over
+    # INDEX_SHARDS index ranges (Firestore serves ~500 writes/s per range).
     stale_queued = {
       collection = "tasks"
-      fields     = [["status", "ASCENDING"], ["updated_at", "ASCENDING"]]
+      fields     = [["index_shard", "ASCENDING"], ["status", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
     expired_leases = {
       collection = "tasks"
-      fields     = [["status", "ASCENDING"], ["lease_until", "ASCENDING"]]
+      fields     = [["index_shard", "ASCENDING"], ["status", "ASCENDING"], ["lease_until", "ASCENDING"]]
     }
     children = {
       collection = "tasks"
@@ -33,17 +35,15 @@ locals {
     }
     dead_letter_pending = {
       collection = "tasks"
-      fields     = [["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
+      fields     = [["index_shard", "ASCENDING"], ["dead_letter_pending", "ASCENDING"], ["updated_at", "ASCENDING"]]
     }
-    # Timers: the shard leads, so nearly monotonic due times spread over
-    # TIMER_SHARDS index ranges (Firestore serves ~500 writes/s per range).
     due_tasks = {
       collection = "tasks"
-      fields     = [["timer_shard", "ASCENDING"], ["status", "ASCENDING"], ["run_at", "ASCENDING"]]
+      fields     = [["index_shard", "ASCENDING"], ["status", "ASCENDING"], ["run_at", "ASCENDING"]]
     }
     due_schedules = {
       collection = "schedules"
-      fields     = [["timer_shard", "ASCENDING"], ["state", "ASCENDING"], ["due_at", "ASCENDING"]]
+      fields     = [["index_shard", "ASCENDING"], ["state", "ASCENDING"], ["due_at", "ASCENDING"]]
     }
     list_schedules = {
       collection = "schedules"

@@ -117,6 +117,16 @@ resource "google_service_account" "scheduler_invoker" {
 }
 
 # Builds the functions' containers instead of the default compute account.
+# Spans to Cloud Trace (AIA_TRACE_EXPORTER=gcp), from every function that makes
+# them: the probes (health, metrics) make none.
+resource "google_project_iam_member" "trace_agent" {
+  for_each = var.trace_exporter == "gcp" ? local.traced_functions : toset([])
+
+  project = var.project_id
+  role    = "roles/cloudtrace.agent"
+  member  = google_service_account.function[each.key].member
+}
+
 resource "google_service_account" "builder" {
   project      = var.project_id
   account_id   = "${var.name_prefix}-builder"

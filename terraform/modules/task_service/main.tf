@@ -40,7 +40,14 @@ locals {
     AIA_FLOW_CACHE_S          = tostring(var.flow_cache_s)
     AIA_RATE_LIMIT_DEFAULT    = var.rate_limit_default
     AIA_LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days)
+    # Tracing (shared/tracing.py): spans to Cloud Trace, and the page the dashboard links to.
+    AIA_TRACE_EXPORTER     = var.trace_exporter
+    AIA_TRACE_SAMPLE_RATIO = tostring(var.trace_sample_ratio)
+    AIA_TRACE_CONSOLE_URL  = var.trace_exporter == "gcp" ? "https://console.cloud.google.com/traces/list?project=${var.project_id}&tid={trace_id}" : ""
   }
+
+  # The functions that make spans: the probes make none (shared.http.probe_endpoint).
+  traced_functions = setsubtract(toset(keys(local.functions)), ["health", "metrics"])
 
   # var.retry_max_backoff_s is the one value behind both push subscriptions'
   # retry policies and AIA_RETRY_MAX_BACKOFF_S; the sweep waits 5 minutes more

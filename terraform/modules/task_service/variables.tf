@@ -371,3 +371,25 @@ variable "webhook_sweep_schedule" {
   type        = string
   default     = "* * * * *"
 }
+
+variable "trace_exporter" {
+  description = "Where the functions send their OpenTelemetry spans (AIA_TRACE_EXPORTER): gcp (Cloud Trace) or none (trace context is still propagated and logged)."
+  type        = string
+  default     = "gcp"
+
+  validation {
+    condition     = contains(["gcp", "none"], var.trace_exporter)
+    error_message = "trace_exporter must be gcp or none."
+  }
+}
+
+variable "trace_sample_ratio" {
+  description = "Share of new traces recorded (AIA_TRACE_SAMPLE_RATIO); a request that arrives in a sampled trace is always recorded."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.trace_sample_ratio >= 0 && var.trace_sample_ratio <= 1
+    error_message = "trace_sample_ratio must be between 0 and 1."
+  }
+}
