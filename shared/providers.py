@@ -114,7 +114,8 @@ def task_events(repository: FirestoreTaskRepository) -> AllEvents:
     # A terminal commit counts the parent's join, settles a budget hold and stages the
     # webhook event together; fail_fast cancels the rest of a workflow before its
     # dependents fail one by one.
-    return AllEvents(WorkflowEvents(repository, joins), joins, budget_events(), webhook_events())
+    webhooks = webhook_events()
+    return AllEvents(WorkflowEvents(repository, joins, webhooks), joins, budget_events(), webhooks)
 
 
 @functools.cache
@@ -396,7 +397,7 @@ def deliverer() -> Deliverer:
     opener = TaskOpener(keyring())
     return Deliverer(
         FirestoreWebhookStore(firestore_client(), deadline=WEBHOOK_DELIVERY),
-        StatusBodies(status_service(), firestore_client(), task_documents()),
+        StatusBodies(status_service(), firestore_client(), task_documents(), workflow_service),
         opener,
         Egress(allow_loopback=get_settings().webhooks_allow_loopback),
         signer_id=lambda tenant_id: signer_id(opener, tenant_id),

@@ -68,7 +68,14 @@ def tracer() -> Tracer:
     if _tracer is None:
         with _lock:
             if _tracer is None:
-                _tracer = _make_tracer()
+                try:
+                    _tracer = _make_tracer()
+                except Exception:  # tracing must never fail a request
+                    # Say, no credentials for Cloud Trace: contexts still pass through.
+                    log.exception("trace exporter unavailable; spans are not recorded")
+                    from opentelemetry import trace
+
+                    _tracer = trace.NoOpTracer()
     return _tracer
 
 

@@ -71,6 +71,9 @@ class TaskBodies(Protocol):
 
     def webhook_url(self, tenant_id: str, task_id: str) -> str | None: ...
 
+    def workflow_body(self, tenant_id: str, workflow_id: str) -> bytes:
+        """The workflow view exactly as `GET /workflows/{id}` answers it; NotFound if gone."""
+
 
 @dataclass(frozen=True)
 class Handled:
@@ -134,7 +137,7 @@ class Deliverer:
         body = b""
         try:
             if targets:
-                body = self._tasks.body(tenant_id, event.task_id)
+                body = self._body(tenant_id, event.task_id, event.workflow_id)
         except NotFound:
             targets = []  # expired before anyone heard of it: nothing to send
         fresh = [self._new_delivery(event, target, now) for target in targets]
@@ -145,6 +148,11 @@ class Deliverer:
         if not stored:
             return Handled("skipped", "another fan-out stored this event's deliveries")
         return Handled("fanned-out", f"{len(settled)} deliveries")
+
+    def _body(self, tenant_id: str, task_id: str, workflow_id: str | None) -> bytes:
+        if workflow_id is not None:
+            return self._tasks.workflow_body(tenant_id, workflow_id)
+        return self._tasks.body(tenant_id, task_id)
 
     def _signer(self, tenant_id: str, endpoints: list[Endpoint]) -> Endpoint:
         signer_id = self._signer_id(tenant_id)
@@ -177,6 +185,7 @@ class Deliverer:
             created_at=now,
             updated_at=now,
             traceparent=event.traceparent,
+            workflow_id=event.workflow_id,
         )
 
     # -- retries and replays -------------------------------------------------
@@ -199,7 +208,7 @@ class Deliverer:
             settled = self._settle(delivery, DeliveryStatus.CANCELLED, why)
         else:
             try:
-                body = self._tasks.body(tenant_id, delivery.task_id)
+                body = self._body(tenant_id, delivery.task_id, delivery.workflow_id)
             except NotFound:
                 settled = self._settle(delivery, DeliveryStatus.FAILED, "task-gone")
             else:
@@ -431,12 +440,21 @@ class Sweeper:
 
 
 class StatusBodies:
-    """Bodies from the status use case itself, so a delivery says exactly what GET would."""
+    """Bodies from the status use cases themselves, so a delivery says exactly what GET would."""
 
-    def __init__(self, status: Any, db: Any, documents: Any) -> None:
+    def __init__(
+        self, status: Any, db: Any, documents: Any, workflows: Callable[[], Any] | None = None
+    ) -> None:
         self._status = status
         self._db = db
         self._documents = documents
+        self._workflows = workflows  # built on first use: most deliveries are tasks'
+
+    def workflow_body(self, tenant_id: str, workflow_id: str) -> bytes:
+        if self._workflows is None:
+            raise NotFound("this deployment has no workflows")
+        view = self._workflows().get(tenant_id, workflow_id).to_json()
+        return json.dumps(view, separators=(",", ":")).encode()
 
     def body(self, tenant_id: str, task_id: str) -> bytes:
         view = self._status.get(tenant_id, task_id).to_json()

@@ -12,8 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shared.tasks.models import TaskStatus
 from shared.webhooks.signing import Scheme
 
-# What an endpoint may subscribe to. `workflow.finished` is accepted ahead of the
-# workflows feature, which will emit it; the task events are emitted today.
+# What an endpoint may subscribe to: a task's end, and a workflow's (once its last
+# node ended; the body is the workflow's view).
+WORKFLOW_FINISHED = "workflow.finished"
 EventType = Literal["task.succeeded", "task.failed", "task.cancelled", "workflow.finished"]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 TASK_EVENTS: dict[TaskStatus, str] = {
@@ -210,6 +211,8 @@ class Delivery(BaseModel):
     created_at: datetime
     updated_at: datetime
     traceparent: str | None = None  # the task's trace: each attempt's request continues it
+    # A workflow.finished delivery: its body is this workflow's view (task_id names it too).
+    workflow_id: str | None = None
 
     @property
     def failed_in_series(self) -> int:
@@ -221,7 +224,12 @@ class DeliveryView(BaseModel):
     webhook_id: str
     endpoint_id: str
     event_type: str
-    task_id: str
+    task_id: str = Field(
+        description="The event's subject: the task, or for workflow.finished the workflow"
+    )
+    workflow_id: str | None = Field(
+        default=None, description="Set on workflow.finished deliveries: the workflow"
+    )
     status: DeliveryStatus
     reason: str | None = None
     attempt_count: int
@@ -238,6 +246,7 @@ class DeliveryView(BaseModel):
             endpoint_id=delivery.endpoint_id,
             event_type=delivery.event_type,
             task_id=delivery.task_id,
+            workflow_id=delivery.workflow_id,
             status=delivery.status,
             reason=delivery.reason,
             attempt_count=delivery.attempt_count,
@@ -276,6 +285,9 @@ class WebhookEvent(BaseModel):
     created_at: datetime
     fanout_due_at: datetime | None = None  # None once fanned out
     traceparent: str | None = None  # the span that finished the task (shared.tracing)
+    # workflow.finished: the workflow whose last node ended (task_id names it too,
+    # as the subject every event has).
+    workflow_id: str | None = None
 
 
 class WebhookMessage(BaseModel):
@@ -292,6 +304,11 @@ class WebhookMessage(BaseModel):
         if (self.event_id is None) == (self.delivery_id is None):
             raise ValueError("a webhook message names an event or a delivery")
         return self
+
+
+def workflow_event_id(workflow_id: str) -> str:
+    """A workflow finishes once: every detector of its end stages this one id."""
+    return "evt_" + hashlib.sha256(f"workflow\0{workflow_id}".encode()).hexdigest()[:32]
 
 
 def event_id_of(task_id: str, finished_at: datetime) -> str:

@@ -37,12 +37,14 @@ from shared.config import WEBHOOK_CACHE_MAX_S
 from shared.tasks.models import Task, TaskStatus
 from shared.webhooks.models import (
     TASK_EVENTS,
+    WORKFLOW_FINISHED,
     Endpoint,
     EndpointKind,
     EndpointStatus,
     WebhookEvent,
     WebhookMessage,
     event_id_of,
+    workflow_event_id,
 )
 from shared.webhooks.store import FirestoreWebhookStore, event_document
 
@@ -188,6 +190,40 @@ class WebhookEvents:
             self._notifier.event(tenant_id, event_id)
         except Exception:  # flush never raises: the sweep has the outbox
             log.warning("webhook flush failed", extra={"event_id": event_id}, exc_info=True)
+
+    def wants_workflow_finished(self, tenant_id: str) -> bool:
+        """Whether any endpoint of the tenant hears workflow.finished (cached lookup)."""
+        return self._subscribed(tenant_id, WORKFLOW_FINISHED)
+
+    def workflow_finished(
+        self, tenant_id: str, workflow_id: str, *, traceparent: str | None = None
+    ) -> bool:
+        """Record that a workflow's last node ended, once, and send it; True if this call did.
+
+        Every detector (the last nodes' follow-ups, racing; the reconciler) stages
+        the same event id with `create`, so exactly one succeeds.
+        """
+        if not self.wants_workflow_finished(tenant_id):
+            return False
+        now = self._clock()
+        event = WebhookEvent(
+            event_id=workflow_event_id(workflow_id),
+            tenant_id=tenant_id,
+            task_id=workflow_id,
+            workflow_id=workflow_id,
+            type=WORKFLOW_FINISHED,
+            finished_at=now,
+            created_at=now,
+            fanout_due_at=now + EVENT_GRACE,
+            traceparent=traceparent or tracing.current_traceparent(),
+        )
+        if not self._store.create_event(event, now + self._retention):
+            return False
+        try:
+            self._notifier.event(tenant_id, event.event_id)
+        except Exception:  # the sweep has the outbox
+            log.warning("webhook flush failed", extra={"event_id": event.event_id}, exc_info=True)
+        return True
 
     def _subscribed(self, tenant_id: str, event_type: str) -> bool:
         try:

@@ -105,6 +105,7 @@ def delivery_document(delivery: Delivery, expires_at: datetime) -> dict[str, Any
             "per_task": delivery.per_task,
             "created_at": delivery.created_at,
             "traceparent": delivery.traceparent,
+            "workflow_id": delivery.workflow_id,
             queries.EXPIRES_AT: expires_at,
         }
     )

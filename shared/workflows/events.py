@@ -15,6 +15,12 @@ that never finished is abandoned and its nodes cancelled; a halt or a cancel
 cut short is finished; a waiting node whose dependencies all ended long ago
 (its follow-up was lost) is started or failed; a finished workflow loses its
 `check_at`. Checks back off from 1 to 10 minutes while the workflow runs.
+
+When the tenant listens for `workflow.finished`, each node's end also counts
+the workflow's nodes that have not ended (three count aggregations and a read
+of the workflow); the follow-up that finds none stages the event, under one id
+per workflow so racing last nodes stage it once. The reconciler stages it too
+for a workflow it finds finished (a lost follow-up), before forgetting it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.clients import SWEEP_CALL, WORKER_CALL
 from shared.errors import AIAError
@@ -72,28 +78,61 @@ def halt(
     return asked
 
 
+class FinishedListener(Protocol):
+    """Who hears that a workflow's last node ended (the webhook outbox)."""
+
+    def wants_workflow_finished(self, tenant_id: str) -> bool: ...
+
+    def workflow_finished(
+        self, tenant_id: str, workflow_id: str, *, traceparent: str | None = None
+    ) -> bool: ...
+
+
 class WorkflowEvents:
     """The `TaskEvents` follower of workflow nodes (and the workflows' reconciler)."""
 
-    def __init__(self, repository: FirestoreTaskRepository, joins: Joins) -> None:
+    def __init__(
+        self,
+        repository: FirestoreTaskRepository,
+        joins: Joins,
+        finished: FinishedListener | None = None,
+    ) -> None:
         self._repository = repository
         self._joins = joins
         self._store = WorkflowStore(repository)
+        self._finished = finished
 
     def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
         return None  # nothing to record with the node: its status is the record
 
     def flush(self, task: Task, status: TaskStatus) -> None:
-        if task.workflow_id is None or status is TaskStatus.SUCCEEDED:
+        if task.workflow_id is None or not status.terminal:
             return
         try:
-            self._node_ended(task)
+            if status is not TaskStatus.SUCCEEDED:
+                self._node_ended(task)
+            self._maybe_finished(task)
         except Exception:  # the reconciler finishes what a failed follow-up left
             log.warning(
                 "workflow follow-up failed",
                 extra={"task_id": task.task_id, "workflow_id": task.workflow_id},
                 exc_info=True,
             )
+
+    def _maybe_finished(self, task: Task) -> None:
+        """Stage workflow.finished if this was the last node to end (and someone listens)."""
+        if self._finished is None or not self._finished.wants_workflow_finished(task.tenant_id):
+            return
+        assert task.workflow_id is not None
+        workflow = self._store.read(task.workflow_id, WORKER_CALL)
+        if workflow is None or workflow.tenant_id != task.tenant_id or workflow.get("creating"):
+            return
+        if self._unfinished(workflow, WORKER_CALL) <= 0:
+            self._finished.workflow_finished(workflow.tenant_id, workflow.workflow_id)
+
+    def _unfinished(self, workflow: WorkflowSnapshot, deadline: Any) -> int:
+        total = int(workflow.get("node_count") or len(workflow.nodes))
+        return total - sum(self._store.outcomes(workflow, deadline).values())
 
     def _node_ended(self, task: Task) -> None:
         """A node failed or was cancelled: under fail_fast, halt the workflow (once)."""
@@ -163,6 +202,9 @@ class WorkflowEvents:
             else:
                 self._unblock(workflow, docs, now)
         changes: dict[str, Any]
+        if unfinished <= 0 and not workflow.get("abandoned") and self._finished is not None:
+            # Its last node's follow-up may have been lost: stage it (once) before forgetting.
+            self._finished.workflow_finished(workflow.tenant_id, workflow.workflow_id)
         if unfinished <= 0 or workflow.get("abandoned"):
             changes = {"check_at": DELETE_FIELD}
         else:

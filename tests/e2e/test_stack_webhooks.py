@@ -147,3 +147,33 @@ def test_another_tenants_webhook_is_a_404_over_the_gateway(e2e: E2E, hook: Recei
     assert other.call("GET", f"/webhooks/{endpoint['id']}").status_code == 404
     assert other.call("DELETE", f"/webhooks/{endpoint['id']}").status_code == 404
     assert owner.call("DELETE", f"/webhooks/{endpoint['id']}").status_code == 204
+
+
+def test_a_finished_workflow_is_one_signed_delivery_of_its_view(
+    e2e: E2E, hook: ReceiverServer
+) -> None:
+    tenant = Tenant(e2e)
+    endpoint = tenant.register(hook.url + "/flows", events=["workflow.finished"])
+    created = tenant.call(
+        "POST",
+        "/workflows",
+        {
+            "nodes": {
+                "a": {"type": "echo", "payload": {"n": 1}},
+                "b": {"type": "echo", "payload": {"n": 2}, "depends_on": ["a"]},
+                "c": {"type": "echo", "payload": {"n": 3}, "depends_on": ["a"]},
+            }
+        },
+    )
+    assert created.status_code == 202, created.text
+    workflow_id = created.json()["workflow_id"]
+    (got,) = hook.wait_for("/flows", 1)
+    assert got.headers["aia-event-type"] == "workflow.finished"
+    view = tenant.call("GET", f"/workflows/{workflow_id}")
+    assert got.body == view.content  # byte for byte what GET answers the tenant
+    verified = Webhook(endpoint["secret"]).verify(got.body, got.headers)
+    assert verified["workflow_id"] == workflow_id
+    assert verified["status"] == "succeeded"
+    # Its nodes' own ends are not this endpoint's events: one delivery in all.
+    assert tenant.settled(endpoint["id"])["status"] == "succeeded"
+    assert len(hook.on("/flows")) == 1

@@ -8,8 +8,10 @@ dependencies are the `depends_on` machinery's.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,6 +22,10 @@ from shared.security.crypto import TaskSealer
 from shared.tasks.events import AllEvents
 from shared.tasks.models import TaskMessage, TaskStatus
 from shared.tasks.worker import Outcome
+from shared.webhooks.delivery import StatusBodies
+from shared.webhooks.models import workflow_event_id
+from shared.webhooks.outbox import EndpointDirectory, WebhookEvents
+from shared.webhooks.store import FirestoreWebhookStore
 from shared.workflows.events import WorkflowEvents
 from shared.workflows.joins import Joins
 from shared.workflows.service import WorkflowService
@@ -395,6 +401,84 @@ def test_firestore_cost_per_node(flows: Flows, capsys: pytest.CaptureFixture[str
     # record that the dependency succeeded; the last one also starts the sink.
     assert (ran[0], ran[1]) == (3 * n, 3 * n), ran
     assert ran[2] <= 6 * n, ran
+
+
+class Listening(WebhookEvents):
+    """The real outbox, as if the tenant had an endpoint for workflow.finished."""
+
+    def __init__(self, store: FirestoreWebhookStore) -> None:
+        super().__init__(
+            EndpointDirectory(lambda tenant_id: [], ttl_s=30),
+            store,
+            Recorded(),  # type: ignore[arg-type]
+            retention=timedelta(days=1),
+        )
+
+    def wants_workflow_finished(self, tenant_id: str) -> bool:
+        return True
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def event(self, tenant_id: str, event_id: str) -> bool:
+        self.events.append(event_id)
+        return True
+
+
+def _joins(flows: Flows) -> Joins:
+    events = flows.pipeline.repository.events
+    assert isinstance(events, AllEvents)
+    joins = events.followers[1]
+    assert isinstance(joins, Joins)
+    return joins
+
+
+def test_the_last_node_to_end_stages_workflow_finished_once(flows: Flows) -> None:
+    store = FirestoreWebhookStore(flows.pipeline.db)
+    outbox = Listening(store)
+    repository = flows.pipeline.repository
+    joins = _joins(flows)
+    repository.events = AllEvents(WorkflowEvents(repository, joins, outbox), joins)
+    workflow_id = flows.create(DIAMOND)
+    delivered = flows.drain()
+    assert len(delivered) == 4
+    staged = [
+        s.to_dict()
+        for s in flows.pipeline.db.collection("webhook_events").stream()
+        if (s.to_dict() or {}).get("workflow_id") == workflow_id
+    ]
+    assert len(staged) == 1, staged  # three nodes ended before the last: none staged it
+    (event,) = staged
+    assert event["type"] == "workflow.finished"
+    assert event["task_id"] == workflow_id
+    assert outbox._notifier.events == [workflow_event_id(workflow_id)]  # type: ignore[attr-defined]
+    # The reconciler finding it finished (say, the follow-up was lost) stages nothing new.
+    snapshot = flows.store.read(workflow_id)
+    assert snapshot is not None
+    WorkflowEvents(repository, joins, outbox)._check(snapshot, datetime.now(UTC))
+    assert outbox._notifier.events == [workflow_event_id(workflow_id)]  # type: ignore[attr-defined]
+    # What its deliveries send: the workflow's view, as GET /workflows/{id} answers.
+    bodies = StatusBodies(None, flows.pipeline.db, None, lambda: flows.service)
+    assert json.loads(bodies.workflow_body(TENANT, workflow_id)) == json.loads(
+        json.dumps(flows.view(workflow_id).to_json(), default=str)
+    )
+
+
+def test_a_lost_follow_up_leaves_workflow_finished_to_the_reconciler(flows: Flows) -> None:
+    store = FirestoreWebhookStore(flows.pipeline.db)
+    outbox = Listening(store)
+    repository = flows.pipeline.repository
+    joins = _joins(flows)
+    # Nodes run with no one listening, as if every follow-up had been lost.
+    workflow_id = flows.create(DIAMOND)
+    flows.drain()
+    assert outbox._notifier.events == []  # type: ignore[attr-defined]
+    snapshot = flows.store.read(workflow_id)
+    assert snapshot is not None
+    WorkflowEvents(repository, joins, outbox)._check(snapshot, datetime.now(UTC))
+    assert outbox._notifier.events == [workflow_event_id(workflow_id)]  # type: ignore[attr-defined]
 
 
 @pytest.fixture(autouse=True)
