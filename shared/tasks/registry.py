@@ -52,6 +52,9 @@ class TaskContext:
     deadline: float = float("inf")  # epoch seconds; the attempt is stopped soon after
     # What the task was given to start from: a continuation's children, by position.
     inputs: dict[str, Any] = field(default_factory=dict)
+    # W3C traceparent of the attempt's span: a handler's own outbound calls (an LLM
+    # API, say) or spans can join the task's trace with it.
+    traceparent: str | None = None
     cancel_flag: Callable[[], bool] = field(default=_never, repr=False, compare=False)
     emit: Callable[[tuple[Any, ...]], None] = field(default=_drop, repr=False, compare=False)
 

@@ -55,6 +55,7 @@ class AttemptSpec:
     max_attempts: int
     deadline: float  # wall-clock epoch seconds: children and parent share the clock
     inputs: dict[str, Any] = field(default_factory=dict)
+    traceparent: str | None = None  # the attempt's span (shared.tracing)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ def _child_main(conn: Connection, watch: Connection, cancel: Any, modules: tuple
             max_attempts=spec.max_attempts,
             deadline=spec.deadline,
             inputs=spec.inputs,
+            traceparent=spec.traceparent,
             cancel_flag=cancel.is_set,
             emit=emit,
         )

@@ -14,6 +14,7 @@ Pub/Sub's retention runs out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -237,6 +238,7 @@ class Worker:
                     "aia.timeout_s": task.timeout_s,
                 },
             ) as current:
+                spec = dataclasses.replace(spec, traceparent=tracing.current_traceparent())
                 outcome = self._runner.run(spec, cancelled=watch.requested, on_event=progress.offer)
                 current.set_attribute("aia.attempt.error", outcome.error_code or "")
         finally:

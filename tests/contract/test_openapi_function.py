@@ -366,3 +366,26 @@ def test_dashboard_headers_forbid_inline_script_and_sniffing() -> None:
     assert page.count("<script") == 1
     assert " on" not in page.replace("\n", " ").split("<body", 1)[1].split(">", 1)[0]
     assert client.get("/dashboard/../shared/config.py").status_code == 404
+
+
+def test_the_dashboard_names_the_configured_trace_console_escaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from shared.config import get_settings
+
+    console = 'https://console.example/traces?tid={trace_id}&x="><b>'
+    monkeypatch.setenv("AIA_TRACE_CONSOLE_URL", console)
+    get_settings.cache_clear()
+    try:
+        page = function_client("dashboard").get("/dashboard").get_data(as_text=True)
+    finally:
+        monkeypatch.delenv("AIA_TRACE_CONSOLE_URL")
+        get_settings.cache_clear()
+    meta = (
+        '<meta name="aia-trace-url" '
+        'content="https://console.example/traces?tid={trace_id}&amp;x=&quot;&gt;&lt;b&gt;">'
+    )
+    assert meta in page
+    assert "<b>" not in page
+    unset = function_client("dashboard").get("/dashboard").get_data(as_text=True)
+    assert '<meta name="aia-trace-url" content="">' in unset

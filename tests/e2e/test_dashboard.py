@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,10 @@ def test_a_tenant_sees_its_tasks_move_and_opens_one(page: Page, stack: RunningSt
     expect(detail.locator("dd[data-field='status']")).to_have_text("succeeded")
     expect(detail.locator("dd[data-field='attempts']")).to_have_text("1 of 1")
     expect(detail.locator("dd[data-field='finished']")).not_to_have_text("—")
+    # The trace the submit started; a link only where a trace console is configured.
+    trace = detail.locator("dd[data-field='trace']")
+    expect(trace).to_have_text(re.compile(r"^[0-9a-f]{32}$"))
+    expect(trace.locator("a")).to_have_count(0)
     assert json.loads(page.locator("#detail-output").inner_text()) == {"hello": "dashboard"}
 
     # The key lives in this tab's sessionStorage only and travels in the header only.

@@ -113,3 +113,8 @@ def metered(payload: Metered, ctx: TaskContext) -> dict[str, int]:
     if ctx.attempt <= payload.fail_attempts:
         raise RetryableError(f"attempt {ctx.attempt} fails on purpose")
     return {"attempt": ctx.attempt}
+
+
+@task_type("test.traceparent", Empty)
+def traceparent(payload: Empty, ctx: TaskContext) -> str | None:
+    return ctx.traceparent

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from shared import tracing
 from shared.errors import (
     Conflict,
     IdempotencyMismatch,
@@ -142,6 +143,17 @@ def test_echo_runs_once_even_when_delivered_twice(pipeline: Pipeline) -> None:
     raw = pipeline.db.collection("tasks").document(task_id).get().to_dict()
     assert b'"s"' not in raw["result"]
     assert raw["finished_at"] is not None
+
+
+def test_a_handler_is_given_its_attempts_place_in_the_submit_trace(pipeline: Pipeline) -> None:
+    trace_id = uuid.uuid4().hex
+    with tracing.span("POST submit_task", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01"):
+        task_id = submit(pipeline, {"type": "test.traceparent", "payload": {}})
+    assert pipeline.status.get("acme", task_id).trace_id == trace_id
+    with tracing.span("process", traceparent=f"00-{trace_id}-00f067aa0ba902b7-01"):
+        assert pipeline.worker.process(message(task_id)).outcome is Outcome.SUCCEEDED
+    handed = pipeline.status.get("acme", task_id).result
+    assert tracing.trace_id_of(handed) == trace_id
 
 
 def test_concurrent_deliveries_run_the_handler_once(pipeline: Pipeline) -> None:
