@@ -7,7 +7,7 @@ the environment.
 from __future__ import annotations
 
 import functools
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -246,19 +246,26 @@ def status_service() -> StatusService:
     return StatusService(task_repository())
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 @functools.cache
 def worker() -> Worker:
+    from shared.flow.concurrency import ConcurrencySlots
     from shared.tasks.runner import ProcessRunner
     from shared.tasks.worker import Worker
 
     registry = task_registry()
     repository = task_repository()
+    publisher = task_publisher(BACKGROUND_PUBLISH_WAIT_S)
     return Worker(
         repository,
         registry,
-        task_publisher(BACKGROUND_PUBLISH_WAIT_S),
+        publisher,
         ProcessRunner(registry.modules),
         joins=task_joins(repository),
+        slots=ConcurrencySlots(firestore_client(), lambda: publisher, clock=_utcnow),
     )
 
 

@@ -27,6 +27,7 @@ BUDGET_SHARDS = "budget_shards"
 BUDGET_USAGE = "budget_usage"
 LEDGER = "ledger"
 RATE_SHARDS = "rate_shards"
+CONCURRENCY_SLOTS = "concurrency_slots"
 
 # Field holding each document's expiry; Terraform sets a TTL policy on it.
 EXPIRES_AT = "expires_at"
@@ -38,6 +39,7 @@ TTL_COLLECTIONS = (
     LEDGER,
     RATE_SHARDS,
     WORKFLOWS,
+    CONCURRENCY_SLOTS,
 )
 # (collection, field) never filtered or ordered on: Terraform exempts them from indexing.
 # A workflow's node map and order hold up to 1,000 entries each: indexed, every
@@ -126,6 +128,10 @@ LEDGER_BY_TENANT = QuerySpec(
 LEDGER_BY_TENANT_KIND = QuerySpec(
     LEDGER, ("tenant_id", "kind"), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
 )
+# A concurrency key's waiting tasks, oldest first: a release wakes them (shared.flow.concurrency).
+TASKS_BLOCKED = QuerySpec(
+    TASKS, ("tenant_id", "blocked_by", "status"), (("created_at", "ASCENDING"),)
+)
 # Every escrow shard of a tenant; its usage shards of one period (equality only).
 BUDGET_SHARDS_OF_TENANT = QuerySpec(BUDGET_SHARDS, ("tenant_id",))
 USAGE_OF_PERIOD = QuerySpec(BUDGET_USAGE, ("tenant_id", "period"))
@@ -211,6 +217,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     LEDGER_BY_TENANT_KIND,
     BUDGET_SHARDS_OF_TENANT,
     USAGE_OF_PERIOD,
+    TASKS_BLOCKED,
 )
 
 

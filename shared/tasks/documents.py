@@ -55,6 +55,8 @@ _PLAIN_FIELDS = (
     "hold",
     "tokens_charged",
     "traceparent",
+    "concurrency_key",
+    "max_running",
 )
 
 _OPTIONAL_FIELDS = (
@@ -70,6 +72,8 @@ _OPTIONAL_FIELDS = (
     "workflow_id",
     "node",
     "traceparent",
+    "concurrency_key",
+    "max_running",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a

@@ -15,6 +15,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shared import tracing
@@ -43,6 +44,10 @@ class TaskStatus(StrEnum):
         return self.value in TERMINAL
 
 
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+MAX_RUNNING = 100
+
+
 class TaskRequest(BaseModel):
     """What a client submits."""
 
@@ -53,7 +58,8 @@ class TaskRequest(BaseModel):
             "not": {
                 "required": ["run_at", "delay_s"],
                 "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}},
-            }
+            },
+            "dependentRequired": {"max_running": ["concurrency_key"]},
         },
     )
 
@@ -95,6 +101,25 @@ class TaskRequest(BaseModel):
 
     # This task's own completion webhook (shared.webhooks): checked at submit, stored sealed.
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
+    # At most `max_running` of the tenant's tasks with this key run at once.
+    concurrency_key: str | None = Field(
+        default=None,
+        pattern=CONCURRENCY_KEY_PATTERN,
+        description="Tasks of this tenant sharing a key run at most `max_running` at once; "
+        "one over the limit waits `queued` with `blocked_by: concurrency:<key>`",
+    )
+    max_running: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_RUNNING,
+        description="The key's limit (default 1); only with `concurrency_key`",
+    )
+
+    @model_validator(mode="after")
+    def _limit_needs_a_key(self) -> TaskRequest:
+        if self.max_running is not None and self.concurrency_key is None:
+            raise ValueError("max_running needs a concurrency_key")
+        return self
 
 
 class TaskError(BaseModel):
@@ -159,6 +184,9 @@ class Task(BaseModel):
     tokens_charged: int | None = None  # None: no attempt reported any use
     # W3C traceparent of the span the task was created in (shared.tracing).
     traceparent: str | None = None
+    # A concurrency limit (shared.flow.concurrency): at most max_running with this key run.
+    concurrency_key: str | None = None
+    max_running: int | None = None
 
     @property
     def attempts_left(self) -> int:
@@ -221,7 +249,9 @@ class TaskView(BaseModel):
             cancel_requested=task.cancel_requested,
             parent_id=task.parent_id or task.continues,
             continuation_id=task.continuation_id,
-            blocked_by=task.blocked_by if task.status is TaskStatus.WAITING else None,
+            blocked_by=task.blocked_by
+            if task.status in (TaskStatus.WAITING, TaskStatus.QUEUED)
+            else None,
             workflow_id=task.workflow_id,
             trace_id=tracing.trace_id_of(task.traceparent),
         )

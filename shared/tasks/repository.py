@@ -128,6 +128,21 @@ class Lease:
     version: Any
     stored_bytes: int  # sealed bytes already in the document, to bound the result
     lock: threading.Lock = dataclass_field(default_factory=threading.Lock, repr=False)
+    # The concurrency slot taken with the lease (shared.flow.concurrency), if any.
+    slot_version: Any = None
+
+
+class SlotClaim(Protocol):
+    """A concurrency slot to take in the lease's own commit."""
+
+    def add(self, batch: Any, lease_id: str) -> None: ...
+
+    def version_now(self, lease_id: str) -> Any:
+        """The slot's version if this lease holds it (after a commit whose answer was lost)."""
+
+
+class SlotTaken(Exception):
+    """The slot a lease would take was taken meanwhile: choose again."""
 
 
 class CancelWatch:
@@ -255,7 +270,14 @@ class TaskRepository(Protocol):
     def opened_from_message(self, message: TaskMessage) -> Opened | None: ...
     def children_of(self, tenant_id: str, parent_id: str, *, open_fields: bool) -> list[Task]: ...
     def children_by_status(self, tenant_id: str, parent_id: str) -> dict[str, int]: ...
-    def take_lease(self, opened: Opened, now: datetime, lease_until: datetime) -> Lease | None: ...
+    def take_lease(
+        self,
+        opened: Opened,
+        now: datetime,
+        lease_until: datetime,
+        slot: SlotClaim | None = None,
+    ) -> Lease | None: ...
+    def park(self, opened: Opened, reason: str, now: datetime) -> bool: ...
     def finish(
         self,
         lease: Lease,
@@ -800,7 +822,13 @@ class FirestoreTaskRepository:
             return Opened(snapshot, problem=Problem.MALFORMED, detail=type(exc).__name__)
         return Opened(snapshot, task=task, key=key)
 
-    def take_lease(self, opened: Opened, now: datetime, lease_until: datetime) -> Lease | None:
+    def take_lease(
+        self,
+        opened: Opened,
+        now: datetime,
+        lease_until: datetime,
+        slot: SlotClaim | None = None,
+    ) -> Lease | None:
         """Claim the next attempt if the document is still as `opened` saw it; else None."""
         snapshot, task, key = opened.snapshot, opened.task, opened.key
         assert snapshot is not None
@@ -817,22 +845,51 @@ class FirestoreTaskRepository:
             "dispatch_pending": False,
         }
         ref = self._tasks.document(task.task_id)
-        failed_precondition, not_found, _ = _google_errors()
+        failed_precondition, not_found, already_exists = _google_errors()
+        slot_version: Any = None
+        if slot is not None:
+            changes["blocked_by"] = None  # no longer waiting for a slot, if it was
         try:
-            result = ref.update(
-                changes, option=self._after(snapshot.version), **WORKER_CALL.kwargs()
-            )
-            version = result.update_time
+            if slot is None:
+                result = ref.update(
+                    changes, option=self._after(snapshot.version), **WORKER_CALL.kwargs()
+                )
+                version = result.update_time
+            else:
+                # The lease and the slot in one commit: neither is taken without the other.
+                batch = self._db.batch()
+                batch.update(ref, changes, option=self._after(snapshot.version))
+                slot.add(batch, lease_id)
+                results = batch.commit(**WORKER_CALL.kwargs())
+                version, slot_version = results[0].update_time, results[1].update_time
         except not_found:
             return None  # gone (expired): the next read says so
-        except failed_precondition:
-            # Lost to another writer, or our own write landed and its answer was lost.
+        except (failed_precondition, already_exists):
+            # Lost to another writer, or our own write landed and its answer was lost;
+            # with a slot, perhaps only the slot was taken by someone else.
             again = self._read(task.task_id, WORKER_CALL)
+            if again is not None and slot is not None and again.version == snapshot.version:
+                raise SlotTaken(task.task_id) from None
             if again is None or again.get("lease_id") != lease_id:
                 return None
             version = again.version
+            if slot is not None:
+                slot_version = slot.version_now(lease_id)
         claimed = task.model_copy(update={**changes, "status": TaskStatus.RUNNING})
-        return Lease(claimed, key, lease_id, version, self._docs.sealed_size(snapshot.doc))
+        return Lease(
+            claimed,
+            key,
+            lease_id,
+            version,
+            self._docs.sealed_size(snapshot.doc),
+            slot_version=slot_version,
+        )
+
+    def park(self, opened: Opened, reason: str, now: datetime) -> bool:
+        """Mark a queued task as waiting for `reason` (a free slot), if it is still as read."""
+        snapshot = opened.snapshot
+        assert snapshot is not None
+        return self._conditional(snapshot, {"blocked_by": reason, "updated_at": now})
 
     def finish(
         self,
@@ -1266,7 +1323,8 @@ def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
     None for a `scheduled` task: its first delivery comes from the ticker, after
     the write that queued it, and a message describing it would start it early.
     """
-    if doc["status"] != TaskStatus.QUEUED.value:
+    if doc["status"] != TaskStatus.QUEUED.value or doc.get("concurrency_key"):
+        # A concurrency-limited task's first delivery reads its slots, and its document.
         return None
     return CreatedTask(
         version=written.update_time.rfc3339(),

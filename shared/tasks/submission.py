@@ -190,6 +190,8 @@ class SubmitService:
             blocked_by=f"tasks:{len(deps)}" if deps else None,
             inputs_from="deps" if deps else None,
             run_at=run_at,
+            concurrency_key=request.concurrency_key,
+            max_running=(request.max_running or 1) if request.concurrency_key else None,
         )
         joins = self._dependencies
         extra = joins.stage_dependents(task) if deps and joins is not None else None

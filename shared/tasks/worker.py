@@ -34,12 +34,13 @@ from shared.errors import (
     TaskFailure,
     Unavailable,
 )
+from shared.flow.concurrency import ConcurrencySlots, SlotClaimOf, blocked_by
 from shared.limits import loads_bounded
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskError, TaskMessage, TaskStatus
 from shared.tasks.progress import ProgressWriter
 from shared.tasks.registry import TaskRegistry
-from shared.tasks.repository import Lease, Opened, Problem, TaskRepository
+from shared.tasks.repository import Lease, Opened, Problem, SlotTaken, TaskRepository
 from shared.tasks.runner import STOP_GRACE_S, AttemptOutcome, AttemptRunner, AttemptSpec
 from shared.workflows.fanout import FanOut, InvalidFanOut
 
@@ -92,6 +93,7 @@ class Worker:
         *,
         policy: WorkerPolicy | None = None,
         joins: Joins | None = None,
+        slots: ConcurrencySlots | None = None,
     ) -> None:
         self._repository = repository
         self._registry = registry
@@ -99,6 +101,7 @@ class Worker:
         self._runner = runner
         self._policy = policy or WorkerPolicy()
         self._joins = joins
+        self._slots = slots
 
     def close(self) -> None:
         """Stop the handler processes this worker keeps."""
@@ -120,11 +123,50 @@ class Worker:
                 return decided
             assert opened.task is not None
             lease_until = now + timedelta(seconds=self._policy.lease_seconds(opened.task.timeout_s))
-            lease = self._repository.take_lease(opened, now, lease_until)
+            taken = self._lease(opened, now, lease_until)
+            if isinstance(taken, Processed):
+                return taken  # waits for a concurrency slot
+            lease, claim = taken
             if lease is None:
                 continue  # another delivery moved the task on: look again
-            return self._run(message, lease, lease_until)
+            try:
+                return self._run(message, lease, lease_until)
+            finally:
+                if claim is not None and self._slots is not None:
+                    # The attempt is over, however it ended: its slot goes to a waiting task.
+                    self._slots.release(claim.held(lease.slot_version))
         raise Unavailable(f"task {message.task_id} kept changing under this delivery")
+
+    def _lease(  # noqa: PLR0911 - one answer per way a claim can end
+        self, opened: Opened, now: datetime, lease_until: datetime
+    ) -> tuple[Lease | None, SlotClaimOf | None] | Processed:
+        """The lease, with a concurrency slot when the task has a key; or it waits for one."""
+        task = opened.task
+        assert task is not None
+        key = task.concurrency_key
+        if key is None or self._slots is None:
+            return self._repository.take_lease(opened, now, lease_until), None
+        limit = task.max_running or 1
+        for _ in range(_MAX_CONFLICTS):
+            claim = self._slots.claim(
+                task.tenant_id, key, limit, task_id=task.task_id, until=lease_until, now=now
+            )
+            if claim is None:
+                if task.blocked_by == blocked_by(key):
+                    # Parked before: the release that frees a slot publishes it again.
+                    return Processed(Outcome.WAITING, blocked_by(key))
+                if not self._repository.park(opened, blocked_by(key), now):
+                    return None, None  # moved on meanwhile: look again
+                # A slot freed between the look and the park would wake no one: look again.
+                if self._slots.free(task.tenant_id, key, limit, now) is None:
+                    log.info("task waits for a slot", extra={"task_id": task.task_id, "key": key})
+                    return Processed(Outcome.WAITING, blocked_by(key))
+                return None, None  # parked, and a slot is free: read the task again, take it
+            try:
+                return self._repository.take_lease(opened, now, lease_until, claim), claim
+            except SlotTaken:
+                continue  # another attempt took that slot first: choose again
+        return None, None
 
     def _decide(  # noqa: PLR0911, PLR0912 - one answer per way a delivery can end here
         self, message: TaskMessage, opened: Opened, now: datetime

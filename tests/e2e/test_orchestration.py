@@ -131,3 +131,30 @@ def test_dependencies_over_http(client: AiaClient) -> None:
     missing = client.submit({"type": "echo", "payload": {}, "depends_on": ["0" * 32]})
     assert missing.status_code == 422
     assert missing.json()["field"] == "depends_on.0"
+
+
+def test_a_concurrency_key_runs_its_tasks_one_at_a_time_and_the_rest_wait(
+    stack: RunningStack, client: AiaClient
+) -> None:
+    marker = f"k-{uuid.uuid4().hex[:10]}"
+    base = Path(stack.env["AIA_DIAGNOSTIC_DIR"])
+    key = f"user-{uuid.uuid4().hex[:8]}"
+    body = {
+        "type": "probe",
+        "payload": {"marker": marker, "seconds": 0.5},
+        "concurrency_key": key,
+    }
+    ids = [submit(client, body) for _ in range(6)]
+    # Accepted, and waiting: queued, saying for what.
+    eventually(
+        lambda: [client.task(t).json() for t in ids],
+        lambda views: any(
+            v["status"] == "queued" and v.get("blocked_by") == f"concurrency:{key}" for v in views
+        ),
+        timeout_s=30,
+    )
+    for task_id in ids:
+        assert client.wait_for(task_id, timeout_s=120)["status"] == "succeeded"
+    probe = read_probe(marker, base)
+    assert len(probe["attempts"]) == 6
+    assert probe["max_concurrency"] == 1

@@ -128,12 +128,19 @@ def submit_body(
     payload: Mapping[str, Any],
     max_attempts: int | None,
     timeout_s: int | None,
+    *,
+    concurrency_key: str | None = None,
+    max_running: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload)}
     if max_attempts is not None:
         body["max_attempts"] = max_attempts
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
+    if concurrency_key is not None:
+        body["concurrency_key"] = concurrency_key
+    if max_running is not None:
+        body["max_running"] = max_running
     return body
 
 

@@ -338,6 +338,8 @@ def cmd_submit(ctx: Context) -> int:
         idempotency_key=args.idempotency_key,
         max_attempts=args.max_attempts,
         timeout_s=args.timeout,
+        concurrency_key=args.concurrency_key,
+        max_running=args.max_running,
     )
     if args.wait:
         task = wait_with_display(ctx, submitted.task_id, args.wait_timeout)
@@ -478,6 +480,10 @@ def build_parser(prog: str = "aia") -> argparse.ArgumentParser:
     submit.add_argument("--idempotency-key", metavar="KEY", help="resubmits with it are no-ops")
     submit.add_argument("--max-attempts", type=int, metavar="N")
     submit.add_argument("--timeout", type=int, metavar="S", help="seconds per attempt")
+    submit.add_argument(
+        "--concurrency-key", metavar="KEY", help="at most --max-running of these run at once"
+    )
+    submit.add_argument("--max-running", type=int, metavar="N", help="with --concurrency-key")
     submit.add_argument("--wait", action="store_true", help="wait and print the final task")
     submit.add_argument(
         "--wait-timeout", type=float, metavar="S", help="with --wait: give up after S seconds"

@@ -104,11 +104,22 @@ class Client(_Base):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         timeout_s: int | None = None,
+        concurrency_key: str | None = None,
+        max_running: int | None = None,
     ) -> SubmittedTask:
         """Submit a task. Every retry carries the same `Idempotency-Key` (one is made if
-        none is given), so a retried submit never creates a second task."""
+        none is given), so a retried submit never creates a second task. With a
+        `concurrency_key`, at most `max_running` (default 1) of your tasks sharing it
+        run at once; the others wait `queued`."""
         key = idempotency_key or _core.new_idempotency_key()
-        body = _core.submit_body(type, payload, max_attempts, timeout_s)
+        body = _core.submit_body(
+            type,
+            payload,
+            max_attempts,
+            timeout_s,
+            concurrency_key=concurrency_key,
+            max_running=max_running,
+        )
         response = self._send("POST", "/tasks", json=body, headers={"Idempotency-Key": key})
         return _core.read_submitted(response, body, key)
 
@@ -244,10 +255,19 @@ class AsyncClient(_Base):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
         timeout_s: int | None = None,
+        concurrency_key: str | None = None,
+        max_running: int | None = None,
     ) -> SubmittedTask:
         """See `Client.submit`."""
         key = idempotency_key or _core.new_idempotency_key()
-        body = _core.submit_body(type, payload, max_attempts, timeout_s)
+        body = _core.submit_body(
+            type,
+            payload,
+            max_attempts,
+            timeout_s,
+            concurrency_key=concurrency_key,
+            max_running=max_running,
+        )
         response = await self._send("POST", "/tasks", json=body, headers={"Idempotency-Key": key})
         return _core.read_submitted(response, body, key)
 

@@ -71,6 +71,11 @@ locals {
       collection = "ledger"
       fields     = [["tenant_id", "ASCENDING"], ["kind", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
+    # Concurrency limits: a key's waiting tasks, oldest first (shared/queries.py TASKS_BLOCKED).
+    tasks_blocked = {
+      collection = "tasks"
+      fields     = [["tenant_id", "ASCENDING"], ["blocked_by", "ASCENDING"], ["status", "ASCENDING"], ["created_at", "ASCENDING"]]
+    }
     # Workflows: a tenant's page of them (shared/queries.py LIST_WORKFLOWS).
     list_workflows = {
       collection = "workflows"
@@ -92,7 +97,7 @@ locals {
   }
 
   # shared/queries.py TTL_COLLECTIONS, each with its EXPIRES_AT field.
-  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows"]
+  ttl_collections = ["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows", "concurrency_slots"]
 
   # shared/queries.py UNINDEXED_FIELDS.
   unindexed_fields = {
