@@ -336,6 +336,8 @@ class Stack:
                 # Spans as JSON lines, one file per process (shared.tracing).
                 "AIA_TRACE_EXPORTER": "file",
                 "AIA_TRACE_DIR": str(self.traces),
+                # Exported within a second (the SDK's default batches every 5 s).
+                "OTEL_BSP_SCHEDULE_DELAY": "1000",
                 "PYTHONUNBUFFERED": "1",
             }
         )

@@ -69,10 +69,17 @@ def handle(event_data: Any, process: Callable[[TaskMessage], Processed]) -> None
     in the task). A message that is not a task message at all is acknowledged
     and logged: it is nobody's task, and redelivering it would never help.
     """
-    handle_push(event_data, TaskMessage, process)
+    # functions-framework's CloudEvent keeps the message, not the subscription's name.
+    handle_push(event_data, TaskMessage, process, destination=get_settings().tasks_topic)
 
 
-def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) -> None:
+def handle_push(
+    event_data: Any,
+    model: type[M],
+    process: Callable[[M], Any],
+    *,
+    destination: str | None = None,
+) -> None:
     """`handle` for any message model: return to ack, raise Redeliver to nack.
 
     `process` returns something with `outcome` and `detail`, which is logged.
@@ -85,7 +92,7 @@ def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) ->
         attributes = {}
     logs.bind(logs.trace_id_from_headers(attributes), message_id=message.get("messageId"))
     error: BaseException | None = None
-    with _consumer_span(event_data, message, attributes) as current:
+    with _consumer_span(event_data, message, attributes, destination) as current:
         try:
             decoded = decode_message(event_data, model)
             for name, key in (("task_id", "aia.task.id"), ("tenant_id", "aia.tenant.id")):
@@ -112,7 +119,12 @@ def handle_push(event_data: Any, model: type[M], process: Callable[[M], Any]) ->
     raise Redeliver(code) from error
 
 
-def _consumer_span(event_data: Any, message: dict[str, Any], attributes: dict[str, Any]) -> Any:
+def _consumer_span(
+    event_data: Any,
+    message: dict[str, Any],
+    attributes: dict[str, Any],
+    destination: str | None,
+) -> Any:
     """The CONSUMER span of one push delivery, continuing its publisher's trace.
 
     Attributes follow OpenTelemetry's messaging conventions for Pub/Sub; the
@@ -121,7 +133,7 @@ def _consumer_span(event_data: Any, message: dict[str, Any], attributes: dict[st
     from shared import tracing
 
     subscription = event_data.get("subscription") if isinstance(event_data, dict) else None
-    name = str(subscription or "").rsplit("/", 1)[-1] or "push"
+    name = str(subscription or destination or "").rsplit("/", 1)[-1] or "push"
     delivery_attempt = event_data.get("deliveryAttempt") if isinstance(event_data, dict) else None
     return tracing.span(
         f"process {name}",
@@ -133,6 +145,7 @@ def _consumer_span(event_data: Any, message: dict[str, Any], attributes: dict[st
             "messaging.operation.type": "process",
             "messaging.operation.name": "process",
             "messaging.destination.subscription.name": str(subscription or ""),
+            "messaging.destination.name": str(destination or ""),
             "messaging.message.id": str(message.get("messageId") or ""),
             **(
                 {"messaging.gcp_pubsub.message.delivery_attempt": int(delivery_attempt)}

@@ -63,9 +63,11 @@ def test_a_client_trace_runs_through_submit_worker_logs_and_webhook(
     # submit_task's SERVER span continues the client's; its PRODUCER span is what the
     # message names; process_task's CONSUMER span is that one's child, the run nests in
     # it, and deliver_webhooks' CLIENT span is the webhook request.
+    # Each process exports its spans in batches, on its own schedule: wait for all four.
+    expected = {"POST submit_task", "send aia-tasks", "run echo", "POST webhook"}
     spans = eventually(
         lambda: _spans(e2e.stack.state_dir / "traces", trace_id),
-        lambda found: {"POST webhook", "run echo"} <= {s["name"] for s in found},
+        lambda found: expected <= {s["name"] for s in found},
     )
     server = _named(spans, "SERVER", "POST submit_task")
     assert server["parent_id"] == f"0x{client_span}"
@@ -77,6 +79,7 @@ def test_a_client_trace_runs_through_submit_worker_logs_and_webhook(
         if s["kind"] == "SpanKind.CONSUMER" and s["attributes"].get("aia.task.id") == task_id
     )
     assert consumer["parent_id"] == producer["context"]["span_id"]
+    assert consumer["name"] == "process aia-tasks"
     assert consumer["attributes"]["messaging.system"] == "gcp_pubsub"
     assert consumer["resource"]["attributes"]["service.name"] == "aia"
     run = _named(spans, "INTERNAL", "run echo")

@@ -40,6 +40,9 @@ PROJECT_LEVEL_ROLES = frozenset(
         "roles/cloudtrace.agent",
     }
 )
+# Functions that make no spans (shared.http.probe_endpoint): the others may write to
+# Cloud Trace (roles/cloudtrace.agent) when spans are exported there.
+UNTRACED = frozenset({"health", "metrics"})
 # Functions users call (through the load balancer when there is one).
 USER_FACING = frozenset(
     {

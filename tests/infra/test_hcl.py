@@ -37,6 +37,7 @@ from tests.infra.policy import (
     NOT_PLAIN_ENV,
     PROJECT_LEVEL_ROLES,
     PUBLISHERS,
+    UNTRACED,
     USER_FACING,
     WARM_IN_PROD,
 )
@@ -571,8 +572,13 @@ def test_project_level_grants_are_limited(service: Module) -> None:
     assert trace["for_each"] == (
         '${var.trace_exporter == "gcp" ? local.traced_functions : toset([])}'
     )
+    # ... and they are the functions the code leaves untraced.
+    for name in discover_functions(REPO_ROOT):
+        source = (REPO_ROOT / "functions" / name / "main.py").read_text(encoding="utf-8")
+        assert ("@http.probe_endpoint" in source) == (name in UNTRACED), name
+    untraced = ", ".join(f'"{name}"' for name in sorted(UNTRACED))
     assert service.locals["traced_functions"] == (
-        '${setsubtract(toset(keys(local.functions)), ["health", "metrics"])}'
+        f"${{setsubtract(toset(keys(local.functions)), [{untraced}])}}"
     )
 
 

@@ -33,6 +33,7 @@ from tests.infra.policy import (
     METRICS_TOKEN,
     NOT_PLAIN_ENV,
     PUBLISHERS,
+    UNTRACED,
     USER_FACING,
     WARM_IN_PROD,
 )
@@ -377,8 +378,12 @@ def test_iam_in_plan(case: str, plans: dict[str, Any]) -> None:
     invokers = len(expected_invokers(case)["health"])
     assert counted == {
         "google_cloud_run_v2_service_iam_member": INTERNAL_GRANTS + len(USER_FACING) * invokers,
-        # tasks database for every function, keys database for its readers, 2 for builds
-        "google_project_iam_member": len(functions(plans[case])) + len(KEYS_READERS) + 2,
+        # tasks database for every function, keys database for its readers, 2 for builds,
+        # and Cloud Trace's agent role for every function that makes spans
+        "google_project_iam_member": len(functions(plans[case])) * 2
+        - len(UNTRACED)
+        + len(KEYS_READERS)
+        + 2,
         "google_secret_manager_secret_iam_member": len(KEYRING) + len(METRICS_TOKEN),
         # publishers, health viewing the tasks topic, the agent publishing to the backstop
         "google_pubsub_topic_iam_member": sum(map(len, PUBLISHERS.values())) + 1 + 1,
@@ -419,8 +424,14 @@ def test_firestore_grants_in_plan(env: str, plans: dict[str, Any]) -> None:
         r["name"]: r["values"]["name"] for r in resources(plans[env], "google_firestore_database")
     }
     grants = []
+    tracing: set[str] = set()
     for r in resources(plans[env], "google_project_iam_member"):
         role = r["values"]["role"]
+        if r["name"] == "trace_agent":
+            assert role == "roles/cloudtrace.agent", r["address"]
+            assert r["values"]["condition"] == [], r["address"]
+            tracing.add(r["index"])
+            continue
         if not role.startswith("roles/datastore."):
             assert r["name"] == "builder", r["address"]
             assert r["values"]["condition"] == [], r["address"]
@@ -433,6 +444,7 @@ def test_firestore_grants_in_plan(env: str, plans: dict[str, Any]) -> None:
         assert match, condition["expression"]
         grants.append((r["index"], match.group(1), role))
     names = set(package.discover_functions(REPO_ROOT))
+    assert tracing == names - UNTRACED  # spans go to Cloud Trace in every environment
     assert len(grants) == len(names) + len(KEYS_READERS), grants
     assert sorted(f for f, db, _ in grants if db == databases["this"]) == sorted(names)
     on_keys = {(f, role) for f, db, role in grants if db == databases["keys"]}

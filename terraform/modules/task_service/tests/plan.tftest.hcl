@@ -101,8 +101,8 @@ run "firestore_indexes_and_ttl" {
   }
 
   assert {
-    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows"])
-    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, the budget ledger, rate-limit shards and workflows."
+    condition     = toset([for f in google_firestore_field.ttl : f.collection]) == toset(["tasks", "idempotency_keys", "webhook_events", "webhook_deliveries", "ledger", "rate_shards", "workflows", "concurrency_slots"])
+    error_message = "TTL policies on tasks, idempotency_keys, the webhook outbox and deliveries, the budget ledger, rate-limit shards, workflows and concurrency slots."
   }
 
   assert {
@@ -336,4 +336,31 @@ run "rejects_a_webhook_cache_beyond_the_catch_up" {
   }
 
   expect_failures = [var.webhook_cache_s]
+}
+
+run "spans_to_cloud_trace_from_the_functions_that_make_them" {
+  command = plan
+
+  assert {
+    condition     = !contains(keys(google_project_iam_member.trace_agent), "health") && !contains(keys(google_project_iam_member.trace_agent), "metrics") && contains(keys(google_project_iam_member.trace_agent), "process_task")
+    error_message = "Every function but the probes may write spans; the probes make none."
+  }
+
+  assert {
+    condition     = alltrue([for m in google_project_iam_member.trace_agent : m.role == "roles/cloudtrace.agent"])
+    error_message = "Only Cloud Trace's agent role: write spans, read none."
+  }
+}
+
+run "no_trace_role_without_cloud_trace" {
+  command = plan
+
+  variables {
+    trace_exporter = "none"
+  }
+
+  assert {
+    condition     = length(google_project_iam_member.trace_agent) == 0
+    error_message = "Without Cloud Trace export, no function gets its role."
+  }
 }
