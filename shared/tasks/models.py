@@ -59,7 +59,12 @@ class TaskRequest(BaseModel):
                 "required": ["run_at", "delay_s"],
                 "properties": {"run_at": {"type": "string"}, "delay_s": {"type": "number"}},
             },
-            "dependentRequired": {"max_running": ["concurrency_key"]},
+            # max_running (a number) needs a concurrency_key (a string): TaskRequest's rule.
+            "if": {"required": ["max_running"], "properties": {"max_running": {"type": "integer"}}},
+            "then": {
+                "required": ["concurrency_key"],
+                "properties": {"concurrency_key": {"type": "string"}},
+            },
         },
     )
 

@@ -39,6 +39,13 @@ def _spans(directory: Path, trace_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def _consumes(span: dict[str, Any], task_id: str) -> bool:
+    """The worker's CONSUMER span of the delivery that ran `task_id`."""
+    return bool(
+        span["kind"] == "SpanKind.CONSUMER" and span["attributes"].get("aia.task.id") == task_id
+    )
+
+
 def _named(spans: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     matching = [s for s in spans if s["kind"] == f"SpanKind.{kind}" and s["name"] == name]
     assert len(matching) == 1, [(s["kind"], s["name"]) for s in spans]
@@ -64,20 +71,19 @@ def test_a_client_trace_runs_through_submit_worker_logs_and_webhook(
     # message names; process_task's CONSUMER span is that one's child, the run nests in
     # it, and deliver_webhooks' CLIENT span is the webhook request.
     # Each process exports its spans in batches, on its own schedule: wait for all four.
+    # A span is exported once it ends, so a parent comes after its children.
     expected = {"POST submit_task", "send aia-tasks", "run echo", "POST webhook"}
     spans = eventually(
         lambda: _spans(e2e.stack.state_dir / "traces", trace_id),
-        lambda found: expected <= {s["name"] for s in found},
+        lambda found: (
+            expected <= {s["name"] for s in found} and any(_consumes(s, task_id) for s in found)
+        ),
     )
     server = _named(spans, "SERVER", "POST submit_task")
     assert server["parent_id"] == f"0x{client_span}"
     producer = _named(spans, "PRODUCER", "send aia-tasks")
     assert producer["parent_id"] == server["context"]["span_id"]
-    consumer = next(
-        s
-        for s in spans
-        if s["kind"] == "SpanKind.CONSUMER" and s["attributes"].get("aia.task.id") == task_id
-    )
+    consumer = next(s for s in spans if _consumes(s, task_id))
     assert consumer["parent_id"] == producer["context"]["span_id"]
     assert consumer["name"] == "process aia-tasks"
     assert consumer["attributes"]["messaging.system"] == "gcp_pubsub"
