@@ -101,6 +101,7 @@ def run(tasks: int, work: Path) -> dict[str, Any]:
     from google.cloud import pubsub_v1
 
     from shared import providers
+    from shared.clients import firestore_client
     from shared.config import get_settings
     from shared.tasks.diagnostic import read_probe
 
@@ -120,7 +121,7 @@ def run(tasks: int, work: Path) -> dict[str, Any]:
         }
         # The first call to a fresh emulator opens the channel: not the submit path's cost
         # (and slower than its tight deadlines).
-        providers.firestore_client().collection("warm").document("up").get(timeout=30)
+        firestore_client().collection("warm").document("up").get(timeout=30)
         started = time.monotonic()
         submit = providers.submit_service()
         ids = [submit.submit("acme", body).task_id for _ in range(tasks)]
