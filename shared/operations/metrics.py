@@ -70,8 +70,9 @@ CACHE_S = 5.0
 # dropped from BUCKETS can still be folded into the next larger one.
 _BUCKET_FIELD = re.compile(r"^le_(\d+)ms$")
 
-# Below Prometheus' default 10 s scrape timeout.
-_COLLECT_TIMEOUT_S = 5.0
+# Below Prometheus' default 10 s scrape timeout, with room for a busy Firestore: a
+# scrape is one count per live status and type (4 x ~20 on the emulator), 8 at a time.
+_COLLECT_TIMEOUT_S = 8.0
 # Count queries are small, independent RPCs; a shared pool lets one scrape run
 # them side by side without starting threads per request.
 _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="metrics")
