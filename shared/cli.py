@@ -16,6 +16,7 @@ from typing import Any
 
 from shared import providers
 from shared.errors import AIAError
+from shared.tasks.models import MAX_RUNNING
 
 # The local stack's environment: beside the caller, or in the checkout holding this file.
 DEV_ENV_CANDIDATES = (
@@ -173,21 +174,41 @@ def _tenants_set_limits(args: argparse.Namespace) -> int:
 
     from shared.flow.limits_store import ALL_TYPES, LimitSpec
 
-    scope = args.type or ALL_TYPES
-    try:
-        spec = None if args.clear else LimitSpec(rate=args.rate, burst=args.burst)
-    except ValidationError as exc:
-        print(f"aia: invalid limit: {exc.errors()[0]['msg']}", file=sys.stderr)
-        return 2
-    config = providers.flow_config().set_limit(args.tenant, scope, spec)
-    what = "all submits" if scope == ALL_TYPES else f"type {scope}"
-    if spec is None:
-        print(f"{args.tenant}: no rate limit on {what}", file=sys.stderr)
-    else:
-        print(f"{args.tenant}: {spec.rate:g}/s, burst {spec.burst} on {what}", file=sys.stderr)
+    store = providers.flow_config()
+    config = None
+    if args.max_running is not None:
+        config = store.set_max_running(args.tenant, args.max_running or None)
+        shown = config.max_running or "no limit"
+        print(f"{args.tenant}: max_running {shown}", file=sys.stderr)
+    if args.rate is not None or args.burst is not None or args.clear:
+        scope = args.type or ALL_TYPES
+        try:
+            spec = None if args.clear else LimitSpec(rate=args.rate, burst=args.burst)
+        except ValidationError as exc:
+            print(f"aia: invalid limit: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
+        config = store.set_limit(args.tenant, scope, spec)
+        what = "all submits" if scope == ALL_TYPES else f"type {scope}"
+        if spec is None:
+            print(f"{args.tenant}: no rate limit on {what}", file=sys.stderr)
+        else:
+            print(f"{args.tenant}: {spec.rate:g}/s, burst {spec.burst} on {what}", file=sys.stderr)
+    assert config is not None  # main() refuses a call that changes nothing
     for name, limit in sorted(config.limits.items()):
         print(f"{'*' if name == ALL_TYPES else name}\t{limit.rate:g}/s\tburst {limit.burst}")
+    if config.max_running is not None:
+        print(f"max_running\t{config.max_running}")
     return 0
+
+
+def _max_running(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_RUNNING:
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number 0-{MAX_RUNNING}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -218,15 +239,23 @@ def _add_budget_commands(groups: Any) -> None:
     show.add_argument("--json", action="store_true")
     show.set_defaults(run=_budgets_show)
 
-    tenants = groups.add_parser("tenants", help="tenants' rate limits").add_subparsers(
+    tenants = groups.add_parser("tenants", help="tenants' limits").add_subparsers(
         dest="command", required=True
     )
-    limits = tenants.add_parser("set-limits", help="a tenant's rate limit (all submits or a type)")
+    limits = tenants.add_parser(
+        "set-limits", help="a tenant's rate limit (all submits or a type) and max_running"
+    )
     limits.add_argument("--tenant", required=True)
     limits.add_argument("--rate", type=float, default=None, help="sustained submits per second")
     limits.add_argument("--burst", type=_positive_int, default=None, help="submits at once")
     limits.add_argument("--type", default=None, help="limit this task type only")
-    limits.add_argument("--clear", action="store_true", help="remove the limit")
+    limits.add_argument("--clear", action="store_true", help="remove the rate limit")
+    limits.add_argument(
+        "--max-running",
+        type=_max_running,
+        default=None,
+        help=f"tasks of the tenant running at once (1-{MAX_RUNNING}; 0 removes the limit)",
+    )
     limits.set_defaults(run=_tenants_set_limits)
 
 
@@ -294,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is _tenants_set_limits and not args.clear:
-        incomplete = args.rate is None or args.burst is None
-        if incomplete:
-            parser.error("set-limits needs --rate and --burst (or --clear)")
+        rate_given = args.rate is not None or args.burst is not None
+        if (rate_given or args.max_running is None) and (args.rate is None or args.burst is None):
+            parser.error("set-limits needs --rate and --burst, --clear or --max-running")
     for candidate in DEV_ENV_CANDIDATES:
         load_dev_env(candidate)
     try:

@@ -221,6 +221,9 @@ class Settings:
     # "RATE/BURST" for tenants without a limit of their own; empty: no default limit.
     rate_limit_default: str = field(default="", metadata=_text(pattern=r"(\d+(\.\d+)?(/\d+)?)?"))
     ledger_retention_days: int = field(default=400, metadata=_number(int, ge=1, le=3650))
+    # Tasks of one tenant running at once, for tenants without a max_running of their
+    # own; 0: no limit. Below the workers' capacity, it shares them fairly.
+    tenant_max_running: int = field(default=0, metadata=_number(int, ge=0, le=100))
     # Tracing (shared.tracing): where spans go, the share of new traces kept, and
     # the console page of a trace ("{trace_id}" is replaced) the dashboard links to.
     trace_exporter: str = field(default="none", metadata=_text(pattern="none|file|console|gcp"))
@@ -307,6 +310,7 @@ ENVIRONMENT: dict[str, str] = {
     "AIA_FLOW_CACHE_S": "flow_cache_s",
     "AIA_RATE_LIMIT_DEFAULT": "rate_limit_default",
     "AIA_LEDGER_RETENTION_DAYS": "ledger_retention_days",
+    "AIA_TENANT_MAX_RUNNING": "tenant_max_running",
     "AIA_TRACE_EXPORTER": "trace_exporter",
     "AIA_TRACE_DIR": "trace_dir",
     "AIA_TRACE_SAMPLE_RATIO": "trace_sample_ratio",

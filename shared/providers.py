@@ -259,6 +259,12 @@ def worker() -> Worker:
     registry = task_registry()
     repository = task_repository()
     publisher = task_publisher(BACKGROUND_PUBLISH_WAIT_S)
+    default_limit = get_settings().tenant_max_running or None
+
+    def tenant_limit(tenant_id: str) -> int | None:
+        # The tenant's own, else the default: one cached read per tenant per instance.
+        return flow_config().get(tenant_id).max_running or default_limit
+
     return Worker(
         repository,
         registry,
@@ -266,6 +272,7 @@ def worker() -> Worker:
         ProcessRunner(registry.modules),
         joins=task_joins(repository),
         slots=ConcurrencySlots(firestore_client(), lambda: publisher, clock=_utcnow),
+        tenant_limit=tenant_limit,
     )
 
 

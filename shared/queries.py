@@ -128,9 +128,10 @@ LEDGER_BY_TENANT = QuerySpec(
 LEDGER_BY_TENANT_KIND = QuerySpec(
     LEDGER, ("tenant_id", "kind"), (("at", "DESCENDING"), ("__name__", "DESCENDING"))
 )
-# A concurrency key's waiting tasks, oldest first: a release wakes them (shared.flow.concurrency).
+# A slot group's waiting tasks, first in line (`ready_at`) first: a release wakes them
+# (shared.flow.concurrency).
 TASKS_BLOCKED = QuerySpec(
-    TASKS, ("tenant_id", "blocked_by", "status"), (("created_at", "ASCENDING"),)
+    TASKS, ("tenant_id", "blocked_by", "status"), (("ready_at", "ASCENDING"),)
 )
 # Every escrow shard of a tenant; its usage shards of one period (equality only).
 BUDGET_SHARDS_OF_TENANT = QuerySpec(BUDGET_SHARDS, ("tenant_id",))

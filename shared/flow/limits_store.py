@@ -1,10 +1,9 @@
-"""A tenant's flow configuration: its budget and its rate limits, one document per tenant.
+"""A tenant's flow configuration: budget, rate limits and max_running, one document per tenant.
 
 Every submit needs it, so each instance keeps what it read for a short TTL
 (`AIA_FLOW_CACHE_S`, 10 s): a tenant without a budget or limits costs one read
 per instance per TTL, nothing per task. What operators change takes effect
-within that TTL. Parts of flow control still to come (concurrency limits,
-priorities) belong in the same document, read by the same cached lookup.
+within that TTL. The worker reads the tenant's `max_running` the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from shared.clients import AUTH_READ, SUBMIT_WRITE, Deadline
 from shared.errors import ConfigurationError, ValidationFailed
 from shared.flow.gcra import Limit
+from shared.tasks.models import MAX_RUNNING
 
 FLOW_CONFIG = "flow_config"
 # The key of the limit on all of a tenant's submits; any other key is a task type.
@@ -63,6 +63,8 @@ class FlowConfig(BaseModel):
     tenant_id: str
     budget: BudgetSpec | None = None
     limits: dict[str, LimitSpec] = Field(default_factory=dict)
+    # At most this many of the tenant's tasks run at once (shared.flow.concurrency).
+    max_running: int | None = Field(default=None, ge=1, le=MAX_RUNNING)
 
     def limits_for(self, task_type: str, default: LimitSpec | None) -> list[tuple[str, Limit]]:
         """(scope, limit) pairs a submit of `task_type` must pass: the tenant's, then the type's."""
@@ -162,6 +164,24 @@ class FlowConfigStore:
         # A merge of the nested map touches limits.<scope> alone, whatever the scope's characters.
         self._ref(tenant_id).set(
             {"tenant_id": tenant_id, "updated_at": datetime.now(UTC), "limits": {scope: value}},
+            merge=True,
+            **SUBMIT_WRITE.kwargs(),
+        )
+        self.forget(tenant_id)
+        return self.fresh(tenant_id)[0]
+
+    def set_max_running(self, tenant_id: str, limit: int | None) -> FlowConfig:
+        """Store (or with None remove) how many of the tenant's tasks may run at once."""
+        from google.cloud.firestore import DELETE_FIELD
+
+        if limit is not None and not 1 <= limit <= MAX_RUNNING:
+            raise ValidationFailed(f"max_running must be 1-{MAX_RUNNING}", field="max_running")
+        self._ref(tenant_id).set(
+            {
+                "tenant_id": tenant_id,
+                "updated_at": datetime.now(UTC),
+                "max_running": DELETE_FIELD if limit is None else limit,
+            },
             merge=True,
             **SUBMIT_WRITE.kwargs(),
         )

@@ -57,6 +57,7 @@ _PLAIN_FIELDS = (
     "traceparent",
     "concurrency_key",
     "max_running",
+    "priority",
 )
 
 _OPTIONAL_FIELDS = (
@@ -74,6 +75,7 @@ _OPTIONAL_FIELDS = (
     "traceparent",
     "concurrency_key",
     "max_running",
+    "priority",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a

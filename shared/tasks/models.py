@@ -46,6 +46,7 @@ class TaskStatus(StrEnum):
 
 CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 MAX_RUNNING = 100
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
 
 class TaskRequest(BaseModel):
@@ -118,6 +119,13 @@ class TaskRequest(BaseModel):
         ge=1,
         le=MAX_RUNNING,
         description="The key's limit (default 1); only with `concurrency_key`",
+    )
+    priority: int | None = Field(
+        default=None,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="0-9, default 5, higher first: among the tenant's tasks waiting for a "
+        "concurrency slot, each step is a minute's head start in line",
     )
 
     @model_validator(mode="after")
@@ -192,6 +200,7 @@ class Task(BaseModel):
     # A concurrency limit (shared.flow.concurrency): at most max_running with this key run.
     concurrency_key: str | None = None
     max_running: int | None = None
+    priority: int | None = None  # None: the default (shared.flow.concurrency.DEFAULT_PRIORITY)
 
     @property
     def attempts_left(self) -> int:
@@ -231,6 +240,7 @@ class TaskView(BaseModel):
     blocked_by: str | None = None
     children: dict[str, int] | None = None  # a parent's children by status
     workflow_id: str | None = None  # the workflow this task is a node of
+    priority: int | None = Field(default=None, description="The priority given at submit")
     trace_id: str | None = Field(
         default=None,
         description="The OpenTelemetry trace the task was submitted in (W3C trace id)",
@@ -258,6 +268,7 @@ class TaskView(BaseModel):
             if task.status in (TaskStatus.WAITING, TaskStatus.QUEUED)
             else None,
             workflow_id=task.workflow_id,
+            priority=task.priority,
             trace_id=tracing.trace_id_of(task.traceparent),
         )
 
@@ -281,6 +292,7 @@ class TaskView(BaseModel):
             "blocked_by",
             "children",
             "workflow_id",
+            "priority",
             "trace_id",
         ):
             if body.get(optional) is None:
@@ -309,6 +321,7 @@ class CreatedTask(BaseModel):
     notify: bool = False  # it has a webhook_url: its outcome stages a per-task webhook
     # A budgeted tenant's reservation: the terminal commit settles it, so it travels too.
     hold: TokenHold | None = None
+    priority: int | None = None  # its place in line, should a tenant limit make it wait
 
 
 class TaskMessage(BaseModel):

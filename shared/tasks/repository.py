@@ -128,17 +128,17 @@ class Lease:
     version: Any
     stored_bytes: int  # sealed bytes already in the document, to bound the result
     lock: threading.Lock = dataclass_field(default_factory=threading.Lock, repr=False)
-    # The concurrency slot taken with the lease (shared.flow.concurrency), if any.
-    slot_version: Any = None
+    # The versions of the concurrency slots taken with the lease (shared.flow.concurrency).
+    slot_version: tuple[Any, ...] = ()
 
 
 class SlotClaim(Protocol):
-    """A concurrency slot to take in the lease's own commit."""
+    """Concurrency slots to take in the lease's own commit (its writes after the lease's)."""
 
     def add(self, batch: Any, lease_id: str) -> None: ...
 
-    def version_now(self, lease_id: str) -> Any:
-        """The slot's version if this lease holds it (after a commit whose answer was lost)."""
+    def version_now(self, lease_id: str) -> tuple[Any, ...]:
+        """Each slot's version if this lease holds it (after a commit whose answer was lost)."""
 
 
 class SlotTaken(Exception):
@@ -277,7 +277,7 @@ class TaskRepository(Protocol):
         lease_until: datetime,
         slot: SlotClaim | None = None,
     ) -> Lease | None: ...
-    def park(self, opened: Opened, reason: str, now: datetime) -> bool: ...
+    def park(self, opened: Opened, reason: str, now: datetime, ready_at: datetime) -> bool: ...
     def finish(
         self,
         lease: Lease,
@@ -796,6 +796,7 @@ class FirestoreTaskRepository:
                 "payload": base64.b64decode(fresh.payload, validate=True),
                 "notify": fresh.notify,
                 "hold": fresh.hold.model_dump() if fresh.hold is not None else None,
+                "priority": fresh.priority,
             }
             version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
             key = self._docs.key_of(message.task_id, doc)
@@ -846,7 +847,7 @@ class FirestoreTaskRepository:
         }
         ref = self._tasks.document(task.task_id)
         failed_precondition, not_found, already_exists = _google_errors()
-        slot_version: Any = None
+        slot_version: tuple[Any, ...] = ()
         if slot is not None:
             changes["blocked_by"] = None  # no longer waiting for a slot, if it was
         try:
@@ -861,7 +862,8 @@ class FirestoreTaskRepository:
                 batch.update(ref, changes, option=self._after(snapshot.version))
                 slot.add(batch, lease_id)
                 results = batch.commit(**WORKER_CALL.kwargs())
-                version, slot_version = results[0].update_time, results[1].update_time
+                version = results[0].update_time
+                slot_version = tuple(r.update_time for r in results[1:])
         except not_found:
             return None  # gone (expired): the next read says so
         except (failed_precondition, already_exists):
@@ -885,11 +887,15 @@ class FirestoreTaskRepository:
             slot_version=slot_version,
         )
 
-    def park(self, opened: Opened, reason: str, now: datetime) -> bool:
-        """Mark a queued task as waiting for `reason` (a free slot), if it is still as read."""
+    def park(self, opened: Opened, reason: str, now: datetime, ready_at: datetime) -> bool:
+        """Mark a queued task as waiting for `reason` (a free slot), if it is still as read.
+
+        `ready_at` is its place in the line of waiting tasks the releases wake.
+        """
         snapshot = opened.snapshot
         assert snapshot is not None
-        return self._conditional(snapshot, {"blocked_by": reason, "updated_at": now})
+        changes = {"blocked_by": reason, "ready_at": ready_at, "updated_at": now}
+        return self._conditional(snapshot, changes)
 
     def finish(
         self,
@@ -1336,6 +1342,7 @@ def _fresh(doc: dict[str, Any], written: Any) -> CreatedTask | None:
         payload=base64.b64encode(doc["payload"]).decode("ascii"),
         notify=bool(doc.get("notify")),
         hold=doc.get("hold"),
+        priority=doc.get("priority"),
     )
 
 

@@ -192,6 +192,7 @@ class SubmitService:
             run_at=run_at,
             concurrency_key=request.concurrency_key,
             max_running=(request.max_running or 1) if request.concurrency_key else None,
+            priority=request.priority,
         )
         joins = self._dependencies
         extra = joins.stage_dependents(task) if deps and joins is not None else None

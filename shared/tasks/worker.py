@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -34,7 +35,7 @@ from shared.errors import (
     TaskFailure,
     Unavailable,
 )
-from shared.flow.concurrency import ConcurrencySlots, SlotClaimOf, blocked_by
+from shared.flow.concurrency import TENANT_GROUP, ConcurrencySlots, SlotClaims, SlotGroup, rank
 from shared.limits import loads_bounded
 from shared.tasks.dispatch import TaskPublisher
 from shared.tasks.models import Task, TaskError, TaskMessage, TaskStatus
@@ -94,6 +95,7 @@ class Worker:
         policy: WorkerPolicy | None = None,
         joins: Joins | None = None,
         slots: ConcurrencySlots | None = None,
+        tenant_limit: Callable[[str], int | None] | None = None,
     ) -> None:
         self._repository = repository
         self._registry = registry
@@ -102,6 +104,8 @@ class Worker:
         self._policy = policy or WorkerPolicy()
         self._joins = joins
         self._slots = slots
+        # The tenant's own max_running (operators' flow configuration), None: no limit.
+        self._tenant_limit = tenant_limit
 
     def close(self) -> None:
         """Stop the handler processes this worker keeps."""
@@ -133,39 +137,52 @@ class Worker:
                 return self._run(message, lease, lease_until)
             finally:
                 if claim is not None and self._slots is not None:
-                    # The attempt is over, however it ended: its slot goes to a waiting task.
+                    # The attempt is over, however it ended: its slots go to waiting tasks.
                     self._slots.release(claim.held(lease.slot_version))
         raise Unavailable(f"task {message.task_id} kept changing under this delivery")
 
+    def _groups(self, task: Task) -> list[SlotGroup]:
+        """The limits this task runs under: its concurrency key's, then its tenant's."""
+        groups: list[SlotGroup] = []
+        if task.concurrency_key is not None:
+            groups.append(SlotGroup(task.concurrency_key, task.max_running or 1))
+        tenant_limit = self._tenant_limit(task.tenant_id) if self._tenant_limit else None
+        if tenant_limit is not None:
+            groups.append(SlotGroup(TENANT_GROUP, tenant_limit))
+        return groups
+
     def _lease(  # noqa: PLR0911 - one answer per way a claim can end
         self, opened: Opened, now: datetime, lease_until: datetime
-    ) -> tuple[Lease | None, SlotClaimOf | None] | Processed:
-        """The lease, with a concurrency slot when the task has a key; or it waits for one."""
+    ) -> tuple[Lease | None, SlotClaims | None] | Processed:
+        """The lease, with a slot of each limit the task runs under; or it waits for one."""
         task = opened.task
         assert task is not None
-        key = task.concurrency_key
-        if key is None or self._slots is None:
+        groups = self._groups(task) if self._slots is not None else []
+        if not groups or self._slots is None:
             return self._repository.take_lease(opened, now, lease_until), None
-        limit = task.max_running or 1
         for _ in range(_MAX_CONFLICTS):
             claim = self._slots.claim(
-                task.tenant_id, key, limit, task_id=task.task_id, until=lease_until, now=now
+                task.tenant_id, groups, task_id=task.task_id, until=lease_until, now=now
             )
-            if claim is None:
-                if task.blocked_by == blocked_by(key):
+            if isinstance(claim, SlotGroup):
+                full = claim
+                if task.blocked_by == full.reason:
                     # Parked before: the release that frees a slot publishes it again.
-                    return Processed(Outcome.WAITING, blocked_by(key))
-                if not self._repository.park(opened, blocked_by(key), now):
+                    return Processed(Outcome.WAITING, full.reason)
+                ready_at = rank(task.created_at, task.priority)
+                if not self._repository.park(opened, full.reason, now, ready_at):
                     return None, None  # moved on meanwhile: look again
                 # A slot freed between the look and the park would wake no one: look again.
-                if self._slots.free(task.tenant_id, key, limit, now) is None:
-                    log.info("task waits for a slot", extra={"task_id": task.task_id, "key": key})
-                    return Processed(Outcome.WAITING, blocked_by(key))
+                if self._slots.free(task.tenant_id, full.key, full.limit, now) is None:
+                    log.info(
+                        "task waits for a slot", extra={"task_id": task.task_id, "key": full.key}
+                    )
+                    return Processed(Outcome.WAITING, full.reason)
                 return None, None  # parked, and a slot is free: read the task again, take it
             try:
                 return self._repository.take_lease(opened, now, lease_until, claim), claim
             except SlotTaken:
-                continue  # another attempt took that slot first: choose again
+                continue  # another attempt took one of those slots first: choose again
         return None, None
 
     def _decide(  # noqa: PLR0911, PLR0912 - one answer per way a delivery can end here

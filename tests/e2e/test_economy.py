@@ -1,15 +1,17 @@
-"""Budgets and rate limits on the whole local stack: the operators' CLI, 402, 429, /usage."""
+"""Budgets and limits on the whole local stack: the operators' CLI, 402, 429, /usage, waiting."""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from shared.tasks.diagnostic import read_probe
 from tests.e2e.support import E2E, eventually, sample
 from tests.support.problems import assert_problem
 
@@ -155,5 +157,42 @@ def test_the_operator_cli_refuses_bad_budget_input(e2e: E2E) -> None:
     incomplete = e2e.stack.cli("tenants", "set-limits", "--tenant", "t", "--rate", "1", check=False)
     assert incomplete.returncode == 2
     assert "needs --rate and --burst" in incomplete.stderr
+    too_many = e2e.stack.cli(
+        "tenants", "set-limits", "--tenant", "t", "--max-running", "101", check=False
+    )
+    assert too_many.returncode == 2
+    assert "0-100" in too_many.stderr
     none = _show(e2e, _tenant("nobody"))
     assert none == {"tenant_id": none["tenant_id"], "budgeted": False}
+
+
+def test_a_tenants_max_running_set_by_the_operator_makes_the_rest_wait(e2e: E2E) -> None:
+    tenant = _tenant("running")
+    key = e2e.create_key(tenant)
+    set_limits = e2e.stack.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "1")
+    assert "max_running 1" in set_limits.stderr
+    assert "max_running\t1" in set_limits.stdout
+    client = e2e.client(key)
+    marker = f"tenant-{uuid.uuid4().hex[:10]}"
+    body = {"type": "probe", "payload": {"marker": marker, "seconds": 0.5}, "priority": 7}
+    ids = []
+    for _ in range(4):
+        resp = client.submit(body)
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["task_id"])
+    eventually(
+        lambda: [client.task(t).json() for t in ids],
+        lambda views: any(
+            v["status"] == "queued" and v.get("blocked_by") == "tenant:max_running" for v in views
+        ),
+        timeout_s=30,
+    )
+    for task_id in ids:
+        view = client.wait_for(task_id, timeout_s=120)
+        assert view["status"] == "succeeded"
+        assert view["priority"] == 7
+    probe = read_probe(marker, Path(e2e.stack.env["AIA_DIAGNOSTIC_DIR"]))
+    assert len(probe["attempts"]) == 4
+    assert probe["max_concurrency"] == 1
+    cleared = e2e.stack.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "0")
+    assert "max_running no limit" in cleared.stderr

@@ -71,10 +71,10 @@ locals {
       collection = "ledger"
       fields     = [["tenant_id", "ASCENDING"], ["kind", "ASCENDING"], ["at", "DESCENDING"], ["__name__", "DESCENDING"]]
     }
-    # Concurrency limits: a key's waiting tasks, oldest first (shared/queries.py TASKS_BLOCKED).
+    # Concurrency limits: a group's waiting tasks, first in line first (shared/queries.py TASKS_BLOCKED).
     tasks_blocked = {
       collection = "tasks"
-      fields     = [["tenant_id", "ASCENDING"], ["blocked_by", "ASCENDING"], ["status", "ASCENDING"], ["created_at", "ASCENDING"]]
+      fields     = [["tenant_id", "ASCENDING"], ["blocked_by", "ASCENDING"], ["status", "ASCENDING"], ["ready_at", "ASCENDING"]]
     }
     # Workflows: a tenant's page of them (shared/queries.py LIST_WORKFLOWS).
     list_workflows = {

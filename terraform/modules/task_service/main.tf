@@ -34,12 +34,13 @@ locals {
     # is false, and every deployed function refuses loopback and http endpoints.
     AIA_WEBHOOK_EVENTS_TOPIC = google_pubsub_topic.webhook_events.name
     AIA_WEBHOOK_CACHE_S      = tostring(var.webhook_cache_s)
-    # Flow control (shared.flow): prices, budgets' shards, rate-limit defaults.
+    # Flow control (shared.flow): prices, budgets' shards, defaults of rate and running limits.
     AIA_TASK_PRICES           = join(",", [for name, price in var.task_prices : "${name}=${price}"])
     AIA_BUDGET_SHARDS         = tostring(var.budget_shards)
     AIA_FLOW_CACHE_S          = tostring(var.flow_cache_s)
     AIA_RATE_LIMIT_DEFAULT    = var.rate_limit_default
     AIA_LEDGER_RETENTION_DAYS = tostring(var.ledger_retention_days)
+    AIA_TENANT_MAX_RUNNING    = tostring(var.tenant_max_running)
     # Tracing (shared/tracing.py): spans to Cloud Trace, and the page the dashboard links to.
     AIA_TRACE_EXPORTER     = var.trace_exporter
     AIA_TRACE_SAMPLE_RATIO = tostring(var.trace_sample_ratio)

@@ -282,6 +282,17 @@ variable "rate_limit_default" {
   }
 }
 
+variable "tenant_max_running" {
+  description = "Tasks of one tenant running at once, for tenants without a max_running of their own; 0 for no limit. Set below the worker's capacity (max instances x concurrency) to share it fairly across tenants (AIA_TENANT_MAX_RUNNING)."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.tenant_max_running >= 0 && var.tenant_max_running <= 100 && floor(var.tenant_max_running) == var.tenant_max_running
+    error_message = "tenant_max_running must be a whole number between 0 and 100."
+  }
+}
+
 variable "ledger_retention_days" {
   description = "Days a budget ledger entry is kept before the TTL policy deletes it (AIA_LEDGER_RETENTION_DAYS)."
   type        = number
