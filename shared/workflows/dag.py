@@ -26,7 +26,7 @@ from shared.workflows.models import MAX_EDGES, MAX_NODES, WorkflowRequest
 
 # What a node may hold: a task request's fields. Anything else a submit may one day
 # take (a delay, a schedule) means nothing inside a workflow and is refused.
-NODE_FIELDS = frozenset({"type", "payload", "depends_on", "max_attempts", "timeout_s"})
+NODE_FIELDS = frozenset({"type", "payload", "depends_on", "max_attempts", "timeout_s", "priority"})
 _PLACEHOLDER = {"type": "-", "payload": {}}
 
 

@@ -140,6 +140,7 @@ class Joins:
             continues=parent.task_id if waiting else None,
             blocked_by=f"join:{parent.task_id}" if waiting else None,
             inputs_from=f"children:{parent.task_id}" if waiting else None,
+            priority=parent.priority,  # a fan-out's children and continuation keep its place
         )
 
     def _publish_all(self, tasks: list[Task]) -> None:

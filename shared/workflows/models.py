@@ -13,7 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from shared.tasks.models import MAX_TIMEOUT_S, TASK_ID_PATTERN, TaskStatus
+from shared.tasks.models import (
+    MAX_PRIORITY,
+    MAX_TIMEOUT_S,
+    MIN_PRIORITY,
+    TASK_ID_PATTERN,
+    TaskStatus,
+)
 
 NODE_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 MAX_NODES = 1000
@@ -41,6 +47,12 @@ class WorkflowNode(BaseModel):
     )
     max_attempts: int = Field(default=3, ge=1, le=10)
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
+    priority: int | None = Field(
+        default=None,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description="0-9, default 5: the node's place among tasks waiting for a slot",
+    )
 
 
 class WorkflowRequest(BaseModel):

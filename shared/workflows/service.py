@@ -168,6 +168,7 @@ class WorkflowService:
                 has_dependents=bool(dependents[name]),
                 workflow_id=workflow_id,
                 node=name,
+                priority=request.priority,
             )
             for position, dep in enumerate(deps):
                 writes.append(

@@ -218,7 +218,7 @@ def test_a_dead_service_is_a_transport_error_after_retries() -> None:
 def test_submit_sends_the_body_and_reads_the_answer() -> None:
     script = Script([accepted(dispatch="deferred")])
     with client(script) as c:
-        task = c.submit("echo", {"a": 1}, max_attempts=5, timeout_s=10)
+        task = c.submit("echo", {"a": 1}, max_attempts=5, timeout_s=10, priority=8)
     request = script.requests[0]
     assert (request.method, request.url.path) == ("POST", "/tasks")
     assert request.headers["Authorization"] == f"Bearer {KEY}"
@@ -227,6 +227,7 @@ def test_submit_sends_the_body_and_reads_the_answer() -> None:
         "payload": {"a": 1},
         "max_attempts": 5,
         "timeout_s": 10,
+        "priority": 8,
     }
     assert isinstance(task, SubmittedTask)
     assert (task.task_id, task.status, task.type) == ("a" * 32, "queued", "echo")
@@ -471,7 +472,8 @@ def test_newer_fields_are_read_and_unknown_ones_kept() -> None:
     assert task.progress.updated_at == datetime(2025, 1, 2, 3, 4, 6, tzinfo=UTC)
     assert (task.parent_id, task.workflow_id, task.children) == ("p" * 32, "wf-1", ("c1", "c2"))
     assert task.blocked_by == ("concurrency:tenant:k",)
-    assert task.extra == {"phase": "resizing", "priority": 5}
+    assert task.priority == 5
+    assert task.extra == {"phase": "resizing"}
     assert task.created_at == datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
     assert task.raw == body
 

@@ -131,6 +131,7 @@ def submit_body(
     *,
     concurrency_key: str | None = None,
     max_running: int | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"type": task_type, "payload": dict(payload)}
     if max_attempts is not None:
@@ -141,6 +142,8 @@ def submit_body(
         body["concurrency_key"] = concurrency_key
     if max_running is not None:
         body["max_running"] = max_running
+    if priority is not None:
+        body["priority"] = priority
     return body
 
 

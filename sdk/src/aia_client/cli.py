@@ -230,7 +230,7 @@ def task_detail(task: Task) -> Table:
     if task.progress is not None:
         words = [w for w in (_percent(task), task.progress.message) if w]
         grid.add_row("progress", escape(" ".join(words) or "-"))
-    for name in ("parent_id", "workflow_id", "trace_id", "dispatch"):
+    for name in ("parent_id", "workflow_id", "trace_id", "priority", "dispatch"):
         if (value := getattr(task, name)) is not None:
             grid.add_row(name.replace("_", " "), escape(str(value)))
     if (link := trace_link(task.trace_id)) is not None:
@@ -340,6 +340,7 @@ def cmd_submit(ctx: Context) -> int:
         timeout_s=args.timeout,
         concurrency_key=args.concurrency_key,
         max_running=args.max_running,
+        priority=args.priority,
     )
     if args.wait:
         task = wait_with_display(ctx, submitted.task_id, args.wait_timeout)
@@ -484,6 +485,9 @@ def build_parser(prog: str = "aia") -> argparse.ArgumentParser:
         "--concurrency-key", metavar="KEY", help="at most --max-running of these run at once"
     )
     submit.add_argument("--max-running", type=int, metavar="N", help="with --concurrency-key")
+    submit.add_argument(
+        "--priority", type=int, metavar="0-9", help="place among waiting tasks (default 5)"
+    )
     submit.add_argument("--wait", action="store_true", help="wait and print the final task")
     submit.add_argument(
         "--wait-timeout", type=float, metavar="S", help="with --wait: give up after S seconds"

@@ -106,11 +106,13 @@ class Client(_Base):
         timeout_s: int | None = None,
         concurrency_key: str | None = None,
         max_running: int | None = None,
+        priority: int | None = None,
     ) -> SubmittedTask:
         """Submit a task. Every retry carries the same `Idempotency-Key` (one is made if
         none is given), so a retried submit never creates a second task. With a
         `concurrency_key`, at most `max_running` (default 1) of your tasks sharing it
-        run at once; the others wait `queued`."""
+        run at once; the others wait `queued`, first in line by `priority` (0-9,
+        default 5, higher first)."""
         key = idempotency_key or _core.new_idempotency_key()
         body = _core.submit_body(
             type,
@@ -119,6 +121,7 @@ class Client(_Base):
             timeout_s,
             concurrency_key=concurrency_key,
             max_running=max_running,
+            priority=priority,
         )
         response = self._send("POST", "/tasks", json=body, headers={"Idempotency-Key": key})
         return _core.read_submitted(response, body, key)
@@ -257,6 +260,7 @@ class AsyncClient(_Base):
         timeout_s: int | None = None,
         concurrency_key: str | None = None,
         max_running: int | None = None,
+        priority: int | None = None,
     ) -> SubmittedTask:
         """See `Client.submit`."""
         key = idempotency_key or _core.new_idempotency_key()
@@ -267,6 +271,7 @@ class AsyncClient(_Base):
             timeout_s,
             concurrency_key=concurrency_key,
             max_running=max_running,
+            priority=priority,
         )
         response = await self._send("POST", "/tasks", json=body, headers={"Idempotency-Key": key})
         return _core.read_submitted(response, body, key)

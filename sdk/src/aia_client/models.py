@@ -39,6 +39,7 @@ _KNOWN_FIELDS = frozenset(
         "children",
         "trace_id",
         "blocked_by",
+        "priority",
         "dispatch",
         "status_url",
     }
@@ -88,6 +89,7 @@ class Task:
     children: tuple[Any, ...] = ()
     trace_id: str | None = None
     blocked_by: tuple[str, ...] = ()
+    priority: int | None = None
     dispatch: str | None = None
     status_url: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -126,6 +128,7 @@ class Task:
             children=tuple(data["children"]) if isinstance(data.get("children"), list) else (),
             trace_id=_str(data.get("trace_id")),
             blocked_by=_strings(data.get("blocked_by")),
+            priority=_int(data.get("priority")),
             dispatch=_str(data.get("dispatch")),
             status_url=_str(data.get("status_url")),
             extra={k: v for k, v in data.items() if k not in _KNOWN_FIELDS},
