@@ -85,6 +85,11 @@ LIST_TASKS_BY_TYPE = QuerySpec(TASKS, ("tenant_id", "type"), _NEWEST_FIRST)
 LIST_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("tenant_id", "status", "type"), _NEWEST_FIRST)
 COUNT_TASKS_BY_STATUS_TYPE = QuerySpec(TASKS, ("status", "type"))
 COUNT_TENANT_TASKS_BY_STATUS = QuerySpec(TASKS, ("tenant_id", "status"))
+# Queued tasks waiting for a concurrency slot, by what they wait for (a `blocked_by`
+# range): counted by the metrics scrape.
+COUNT_WAITING_FOR_SLOTS = QuerySpec(
+    TASKS, ("status",), (("blocked_by", "ASCENDING"),), range_field="blocked_by"
+)
 # Index shards. A due time (`run_at`, `due_at`) or a sweep's timestamp is a nearly
 # monotonic indexed value, which Firestore serves at about 500 writes/s per index
 # key range; every task and schedule carries `index_shard` = crc32(id) % INDEX_SHARDS,
@@ -219,6 +224,7 @@ ALL_QUERIES: tuple[QuerySpec, ...] = (
     BUDGET_SHARDS_OF_TENANT,
     USAGE_OF_PERIOD,
     TASKS_BLOCKED,
+    COUNT_WAITING_FOR_SLOTS,
 )
 
 

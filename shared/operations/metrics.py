@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from shared.errors import Unavailable
 from shared.flow import metrics as flow_metrics
-from shared.queries import COUNT_TASKS_BY_STATUS_TYPE, METRIC_SHARDS
+from shared.queries import COUNT_TASKS_BY_STATUS_TYPE, COUNT_WAITING_FOR_SLOTS, METRIC_SHARDS
 from shared.tasks.models import TaskStatus
 
 if TYPE_CHECKING:
@@ -64,6 +64,12 @@ STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus)
 LIVE_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus if not s.terminal)
 FINISHED_STATUSES: tuple[str, ...] = tuple(s.value for s in TaskStatus if s.terminal)
 CACHE_S = 5.0
+# What queued tasks wait for, as `blocked_by` ranges [low, high): a concurrency key's
+# slot (any key: a label per key would be unbounded), or the tenant's max_running.
+WAITING_REASONS: dict[str, tuple[str, str]] = {
+    "concurrency": ("concurrency:", "concurrency;"),
+    "tenant_limit": ("tenant:max_running", "tenant:max_running\0"),
+}
 
 # Bucket fields are keyed by their bound in whole milliseconds: a plain
 # identifier needs no field-path quoting, and a stored bound that is later
@@ -177,6 +183,7 @@ class MetricsSnapshot:
     finished: Mapping[tuple[str, str], int] = dataclass_field(default_factory=dict)
     # Tokens and refused admissions (shared.flow), from the same shard documents.
     flow: flow_metrics.FlowFigures = dataclass_field(default_factory=flow_metrics.FlowFigures)
+    waiting: Mapping[str, int] = dataclass_field(default_factory=dict)  # reason -> queued tasks
 
 
 def _as_int(value: Any) -> int:
@@ -234,6 +241,21 @@ def _count(db: Any, status: str, task_type: str, timeout_s: float) -> int:
     return _as_int(result[0][0].value) if result and result[0] else 0
 
 
+def _count_waiting(db: Any, reason: str, timeout_s: float) -> int:
+    from google.cloud.firestore import FieldFilter
+
+    spec = COUNT_WAITING_FOR_SLOTS
+    low, high = WAITING_REASONS[reason]
+    query = db.collection(spec.collection).where(
+        filter=FieldFilter(spec.equals[0], "==", TaskStatus.QUEUED.value)
+    )
+    query = query.where(filter=FieldFilter("blocked_by", ">=", low)).where(
+        filter=FieldFilter("blocked_by", "<", high)
+    )
+    result = query.count(alias="n").get(timeout=timeout_s)
+    return _as_int(result[0][0].value) if result and result[0] else 0
+
+
 def _shard_docs(db: Any, timeout_s: float) -> list[dict[str, Any]]:
     return [snap.to_dict() or {} for snap in db.collection(METRIC_SHARDS).stream(timeout=timeout_s)]
 
@@ -249,7 +271,10 @@ def collect(
     count_futures: dict[tuple[str, str], Future[int]] = {
         pair: _POOL.submit(_count, db, pair[0], pair[1], timeout_s) for pair in pairs
     }
-    every: list[Future[Any]] = [shard_future, *count_futures.values()]
+    waiting_futures = {
+        reason: _POOL.submit(_count_waiting, db, reason, timeout_s) for reason in WAITING_REASONS
+    }
+    every: list[Future[Any]] = [shard_future, *count_futures.values(), *waiting_futures.values()]
     # One deadline for the whole scrape (each RPC also carries it), and the
     # first failure ends the wait: a scrape is all or nothing.
     done, pending = wait(every, timeout=timeout_s, return_when=FIRST_EXCEPTION)
@@ -275,6 +300,7 @@ def collect(
         durations={t: durations.get(t, EMPTY_HISTOGRAM) for t in types},
         finished={(s, t): finished.get((s, t), 0) for s in FINISHED_STATUSES for t in types},
         flow=flow_metrics.fold(docs),
+        waiting={reason: future.result() for reason, future in waiting_futures.items()},
     )
 
 
@@ -326,6 +352,14 @@ def _families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     for (status, task_type), n in sorted(snapshot.tasks.items()):
         tasks.add_metric([status, task_type], n)
     yield tasks
+    waiting = GaugeMetricFamily(
+        "aia_tasks_waiting",
+        "Queued tasks waiting for a concurrency slot, by reason (concurrency key, tenant limit).",
+        labels=["reason"],
+    )
+    for reason, n in sorted(snapshot.waiting.items()):
+        waiting.add_metric([reason], n)
+    yield waiting
     finished = CounterMetricFamily(
         "aia_tasks_finished",
         "Tasks that finished, by final status and type.",
@@ -377,6 +411,7 @@ def render_json(snapshot: MetricsSnapshot) -> dict[str, Any]:
         finished.setdefault(status, {})[task_type] = n
     return {
         "aia_tasks": tasks,
+        "aia_tasks_waiting": dict(sorted(snapshot.waiting.items())),
         "aia_tasks_finished_total": finished,
         "aia_tasks_submitted_total": dict(sorted(snapshot.submitted.items())),
         "aia_task_duration_seconds": {

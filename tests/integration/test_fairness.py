@@ -18,6 +18,7 @@ import pytest
 from shared.errors import AIAError
 from shared.flow.concurrency import TENANT_BLOCKED, TENANT_GROUP, ConcurrencySlots, slot_id
 from shared.flow.limits_store import FlowConfigStore
+from shared.operations.metrics import collect
 from shared.tasks.diagnostic import read_probe
 from shared.tasks.models import TaskMessage, TaskStatus
 from shared.tasks.worker import Outcome, Worker
@@ -146,6 +147,10 @@ def test_higher_priority_waiting_tasks_start_first(pipeline: Pipeline) -> None:
                 outcome = _deliver(worker, message)
                 assert outcome.outcome is Outcome.WAITING, outcome
         assert all(pipeline.status.get(tenant, t).blocked_by == TENANT_BLOCKED for t in low + high)
+        # /metrics counts them by what they wait for (other tests' waiting tasks too).
+        waiting = collect(pipeline.db, ["probe"]).waiting
+        assert waiting["tenant_limit"] >= 6, waiting
+        assert set(waiting) == {"concurrency", "tenant_limit"}
         assert running.result().outcome is Outcome.SUCCEEDED
     # One delivery at a time: the order they start in is the order they were woken.
     _drain(pipeline, worker, dict.fromkeys(low + high, tenant), threads=1)

@@ -71,8 +71,11 @@ class FakeQuery:
         return Ref(self.name, doc_id)
 
     def where(self, *, filter: FieldFilter) -> FakeQuery:
-        assert filter.op_string == "=="
-        return FakeQuery(self.db, self.name, (*self.filters, (filter.field_path, filter.value)))
+        assert filter.op_string in ("==", ">=", "<")
+        added = (filter.field_path, filter.value)
+        if filter.op_string != "==":
+            added = (filter.field_path, filter.op_string, filter.value)
+        return FakeQuery(self.db, self.name, (*self.filters, added))
 
     def stream(self, timeout: float | None = None) -> list[Snap]:
         assert self.name == METRIC_SHARDS
@@ -91,9 +94,18 @@ class FakeQuery:
         assert self.name == TASKS
         self.db.timeouts.append(timeout)
         self.db.count_queries.append(self.filters)
-        n = sum(all(t.get(k) == v for k, v in self.filters) for t in self.db.tasks)
+        n = sum(all(_matches(t, f) for f in self.filters) for t in self.db.tasks)
         # Like the emulator: an empty count comes back as a double.
         return [[Agg(float(n))]]
+
+
+def _matches(task: dict[str, Any], condition: tuple[Any, ...]) -> bool:
+    if len(condition) == 2:
+        return bool(task.get(condition[0]) == condition[1])
+    name, op, value = condition
+    if not isinstance(task.get(name), str):
+        return False  # Firestore's ranges skip documents without the field
+    return bool(task[name] >= value if op == ">=" else task[name] < value)
 
 
 @dataclass
@@ -226,8 +238,9 @@ def test_collect_counts_live_pairs_as_ints_finished_from_shards_and_reads_shards
     writer = Writer()
     db = FakeDb(
         tasks=[
-            {"status": "queued", "type": "echo"},
-            {"status": "queued", "type": "echo"},
+            {"status": "queued", "type": "echo", "blocked_by": "concurrency:user-1"},
+            {"status": "queued", "type": "echo", "blocked_by": "tenant:max_running"},
+            {"status": "waiting", "type": "fail", "blocked_by": "tasks:1"},
             {"status": "failed", "type": "fail"},
         ]
     )
@@ -241,14 +254,18 @@ def test_collect_counts_live_pairs_as_ints_finished_from_shards_and_reads_shards
     snapshot = collect(db, ["echo", "fail"], timeout_s=3.0)
 
     # Only what waits or runs is aggregated: history never grows a scrape's cost.
-    assert set(db.count_queries) == {
+    pairs = [q for q in db.count_queries if len(q) == 2 and q[1][0] == "type"]
+    assert set(pairs) == {
         (("status", s), ("type", t)) for s in metrics.LIVE_STATUSES for t in ("echo", "fail")
     }
     assert "succeeded" not in metrics.LIVE_STATUSES
-    assert len(db.count_queries) == 2 * len(metrics.LIVE_STATUSES)
+    assert len(pairs) == 2 * len(metrics.LIVE_STATUSES)
+    # Plus one count per reason a queued task waits for a slot.
+    assert len(db.count_queries) == len(pairs) + len(metrics.WAITING_REASONS)
+    assert snapshot.waiting == {"concurrency": 1, "tenant_limit": 1}
     assert db.timeouts == [3.0] * (len(db.count_queries) + 1)
     assert snapshot.tasks == {
-        (s, t): 2 if (s, t) == ("queued", "echo") else 0
+        (s, t): 2 if (s, t) == ("queued", "echo") else 1 if (s, t) == ("waiting", "fail") else 0
         for s in metrics.LIVE_STATUSES
         for t in ("echo", "fail")
     }

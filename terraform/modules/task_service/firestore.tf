@@ -76,6 +76,11 @@ locals {
       collection = "tasks"
       fields     = [["tenant_id", "ASCENDING"], ["blocked_by", "ASCENDING"], ["status", "ASCENDING"], ["ready_at", "ASCENDING"]]
     }
+    # Metrics: queued tasks waiting for a slot, by reason (shared/queries.py COUNT_WAITING_FOR_SLOTS).
+    count_waiting_for_slots = {
+      collection = "tasks"
+      fields     = [["status", "ASCENDING"], ["blocked_by", "ASCENDING"]]
+    }
     # Workflows: a tenant's page of them (shared/queries.py LIST_WORKFLOWS).
     list_workflows = {
       collection = "workflows"
