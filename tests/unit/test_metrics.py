@@ -64,7 +64,7 @@ class Agg:
 
 
 class FakeQuery:
-    def __init__(self, db: FakeDb, name: str, filters: tuple[tuple[str, Any], ...] = ()) -> None:
+    def __init__(self, db: FakeDb, name: str, filters: tuple[tuple[Any, ...], ...] = ()) -> None:
         self.db, self.name, self.filters = db, name, filters
 
     def document(self, doc_id: str) -> Ref:
@@ -72,7 +72,7 @@ class FakeQuery:
 
     def where(self, *, filter: FieldFilter) -> FakeQuery:
         assert filter.op_string in ("==", ">=", "<")
-        added = (filter.field_path, filter.value)
+        added: tuple[Any, ...] = (filter.field_path, filter.value)
         if filter.op_string != "==":
             added = (filter.field_path, filter.op_string, filter.value)
         return FakeQuery(self.db, self.name, (*self.filters, added))
@@ -113,7 +113,7 @@ class FakeDb:
     shards: list[dict[str, Any]] = field(default_factory=list)
     tasks: list[dict[str, Any]] = field(default_factory=list)
     timeouts: list[float | None] = field(default_factory=list)
-    count_queries: list[tuple[tuple[str, Any], ...]] = field(default_factory=list)
+    count_queries: list[tuple[tuple[Any, ...], ...]] = field(default_factory=list)
     fail: Exception | None = None
     hang: threading.Event | None = None
     hang_ended: threading.Event = field(default_factory=threading.Event)
