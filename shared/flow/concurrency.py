@@ -18,27 +18,29 @@ A task that finds every slot of a group taken is accepted and waits: it stays
 `queued`, its view says `blocked_by: "concurrency:<key>"` (or
 `"tenant:max_running"`), and its delivery is acknowledged. It never holds a
 slot while it waits, so waiting cannot block anything (a rate limit is applied
-at submit, before any of this). When an attempt ends, its worker frees its
-slots and publishes again the first waiting tasks of each group, in line
-order (`ready_at`, see `rank`: priority with aging). To close the race with a
-release that happens while a task is parking, a task looks at the slots once
-more after parking. Should a wake-up be lost (its worker died between the two
-writes), the redispatch sweep republishes a queued task untouched for
-`AIA_REDISPATCH_AFTER_S`.
+at submit, before any of this). When an attempt ends, its worker hands each
+of its slots to the first task waiting for that group, in line order
+(`ready_at`, see `rank`: priority with aging), and publishes that task: the
+slot is kept for it (`HANDOFF`), so a task arriving meanwhile waits its turn
+instead of taking it, and every wake-up starts a task. With nobody waiting
+the slot is freed; to close the race with a task parking at that moment, a
+task looks at the slots once more after parking. Should a wake-up be lost,
+the kept slot lapses after `HANDOFF` and the redispatch sweep republishes a
+queued task untouched for `AIA_REDISPATCH_AFTER_S`.
 
 Cost, for limited tasks only, per group: at most `PROBE` slot reads and one more
-write in the lease's commit; at the end one more commit (the release) and a
-query for waiting tasks. A group of more than `PROBE` slots is sampled: a task
-that sees only held slots waits although another may be free, which costs it
-a wake-up, never the limit (some of its holders are running, and each one's
-release wakes the first waiters). A slot document takes two writes per task
-that holds it, so slots suit tasks that run for seconds or more (a key whose
-tasks finish in milliseconds would write one slot more than once a second).
+write in the lease's commit; at the end a query for the first waiting task and
+one more commit (the hand-off: the slot and that task; or freeing the slot).
+A group of more than `PROBE` slots is sampled: a task that sees only held
+slots waits although another may be free, which costs it a wake-up, never the
+limit (some of its holders are running, and each one's release hands its slot
+on). A slot document takes two writes per task that holds it, so slots suit
+tasks that run for seconds or more (a key whose tasks finish in milliseconds
+would write one slot more than once a second).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -65,9 +67,11 @@ PROBE = 8
 # submitted within (difference x 1 min) of it: it ages into first place.
 DEFAULT_PRIORITY = 5
 PRIORITY_STEP = timedelta(minutes=1)
-# Waiting tasks a release publishes again: one would do, but two cover a release
-# whose wake-up raced another's (an extra one only parks again).
-WAKE = 2
+# How long a slot a release handed to a waiting task stays kept for it: its wake-up's
+# delivery takes it well within this; a lost one makes the slot free again after it.
+HANDOFF = timedelta(seconds=60)
+# Waiting tasks a release looks at for one no other slot is being handed to.
+LOOK_AHEAD = 10
 SLOT_RETENTION = timedelta(days=30)
 
 
@@ -135,12 +139,28 @@ class ConcurrencySlots:
     def get_all(self, refs: list[Any]) -> Any:
         return self._db.get_all(refs, **WORKER_CALL.kwargs())
 
-    def free(self, tenant_id: str, key: str, limit: int, now: datetime) -> FreeSlot | None:
-        """A free slot of the key, at random among those read; None if all read are held."""
+    def free(
+        self,
+        tenant_id: str,
+        key: str,
+        limit: int,
+        now: datetime,
+        *,
+        task_id: str | None = None,
+        handed: str | None = None,
+    ) -> FreeSlot | None:
+        """A slot `task_id` may take: the one handed to it, else a free one at random.
+
+        None if every slot read is held (or handed to another waiting task).
+        """
         indexes = range(limit) if limit <= PROBE else random.sample(range(limit), PROBE)
-        refs = [self._slots.document(slot_id(tenant_id, key, i)) for i in indexes]
+        ids = [slot_id(tenant_id, key, i) for i in indexes]
+        if handed is not None and handed not in ids and _in_group(handed, tenant_id, key, limit):
+            ids.append(handed)
         free: list[FreeSlot] = []
-        for snap in self._db.get_all(refs, **WORKER_CALL.kwargs()):
+        for snap in self._db.get_all(
+            [self._slots.document(i) for i in ids], **WORKER_CALL.kwargs()
+        ):
             if not snap.exists:
                 free.append(FreeSlot(snap.id, None))
                 continue
@@ -148,6 +168,8 @@ class ConcurrencySlots:
             until = doc.get("until")
             if doc.get("holder") is None or until is None or until <= now:
                 free.append(FreeSlot(snap.id, snap.update_time))
+            elif doc.get("handed") and doc.get("holder") == task_id:
+                return FreeSlot(snap.id, snap.update_time)  # kept for this task by a release
         # At random: workers racing for slots mostly pick different ones.
         return random.choice(free) if free else None  # noqa: S311 - spreads load, not a secret
 
@@ -173,6 +195,7 @@ class ConcurrencySlots:
             "holder": task_id,
             "lease_id": lease_id,
             "until": until,
+            "handed": False,
             "updated_at": now,
             queries.EXPIRES_AT: until + SLOT_RETENTION,
         }
@@ -182,31 +205,75 @@ class ConcurrencySlots:
             batch.update(ref, data, option=Client.write_option(last_update_time=slot.version))
 
     def release(self, held: list[HeldSlot]) -> None:
-        """Free each slot unless someone took it over (our lease expired); then wake waiters."""
-        for slot in held:
-            self._release(slot)
-            self.wake(slot.tenant_id, slot.key)
+        """Hand each slot to the first task waiting for its group, or free it.
 
-    def _release(self, held: HeldSlot) -> None:
+        Not if someone took it over (our lease expired): then it is theirs.
+        """
+        for slot in held:
+            if slot.version is None:
+                # The lease's answer was lost and the slot no longer names it: not ours.
+                continue
+            self.hand_on(slot.tenant_id, slot.key, slot.doc_id, slot.version)
+
+    def hand_on(self, tenant_id: str, key: str, doc_id: str, version: Any) -> str | None:
+        """Give the slot (as of `version`) to the group's first waiting task; its id.
+
+        One commit holds both writes: the slot names the task as its holder for
+        `HANDOFF`, and the task records which slot is kept for it, so two
+        releases never hand slots to one task and an arrival cannot take a slot
+        meant for a task that waited. Then the task is published. With nobody
+        waiting, the slot is freed.
+        """
         from google.api_core.exceptions import FailedPrecondition, NotFound
         from google.cloud.firestore import Client
 
-        if held.version is None:
-            # The lease's answer was lost and the slot no longer names it: not ours to free.
-            return
+        ref = self._slots.document(doc_id)
+        slot_option = Client.write_option(last_update_time=version)
         try:
-            self._slots.document(held.doc_id).update(
-                {"holder": None, "lease_id": None, "until": None, "updated_at": self._clock()},
-                option=Client.write_option(last_update_time=held.version),
-                **WORKER_CALL.kwargs(),
-            )
+            for _ in range(3):
+                now = self._clock()
+                waiter = self._first_waiting(tenant_id, key, now)
+                if waiter is None:
+                    free = {"holder": None, "lease_id": None, "until": None, "handed": False}
+                    ref.update(
+                        {**free, "updated_at": now}, option=slot_option, **WORKER_CALL.kwargs()
+                    )
+                    return None
+                batch = self._db.batch()
+                batch.update(
+                    ref,
+                    {
+                        "holder": waiter.id,
+                        "lease_id": None,
+                        "until": now + HANDOFF,
+                        "handed": True,
+                        "updated_at": now,
+                    },
+                    option=slot_option,
+                )
+                batch.update(
+                    waiter.reference,
+                    {"handed_slot": doc_id, "updated_at": now},
+                    option=Client.write_option(last_update_time=waiter.update_time),
+                )
+                try:
+                    results = batch.commit(**WORKER_CALL.kwargs())
+                except (FailedPrecondition, NotFound):
+                    again = ref.get(**WORKER_CALL.kwargs())
+                    if not again.exists or again.update_time != version:
+                        raise  # the slot itself was taken over: not ours to give
+                    continue  # the waiter moved on meanwhile: the next one
+                version = results[0].update_time
+                self._wake(waiter, tenant_id)
+                return str(waiter.id)
         except (FailedPrecondition, NotFound):
-            log.info("slot taken over before its release", extra={"slot": held.doc_id})
+            log.info("slot taken over before its release", extra={"slot": doc_id})
         except Exception:
-            log.warning("slot release failed", extra={"slot": held.doc_id}, exc_info=True)
+            log.warning("slot release failed", extra={"slot": doc_id}, exc_info=True)
+        return None
 
-    def wake(self, tenant_id: str, key: str, limit: int = WAKE) -> int:
-        """Publish the group's first waiting tasks (by `ready_at`) again; how many were."""
+    def _first_waiting(self, tenant_id: str, key: str, now: datetime) -> Any:
+        """The group's first waiting task no slot is being handed to; None if none."""
         from google.cloud.firestore import FieldFilter
 
         spec = queries.TASKS_BLOCKED
@@ -220,20 +287,33 @@ class ConcurrencySlots:
             query = query.where(filter=FieldFilter(name, "==", values[name]))
         for name, direction in spec.order:
             query = query.order_by(name, direction=direction)
-        woken = 0
+        for snap in query.limit(LOOK_AHEAD).stream(**WORKER_CALL.kwargs()):
+            doc = snap.to_dict() or {}
+            handed_at = doc.get("updated_at")
+            # A hand-off not taken within HANDOFF lapsed: the task is in line again.
+            if doc.get("handed_slot") and handed_at is not None and handed_at > now - HANDOFF:
+                continue
+            return snap
+        return None
+
+    def _wake(self, waiter: Any, tenant_id: str) -> None:
+        message = TaskMessage(task_id=waiter.id, tenant_id=tenant_id)
         try:
-            for snap in query.limit(limit).stream(**WORKER_CALL.kwargs()):
-                message = TaskMessage(task_id=snap.id, tenant_id=tenant_id)
-                with contextlib.suppress(Exception):  # the sweep republishes it
-                    self._publisher().publish(
-                        message,
-                        attributes={"woken": "concurrency"},
-                        traceparent=(snap.to_dict() or {}).get("traceparent"),
-                    )
-                    woken += 1
-        except Exception:
-            log.warning("waking waiting tasks failed", extra={"key": key}, exc_info=True)
-        return woken
+            self._publisher().publish(
+                message,
+                attributes={"woken": "concurrency"},
+                traceparent=(waiter.to_dict() or {}).get("traceparent"),
+            )
+        except Exception:  # noqa: BLE001 - its hand-off lapses; the sweep republishes it
+            log.warning("waking a waiting task failed", extra={"task_id": waiter.id})
+
+    def give_back(self, tenant_id: str, doc_id: str, task_id: str) -> None:
+        """Pass on a slot handed to `task_id` that it cannot use (another limit is full)."""
+        snap = self._slots.document(doc_id).get(**WORKER_CALL.kwargs())
+        doc = snap.to_dict() if snap.exists else None
+        if not doc or not doc.get("handed") or doc.get("holder") != task_id:
+            return  # lapsed, or taken by another: nothing of ours to pass on
+        self.hand_on(tenant_id, str(doc.get("key")), doc_id, snap.update_time)
 
     def claim(
         self,
@@ -243,15 +323,22 @@ class ConcurrencySlots:
         task_id: str,
         until: datetime,
         now: datetime,
+        handed: str | None = None,
     ) -> SlotClaims | SlotGroup:
         """A free slot of every group, to take with the lease; or the first group with none."""
         found: list[tuple[SlotGroup, FreeSlot]] = []
         for group in groups:
-            free = self.free(tenant_id, group.key, group.limit, now)
+            free = self.free(tenant_id, group.key, group.limit, now, task_id=task_id, handed=handed)
             if free is None:
                 return group
             found.append((group, free))
         return SlotClaims(self, tuple(found), tenant_id, task_id, until, now)
+
+
+def _in_group(doc_id: str, tenant_id: str, key: str, limit: int) -> bool:
+    prefix = f"{quote(tenant_id, safe='')}:{quote(key, safe='')}:"
+    index = doc_id.removeprefix(prefix)
+    return doc_id.startswith(prefix) and index.isdigit() and int(index) < limit
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ _PLAIN_FIELDS = (
     "concurrency_key",
     "max_running",
     "priority",
+    "handed_slot",
 )
 
 _OPTIONAL_FIELDS = (
@@ -76,6 +77,7 @@ _OPTIONAL_FIELDS = (
     "concurrency_key",
     "max_running",
     "priority",
+    "handed_slot",
 )
 
 # Errors recorded when a task could not be opened at all: no key can seal a

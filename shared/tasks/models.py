@@ -201,6 +201,7 @@ class Task(BaseModel):
     concurrency_key: str | None = None
     max_running: int | None = None
     priority: int | None = None  # None: the default (shared.flow.concurrency.DEFAULT_PRIORITY)
+    handed_slot: str | None = None  # a slot a release keeps for this waiting task
 
     @property
     def attempts_left(self) -> int:

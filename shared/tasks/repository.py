@@ -850,6 +850,7 @@ class FirestoreTaskRepository:
         slot_version: tuple[Any, ...] = ()
         if slot is not None:
             changes["blocked_by"] = None  # no longer waiting for a slot, if it was
+            changes["handed_slot"] = None
         try:
             if slot is None:
                 result = ref.update(
@@ -894,7 +895,12 @@ class FirestoreTaskRepository:
         """
         snapshot = opened.snapshot
         assert snapshot is not None
-        changes = {"blocked_by": reason, "ready_at": ready_at, "updated_at": now}
+        changes = {
+            "blocked_by": reason,
+            "ready_at": ready_at,
+            "handed_slot": None,
+            "updated_at": now,
+        }
         return self._conditional(snapshot, changes)
 
     def finish(

@@ -162,16 +162,24 @@ class Worker:
             return self._repository.take_lease(opened, now, lease_until), None
         for _ in range(_MAX_CONFLICTS):
             claim = self._slots.claim(
-                task.tenant_id, groups, task_id=task.task_id, until=lease_until, now=now
+                task.tenant_id,
+                groups,
+                task_id=task.task_id,
+                until=lease_until,
+                now=now,
+                handed=task.handed_slot,
             )
             if isinstance(claim, SlotGroup):
                 full = claim
-                if task.blocked_by == full.reason:
-                    # Parked before: the release that frees a slot publishes it again.
+                if task.blocked_by == full.reason and task.handed_slot is None:
+                    # Parked before: a release hands it a slot and publishes it again.
                     return Processed(Outcome.WAITING, full.reason)
                 ready_at = rank(task.created_at, task.priority)
                 if not self._repository.park(opened, full.reason, now, ready_at):
                     return None, None  # moved on meanwhile: look again
+                if task.handed_slot is not None:
+                    # Kept for it, but another of its limits is full: the next in line gets it.
+                    self._slots.give_back(task.tenant_id, task.handed_slot, task.task_id)
                 # A slot freed between the look and the park would wake no one: look again.
                 if self._slots.free(task.tenant_id, full.key, full.limit, now) is None:
                     log.info(

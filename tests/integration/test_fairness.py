@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -191,3 +191,54 @@ def test_operators_set_and_clear_a_tenants_max_running(pipeline: Pipeline) -> No
     assert store.set_max_running(tenant, None).max_running is None
     with pytest.raises(AIAError, match="max_running"):
         store.set_max_running(tenant, 101)
+
+
+def test_a_freed_slot_is_kept_for_the_task_that_waited_not_taken_by_an_arrival(
+    pipeline: Pipeline,
+) -> None:
+    tenant = f"hand-{uuid.uuid4().hex[:8]}"
+    worker = _worker(pipeline, lambda t: 1 if t == tenant else None)
+    marker = f"hand-{uuid.uuid4().hex[:12]}"
+    holder = _probe(pipeline, tenant, marker, 1.0)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(_deliver, worker, {"data": {"task_id": holder, "tenant_id": tenant}})
+        deadline = time.monotonic() + 30
+        while pipeline.status.get(tenant, holder).status is not TaskStatus.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        waiter = _probe(pipeline, tenant, marker, 0.05)
+        assert _deliver(worker, {"data": {"task_id": waiter, "tenant_id": tenant}}).outcome is (
+            Outcome.WAITING
+        )
+        assert running.result().outcome is Outcome.SUCCEEDED
+    # The holder's release handed its slot to the waiting task, which nobody runs yet.
+    slot = pipeline.db.collection("concurrency_slots").document(slot_id(tenant, TENANT_GROUP, 0))
+    kept = slot.get().to_dict() or {}
+    assert (kept["holder"], kept["handed"]) == (waiter, True)
+    arrival = _probe(pipeline, tenant, marker, 0.05)
+    seen = _deliver(worker, {"data": {"task_id": arrival, "tenant_id": tenant}})
+    assert seen.outcome is Outcome.WAITING, "an arrival took the slot kept for a waiting task"
+    assert _deliver(worker, {"data": {"task_id": waiter, "tenant_id": tenant}}).outcome is (
+        Outcome.SUCCEEDED
+    )
+    # ... whose release hands it on to the arrival, now first in line.
+    assert (slot.get().to_dict() or {})["holder"] == arrival
+    assert _deliver(worker, {"data": {"task_id": arrival, "tenant_id": tenant}}).outcome is (
+        Outcome.SUCCEEDED
+    )
+    assert [t for t, _, _ in read_probe(marker)["starts"]] == [holder, waiter, arrival]
+    assert (slot.get().to_dict() or {})["holder"] is None
+
+
+def test_a_hand_off_nobody_takes_lapses_and_the_slot_is_free_again(pipeline: Pipeline) -> None:
+    tenant = f"lapse-{uuid.uuid4().hex[:8]}"
+    worker = _worker(pipeline, lambda t: 1 if t == tenant else None)
+    slot = pipeline.db.collection("concurrency_slots").document(slot_id(tenant, TENANT_GROUP, 0))
+    # Handed to a task whose wake-up was lost, kept for it 1.5 s more.
+    until = datetime.now(UTC) + timedelta(seconds=1.5)
+    slot.set({"holder": "e" * 32, "lease_id": None, "until": until, "handed": True})
+    task_id = pipeline.submit.submit(tenant, {"type": "echo", "payload": {}}).task_id
+    message = {"data": {"task_id": task_id, "tenant_id": tenant}}
+    assert _deliver(worker, message).outcome is Outcome.WAITING
+    time.sleep(2.0)
+    assert _deliver(worker, message).outcome is Outcome.SUCCEEDED
