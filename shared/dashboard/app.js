@@ -114,6 +114,33 @@ async function loadCounts() {
   }
 }
 
+// The tenant's token budget (GET /usage): balance, what running tasks hold, this month's
+// spending; nothing when the tenant has no budget or the route is not served here.
+async function loadUsage() {
+  const line = $("usage");
+  let usage;
+  try {
+    usage = await api("/usage");
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 404 || error.status === 403)) {
+      line.hidden = true;
+      return;
+    }
+    throw error;
+  }
+  if (!usage || !usage.budgeted) {
+    line.hidden = true;
+    return;
+  }
+  const period = usage.period || {};
+  line.replaceChildren(
+    el("span", { dataset: { usage: "balance" } }, `${usage.balance}`), " tokens left · ",
+    el("span", { dataset: { usage: "reserved" } }, `${usage.reserved}`), " held by running tasks · ",
+    el("span", { dataset: { usage: "spent" } }, `${period.spent ?? 0}`), ` spent in ${period.id ?? "this month"}`,
+  );
+  line.hidden = false;
+}
+
 async function loadTasks() {
   const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (state.status) params.set("status", state.status);
@@ -181,13 +208,16 @@ async function loadDetail() {
     ["Started", when(task.started_at)],
     ["Finished", when(task.finished_at)],
   ];
+  // Why a queued or waiting task has not started (a concurrency slot, its dependencies).
+  if (task.blocked_by) fields.push(["Waiting for", task.blocked_by]);
+  if (task.priority !== undefined && task.priority !== null) fields.push(["Priority", String(task.priority)]);
   const traceLink = traceUrl(task.trace_id);
   if (traceLink) {
     fields.push(["Trace", el("a", { href: traceLink, target: "_blank", rel: "noopener noreferrer" }, task.trace_id)]);
   } else if (task.trace_id) {
     fields.push(["Trace", task.trace_id]);
   }
-  $("detail-fields").replaceChildren(...fields.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { dataset: { field: name.toLowerCase() } }, value)]));
+  $("detail-fields").replaceChildren(...fields.flatMap(([name, value]) => [el("dt", {}, name), el("dd", { dataset: { field: name.toLowerCase().replaceAll(" ", "-") } }, value)]));
   const output = $("detail-output");
   if (task.status === "succeeded") {
     $("detail-output-title").textContent = "Result";
@@ -234,7 +264,7 @@ async function refresh() {
   }
   state.busy = true;
   try {
-    await Promise.all([loadCounts(), loadTasks(), loadDeadLetters(), loadDetail()]);
+    await Promise.all([loadCounts(), loadUsage(), loadTasks(), loadDeadLetters(), loadDetail()]);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 import requests
 
 from devtools.stack_process import RunningStack, running_stack
+from shared.tasks.diagnostic import release_probe
 
 pytestmark = pytest.mark.e2e
 
@@ -239,3 +241,56 @@ def test_the_page_is_served_with_a_strict_policy(stack: RunningStack) -> None:
     assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     assert resp.headers["X-Content-Type-Options"] == "nosniff"
     assert resp.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_a_budgeted_tenant_sees_its_balance_and_why_a_task_waits(
+    page: Page, stack: RunningStack
+) -> None:
+    tenant = f"ui-{uuid.uuid4().hex[:8]}"
+    key = stack.cli("keys", "create", "--tenant", tenant).stdout.strip()
+    stack.cli("budgets", "grant", "--tenant", tenant, "--tokens", "50")
+    stack.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "1")
+    marker = f"ui-{uuid.uuid4().hex[:10]}"
+    headers = {"Authorization": f"Bearer {key}"}
+
+    def post(body: dict[str, Any]) -> str:
+        resp = requests.post(f"{stack.base_url}/tasks", json=body, headers=headers, timeout=30)
+        assert resp.status_code == 202, resp.text
+        return str(resp.json()["task_id"])
+
+    def view(task_id: str) -> dict[str, Any]:
+        resp = requests.get(f"{stack.base_url}/tasks/{task_id}", headers=headers, timeout=30)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, Any] = resp.json()
+        return body
+
+    # One task holds the tenant's only slot until released; the next one waits for it.
+    holder = post({"type": "probe", "payload": {"marker": marker, "hold_attempts": 1}})
+    deadline = time.monotonic() + 60
+    while view(holder)["status"] != "running":
+        assert time.monotonic() < deadline, view(holder)
+        time.sleep(0.2)
+    waiting = post({"type": "probe", "payload": {"marker": marker}, "priority": 8})
+    while view(waiting).get("blocked_by") != "tenant:max_running":
+        assert time.monotonic() < deadline, view(waiting)
+        time.sleep(0.2)
+
+    log_in(page, key)
+    usage = requests.get(f"{stack.base_url}/usage", headers=headers, timeout=30).json()
+    line = page.locator("#usage")
+    expect(line).to_be_visible(timeout=WAIT_MS)
+    expect(line.locator("[data-usage='balance']")).to_have_text(str(usage["balance"]))
+    expect(line.locator("[data-usage='reserved']")).to_have_text(str(usage["reserved"]))
+    assert usage["reserved"] == 2  # both tasks hold their price
+
+    expect(row(page, "tasks", waiting)).to_be_visible(timeout=WAIT_MS)
+    row(page, "tasks", waiting).locator("button[data-open]").click()
+    detail = page.locator("#detail")
+    expect(detail.locator("dd[data-field='status']")).to_have_text("queued")
+    expect(detail.locator("dd[data-field='waiting-for']")).to_have_text("tenant:max_running")
+    expect(detail.locator("dd[data-field='priority']")).to_have_text("8")
+
+    release_probe(marker, Path(stack.env["AIA_DIAGNOSTIC_DIR"]))
+    expect(detail.locator("dd[data-field='status']")).to_have_text("succeeded", timeout=WAIT_MS)
+    expect(detail.locator("dd[data-field='waiting-for']")).to_have_count(0)
+    stack.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "0")
