@@ -115,7 +115,9 @@ def task_events(repository: FirestoreTaskRepository) -> AllEvents:
     # webhook event together; fail_fast cancels the rest of a workflow before its
     # dependents fail one by one.
     webhooks = webhook_events()
-    return AllEvents(WorkflowEvents(repository, joins, webhooks), joins, budget_events(), webhooks)
+    budgets = budget_events()
+    workflows = WorkflowEvents(repository, joins, webhooks, refunds=budgets)
+    return AllEvents(workflows, joins, budgets, webhooks)
 
 
 @functools.cache
@@ -305,6 +307,7 @@ def workflow_service() -> WorkflowService:
         task_registry(),
         sealer=TaskSealer(keyring()),
         settings=get_settings(),
+        admission=admission(),
     )
 
 

@@ -49,6 +49,7 @@ UNINDEXED_FIELDS = (
     (WEBHOOK_DELIVERIES, "attempts"),
     (WORKFLOWS, "nodes"),
     (WORKFLOWS, "order"),
+    (WORKFLOWS, "holds"),
 )
 
 Direction = Literal["ASCENDING", "DESCENDING"]

@@ -26,7 +26,7 @@ from shared.flow.gcra import Limit
 from shared.flow.limits_store import BudgetSpec, FlowConfigStore, LimitSpec
 from shared.flow.metrics import RefusalCounter
 from shared.flow.ratelimits import Claim, RateLimiter, headers
-from shared.tasks.models import Task
+from shared.tasks.models import Task, TokenHold
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import Rehold, Staged
 
@@ -63,6 +63,19 @@ class Reservation:
 
 
 NOTHING = Reservation()
+
+
+@dataclass(frozen=True)
+class GroupHold:
+    """One hold for tasks created together (a workflow's nodes), split into theirs.
+
+    `writes` reserves the total from one escrow shard in the group's first
+    commit; each member's `TokenHold` names that shard, so each settles its own
+    part in its own terminal commit, as a task submitted alone does.
+    """
+
+    writes: HoldWrites
+    holds: dict[str, TokenHold]  # member -> its part (members priced 0 have none)
 
 
 class Admission:
@@ -160,6 +173,50 @@ class Admission:
                 self._bank.committed(held)
             elif raced:
                 self._bank.lost(held)
+
+    def reserve_group(
+        self, tenant_id: str, group_id: str, members: Mapping[str, str]
+    ) -> GroupHold | None:
+        """Hold the price of every member (member id -> task type) at once; None without a budget.
+
+        Raises BudgetExhausted (402) when the balance cannot cover them all: the
+        group is created whole or not at all.
+        """
+        config = self._config.get(tenant_id)
+        if config.budget is None:
+            return None
+        budget = self._bank.refill_if_due(tenant_id, config).budget
+        assert budget is not None
+        prices = {member: self.price(task_type) for member, task_type in members.items()}
+        total = sum(prices.values())
+        if total <= 0:
+            return None
+        try:
+            held = self._bank.hold(
+                tenant_id,
+                budget,
+                task_id=group_id,
+                hold_id=group_id,
+                task_type="workflow",
+                price=total,
+            )
+        except BudgetExhausted:
+            self._refused(tenant_id, "budget")
+            raise
+        shard = held.hold.shard
+        holds = {
+            member: TokenHold(id=member, tokens=price, shard=shard)
+            for member, price in prices.items()
+            if price > 0
+        }
+        return GroupHold(held, holds)
+
+    def group_done(self, group: GroupHold, *, committed: bool) -> None:
+        """After the group's first commit: it stored the hold, or lost its shard's race."""
+        if committed:
+            self._bank.committed(group.writes)
+        else:
+            self._bank.lost(group.writes)
 
     def rehold(self, task: Task, replay: int) -> Rehold | None:
         """A fresh hold for a replayed task's next run (its first was settled when it failed)."""

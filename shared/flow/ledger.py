@@ -27,7 +27,7 @@ import binascii
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -35,11 +35,12 @@ from typing import Any
 from urllib.parse import quote
 
 from shared import queries
+from shared.clients import SWEEP_CALL
 from shared.errors import AIAError, BadRequest
 from shared.flow import escrow
 from shared.flow import metrics as flow_metrics
 from shared.limits import loads_bounded
-from shared.tasks.models import Task, TaskStatus
+from shared.tasks.models import Task, TaskStatus, TokenHold
 
 log = logging.getLogger("aia.ledger")
 
@@ -197,6 +198,50 @@ class BudgetEvents:
 
     def flush(self, task: Task, status: TaskStatus) -> None:
         return None  # everything was in the commit
+
+    def refund(self, tenant_id: str, holds: Sequence[TokenHold], *, reason: str) -> int:
+        """Give back whole holds of tasks that were never stored; how many were refunded.
+
+        Each refund entry's id is its hold's, so refunding a hold twice is
+        refused by Firestore rather than counted twice.
+        """
+        from google.api_core.exceptions import AlreadyExists
+        from google.cloud.firestore import Increment
+
+        refunded = 0
+        for hold in holds:
+            if hold.tokens <= 0:
+                continue
+            batch = self._db.batch()
+            batch.set(
+                shard_ref(self._db, tenant_id, hold.shard),
+                {
+                    "tenant_id": tenant_id,
+                    "shard": hold.shard,
+                    "available": Increment(hold.tokens),
+                    "reserved": Increment(-hold.tokens),
+                },
+                merge=True,
+            )
+            batch.create(
+                entry_ref(self._db, tenant_id, Kind.REFUND, hold.id),
+                entry(
+                    tenant_id,
+                    Kind.REFUND,
+                    hold.tokens,
+                    self._clock(),
+                    retention=self._retention,
+                    task_id=hold.id,
+                    hold=hold.id,
+                    reason=reason,
+                ),
+            )
+            try:
+                batch.commit(**SWEEP_CALL.kwargs())
+            except AlreadyExists:
+                continue  # refunded before
+            refunded += 1
+        return refunded
 
 
 # -- reading the ledger ----------------------------------------------------------

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.clients import SWEEP_CALL, WORKER_CALL
 from shared.errors import AIAError
 from shared.tasks.documents import TaskDocuments
-from shared.tasks.models import TERMINAL, Task, TaskStatus
-from shared.workflows.store import WorkflowSnapshot, WorkflowStore
+from shared.tasks.models import TERMINAL, Task, TaskStatus, TokenHold
+from shared.workflows.store import WorkflowSnapshot, WorkflowStore, holds_of
 
 if TYPE_CHECKING:
     from shared.tasks.repository import FirestoreTaskRepository
@@ -78,6 +78,12 @@ def halt(
     return asked
 
 
+class Refunds(Protocol):
+    """Who gives back holds of tasks never stored (`shared.flow.ledger.BudgetEvents`)."""
+
+    def refund(self, tenant_id: str, holds: Sequence[TokenHold], *, reason: str) -> int: ...
+
+
 class FinishedListener(Protocol):
     """Who hears that a workflow's last node ended (the webhook outbox)."""
 
@@ -96,11 +102,13 @@ class WorkflowEvents:
         repository: FirestoreTaskRepository,
         joins: Joins,
         finished: FinishedListener | None = None,
+        refunds: Refunds | None = None,
     ) -> None:
         self._repository = repository
         self._joins = joins
         self._store = WorkflowStore(repository)
         self._finished = finished
+        self._refunds = refunds
 
     def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
         return None  # nothing to record with the node: its status is the record
@@ -226,7 +234,14 @@ class WorkflowEvents:
         if not self._store.update(workflow.workflow_id, changes, workflow.version, SWEEP_CALL):
             return
         log.warning("workflow creation abandoned", extra={"workflow_id": workflow.workflow_id})
-        halt(self._repository, workflow, self._store.node_docs(workflow, SWEEP_CALL))
+        docs = self._store.node_docs(workflow, SWEEP_CALL)
+        halt(self._repository, workflow, docs)
+        if self._refunds is not None and workflow.get("holds") is not None:
+            # Stored nodes settle as they are cancelled; those never stored give theirs back.
+            holds = holds_of(workflow.get("holds"))
+            stored = {workflow.nodes[name] for name, doc in docs.items() if doc is not None}
+            unstored = [h for task_id, h in holds.items() if task_id not in stored]
+            self._refunds.refund(workflow.tenant_id, unstored, reason="workflow abandoned")
 
     def _unblock(
         self, workflow: WorkflowSnapshot, docs: Mapping[str, dict[str, Any] | None], now: datetime

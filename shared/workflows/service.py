@@ -9,6 +9,12 @@ dependency machinery of `shared.workflows.joins` starts it once they all
 succeeded (and fails it when one does not). Root nodes are queued and
 published last, once every node is stored. A workflow's status is derived
 from its nodes whenever it is read.
+
+For a budgeted tenant the first commit also holds every node's price from one
+escrow shard (`Admission.reserve_group`): a workflow the balance cannot cover
+is a 402 and nothing is stored. Each node carries its part of that hold and
+settles it when it ends, as a task submitted alone does; the parts of nodes an
+abandoned creation never stored are refunded by the reconciler.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared import queries
 from shared.clients import SUBMIT_WRITE
@@ -34,7 +40,7 @@ from shared.errors import (
 from shared.pages import page_request
 from shared.security.crypto import TaskSealer
 from shared.tasks.dispatch import TaskPublisher
-from shared.tasks.models import Task, TaskMessage, TaskStatus
+from shared.tasks.models import Task, TaskMessage, TaskStatus, TokenHold
 from shared.tasks.registry import TaskRegistry
 from shared.tasks.repository import FirestoreTaskRepository, IdempotencyClaim, valid_task_id
 from shared.tasks.submission import validate_idempotency_key
@@ -47,13 +53,25 @@ from shared.workflows.models import (
     WorkflowSummary,
     WorkflowView,
 )
-from shared.workflows.store import BATCH_WRITES, WorkflowSnapshot, WorkflowStore, Write
+from shared.workflows.store import (
+    BATCH_WRITES,
+    HoldRaced,
+    WorkflowSnapshot,
+    WorkflowStore,
+    Write,
+    holds_of,
+)
+
+if TYPE_CHECKING:
+    from shared.flow.admission import Admission, GroupHold
 
 log = logging.getLogger("aia.workflows")
 
 # Root nodes are published this many at a time; the first wave that fails stops it.
 PUBLISH_WAVE = 8
 _MAX_CONFLICTS = 5
+# Writes a budget hold adds to the first commit: the shard, the reserve entry, a counter.
+HOLD_WRITES = 3
 
 
 @dataclass(frozen=True)
@@ -73,7 +91,9 @@ class WorkflowService:
         *,
         sealer: TaskSealer,
         settings: Settings,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission
         self._store = store
         self._repository = repository
         self._publisher = publisher
@@ -88,9 +108,27 @@ class WorkflowService:
         claim = self._claim(tenant_id, body, idempotency_key)
         now = datetime.now(UTC)
         workflow_id = uuid.uuid4().hex
-        chunks = self._chunks(tenant_id, workflow_id, plan, now)
-        doc = self._document(tenant_id, workflow_id, plan, now, creating=len(chunks) > 1)
-        begun = self._store.begin(workflow_id, doc, claim, chunks[0])
+        for _ in range(_MAX_CONFLICTS):
+            group = self._hold(tenant_id, workflow_id, plan)
+            holds = group.holds if group is not None else {}
+            chunks = self._chunks(tenant_id, workflow_id, plan, now, holds, held=group is not None)
+            doc = self._document(tenant_id, workflow_id, plan, now, creating=len(chunks) > 1)
+            if group is not None:
+                doc["holds"] = _stored_holds(plan, holds)
+            try:
+                begun = self._store.begin(
+                    workflow_id, doc, claim, chunks[0], group.writes if group else None
+                )
+            except HoldRaced:
+                assert group is not None
+                assert self._admission is not None
+                self._admission.group_done(group, committed=False)
+                continue
+            if group is not None and self._admission is not None and not begun.replayed:
+                self._admission.group_done(group, committed=True)
+            break
+        else:
+            raise Unavailable("the tenant's budget is contended; retry shortly")
         if begun.replayed:
             return self._replayed(tenant_id, begun.workflow_id, plan)
         if len(chunks) > 1:
@@ -101,6 +139,13 @@ class WorkflowService:
             extra={"workflow_id": workflow_id, "nodes": len(plan.nodes), "edges": plan.edges},
         )
         return Accepted(workflow_id, replayed=False, dispatched=dispatched)
+
+    def _hold(self, tenant_id: str, workflow_id: str, plan: Plan) -> GroupHold | None:
+        """Every node's price held at once for a budgeted tenant (402 if it cannot be)."""
+        if self._admission is None:
+            return None
+        members = {node_task_id(workflow_id, n): plan.nodes[n].type for n in plan.order}
+        return self._admission.reserve_group(tenant_id, workflow_id, members)
 
     def _claim(
         self, tenant_id: str, body: Any, idempotency_key: str | None
@@ -137,7 +182,14 @@ class WorkflowService:
         return doc
 
     def _chunks(
-        self, tenant_id: str, workflow_id: str, plan: Plan, now: datetime
+        self,
+        tenant_id: str,
+        workflow_id: str,
+        plan: Plan,
+        now: datetime,
+        holds: Mapping[str, TokenHold],
+        *,
+        held: bool,
     ) -> list[list[Write]]:
         """Every write of the creation, cut into commits; the first leaves room for two more.
 
@@ -169,6 +221,7 @@ class WorkflowService:
                 workflow_id=workflow_id,
                 node=name,
                 priority=request.priority,
+                hold=holds.get(ids[name]),
             )
             for position, dep in enumerate(deps):
                 writes.append(
@@ -185,7 +238,8 @@ class WorkflowService:
                     f"node {name!r}: {exc.detail}", field=f"nodes.{name}.payload"
                 ) from None
             writes.append(Write((queries.TASKS, ids[name]), doc, create=True, task_type=task.type))
-        first = BATCH_WRITES - 2  # the workflow document and the key's record
+        # The workflow document and the key's record, and the budget's hold if any.
+        first = BATCH_WRITES - 2 - (HOLD_WRITES if held else 0)
         chunks = [writes[:first]]
         chunks += [writes[i : i + BATCH_WRITES] for i in range(first, len(writes), BATCH_WRITES)]
         return chunks
@@ -218,7 +272,9 @@ class WorkflowService:
         if not snap.get("creating"):
             return Accepted(workflow_id, True, dispatched=not snap.get("dispatch_deferred"))
         created = snap.get("created_at") or datetime.now(UTC)
-        chunks = self._chunks(tenant_id, workflow_id, plan, created)
+        stored = snap.get("holds")
+        holds = holds_of(stored)
+        chunks = self._chunks(tenant_id, workflow_id, plan, created, holds, held=stored is not None)
         self._finish_creation(workflow_id, chunks[1:], snap.version)
         return Accepted(workflow_id, True, self._publish_roots(tenant_id, workflow_id, plan))
 
@@ -398,3 +454,9 @@ def view_of(snap: WorkflowSnapshot, docs: Mapping[str, dict[str, Any] | None]) -
 def _expired(snap: WorkflowSnapshot, now: datetime) -> bool:
     expires = snap.get(queries.EXPIRES_AT)
     return expires is not None and expires <= now
+
+
+def _stored_holds(plan: Plan, holds: Mapping[str, TokenHold]) -> dict[str, Any]:
+    """What the workflow document keeps of its nodes' holds: the shard and each node's part."""
+    shard = next(iter(holds.values())).shard if holds else 0
+    return {"shard": shard, "tokens": {h.id: h.tokens for h in holds.values()}}

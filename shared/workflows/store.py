@@ -10,7 +10,7 @@ uses a transaction: each change is one write conditioned on the version read.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 from shared import queries
 from shared.clients import STATUS_READ, SUBMIT_WRITE, SWEEP_CALL, WORKER_CALL, Deadline
 from shared.errors import IdempotencyMismatch, Unavailable
+from shared.tasks.models import TokenHold
 from shared.tasks.repository import (
     IDEMPOTENCY_TTL,
     IdempotencyClaim,
+    Staged,
     decode_page_token,
     encode_page_token,
 )
@@ -89,6 +91,10 @@ class Write:
     task_type: str | None = None  # for a node's task: counted as submitted
 
 
+class HoldRaced(Exception):
+    """The first commit's budget hold lost its shard to another writer: plan it again."""
+
+
 @dataclass(frozen=True)
 class Begun:
     """The first commit of a creation: this request's, or an earlier one's (a replay)."""
@@ -112,12 +118,13 @@ class WorkflowStore:
 
     # -- creating ------------------------------------------------------------
 
-    def begin(
+    def begin(  # noqa: PLR0912 - one answer per way the first commit can end
         self,
         workflow_id: str,
         doc: dict[str, Any],
         claim: IdempotencyClaim | None,
         writes: Sequence[Write],
+        hold: Staged | None = None,
     ) -> Begun:
         """Create the workflow document (and the key's record) with the first writes, at once.
 
@@ -148,20 +155,26 @@ class WorkflowStore:
             elif idem is not None:
                 batch.update(idem, record, option=self._after(renew_after))
             self._add(batch, writes)
+            if hold is not None:
+                hold.stage(batch)
             try:
                 results = batch.commit(**WORKER_CALL.kwargs())
-            except (AlreadyExists, FailedPrecondition):
+            except (AlreadyExists, FailedPrecondition) as exc:
                 mine = ref.get(**SUBMIT_WRITE.kwargs())
                 if mine.exists:
                     # This request's own commit landed and its answer was lost.
                     self._count(writes)
                     return Begun(workflow_id, replayed=False, version=mine.update_time)
+                if hold is not None and (idem is None or isinstance(exc, FailedPrecondition)):
+                    raise HoldRaced(workflow_id) from exc
                 if idem is None:
                     raise
             else:
                 self._count(writes)
                 return Begun(workflow_id, replayed=False, version=results[0].update_time)
             prior = idem.get(**SUBMIT_WRITE.kwargs())
+            if not prior.exists and hold is not None:
+                raise HoldRaced(workflow_id)  # no record in the way: the hold's shard was
             if not prior.exists:
                 renew_after = None
                 continue  # expired and deleted in between: create it afresh
@@ -307,3 +320,14 @@ class WorkflowStore:
         except (FailedPrecondition, NotFound):
             return False
         return True
+
+
+def holds_of(stored: Any) -> dict[str, TokenHold]:
+    """The nodes' holds (node task id -> hold) as the workflow document keeps them."""
+    if not isinstance(stored, Mapping):
+        return {}
+    shard = int(stored.get("shard") or 0)
+    tokens = stored.get("tokens") or {}
+    return {
+        task_id: TokenHold(id=task_id, tokens=int(n), shard=shard) for task_id, n in tokens.items()
+    }

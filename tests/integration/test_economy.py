@@ -16,16 +16,23 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from google.api_core.exceptions import GoogleAPICallError, RetryError
 
+from shared.config import Settings
 from shared.errors import BudgetExhausted, RateLimited, TaskFailure, Unavailable
+from shared.flow.ledger import BudgetEvents
 from shared.flow.limits_store import ALL_TYPES, LimitSpec
+from shared.security.crypto import TaskSealer
 from shared.tasks.models import TaskMessage
 from shared.tasks.worker import Outcome
+from shared.workflows.events import CREATION_GRACE, WorkflowEvents
+from shared.workflows.joins import Joins
+from shared.workflows.service import WorkflowService
+from shared.workflows.store import WorkflowStore, holds_of
 from tests.integration.conftest import Pipeline
 from tests.support.economy import (
     Flow,
@@ -262,3 +269,81 @@ def test_a_rate_limit_holds_across_instances_at_rate_times_time_plus_burst(
     # Every refusal named a wait of at least a second (none, on a machine too loaded to
     # offer more than the limit: the count above still holds the limiter to its bound).
     assert all(wait >= 1 for wait in refused)
+
+
+def _workflows(pipeline: Pipeline, flow: Flow) -> WorkflowService:
+    return WorkflowService(
+        WorkflowStore(flow.repository),
+        flow.repository,
+        flow.publisher,
+        pipeline.registry,
+        sealer=TaskSealer(pipeline.ring),
+        settings=Settings(project="aia-test"),
+        admission=flow.admission,
+    )
+
+
+def test_a_workflow_holds_every_nodes_price_or_is_refused_whole(
+    pipeline: Pipeline, flow: Flow
+) -> None:
+    tenant = f"wf-{uuid.uuid4().hex[:8]}"
+    flow.bank.grant(tenant, 5)
+    service = _workflows(pipeline, flow)
+    three = {"nodes": {n: {"type": "echo", "payload": {"n": n}} for n in ("a", "b", "c")}}
+    created = service.create(tenant, three)
+    totals = assert_books_balance(flow, tenant)
+    assert (totals.available, totals.reserved) == (2, 3)
+    # A second one the balance cannot cover: refused whole, nothing stored or held.
+    with pytest.raises(BudgetExhausted) as refused:
+        service.create(tenant, three)
+    assert (refused.value.extra["balance"], refused.value.extra["price"]) == (2, 3)
+    assert [w.workflow_id for w in service.list(tenant, {}).workflows] == [created.workflow_id]
+    assert (assert_books_balance(flow, tenant).reserved) == 3
+    # Each node settles its own part when it ends, as a task submitted alone does.
+    worker = pipeline.worker_with(flow.repository)
+    for view in service.get(tenant, created.workflow_id).nodes.values():
+        done = worker.process(TaskMessage(task_id=view.task_id, tenant_id=tenant))
+        assert done.outcome is Outcome.SUCCEEDED
+    totals = assert_books_balance(flow, tenant)
+    assert (totals.spent, totals.reserved, totals.available) == (3, 0, 2)
+
+
+def test_an_abandoned_creation_gives_back_what_its_unstored_nodes_held(
+    pipeline: Pipeline, flow: Flow
+) -> None:
+    tenant = f"wf-{uuid.uuid4().hex[:8]}"
+    flow.bank.grant(tenant, 1000)
+    service = _workflows(pipeline, flow)
+    # A chain of 300: more than one commit. The request dies after its first one.
+    names = [f"n{i}" for i in range(300)]
+    body = {
+        "nodes": {
+            n: {"type": "echo", "payload": {}, "depends_on": names[i - 1 : i]}
+            for i, n in enumerate(names)
+        }
+    }
+    store = WorkflowStore(flow.repository)
+    service._store = store
+
+    def dies(writes: Any) -> None:
+        raise Unavailable("the function was stopped")
+
+    store.commit = dies  # type: ignore[method-assign]
+    with pytest.raises(Unavailable):
+        service.create(tenant, body)
+    assert assert_books_balance(flow, tenant).reserved == 300  # every node's price, at once
+    workflow = next(iter(store.page(tenant, limit=1, page_token=None)[0]))
+    assert workflow.get("creating") is True
+    refunds = flow.repository.events
+    assert isinstance(refunds, BudgetEvents)
+    joins = Joins(flow.repository, lambda: pipeline.registry, None)
+    reconciler = WorkflowEvents(flow.repository, joins, refunds=refunds)
+    later = datetime.now(UTC) + CREATION_GRACE + timedelta(seconds=1)
+    stuck = store.read(workflow.workflow_id)
+    assert stuck is not None
+    reconciler._check(stuck, later)
+    # The stored nodes were cancelled and settled; the others' parts came back.
+    totals = assert_books_balance(flow, tenant)
+    assert (totals.reserved, totals.available, totals.spent) == (0, 1000, 0)
+    # A second look refunds nothing twice.
+    assert refunds.refund(tenant, list(holds_of(workflow.get("holds")).values()), reason="x") == 0

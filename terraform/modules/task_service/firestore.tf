@@ -108,9 +108,11 @@ locals {
   unindexed_fields = {
     webhook_endpoint_secrets  = { collection = "webhook_endpoints", field = "secrets" }
     webhook_delivery_attempts = { collection = "webhook_deliveries", field = "attempts" }
-    # A workflow's node map and order: up to 1,000 entries each, one index write apiece.
+    # A workflow's node map, order and nodes' budget holds: up to 1,000 entries each,
+    # one index write apiece.
     workflow_nodes = { collection = "workflows", field = "nodes" }
     workflow_order = { collection = "workflows", field = "order" }
+    workflow_holds = { collection = "workflows", field = "holds" }
   }
   ttl_field = "expires_at"
 }
