@@ -898,6 +898,12 @@ ROUTES: tuple[Route, ...] = (
             BODY_400,
             API_KEY_401,
             Answer(
+                402,
+                "The tenant's token balance cannot cover the price of every node (both in the "
+                "body): nothing was stored",
+                problems=("budget-exhausted",),
+            ),
+            Answer(
                 413,
                 "The body is over 1 MiB, or a node too large to store",
                 problems=("payload-too-large",),
