@@ -78,6 +78,13 @@ class TaskCounters:
     def _flush_from_timer(self) -> None:
         with self._lock:
             self._timer = None
+            left = self._flush_s - (self._clock() - self._last_flush)
+            if left > 0:
+                # A commit carried the counts since the timer was set: wait for the rest.
+                self._timer = threading.Timer(left, self._flush_from_timer)
+                self._timer.daemon = True
+                self._timer.start()
+                return
         self._flush_quietly()
 
     def submitted(self, task_type: str, n: int = 1) -> None:
@@ -115,6 +122,37 @@ class TaskCounters:
         if self._clock() - self._last_flush >= self._flush_s:
             self.flush()
 
+    def ride(self, batch: Any) -> Callable[[bool], None] | None:
+        """When a flush is due, add the counts to `batch`, a commit made anyway.
+
+        A busy instance then never spends a commit of its own on counters. The
+        answer is to be called with whether the batch was committed (counts of
+        a batch that failed are kept for the next flush); None when nothing rode.
+        """
+        if self._flush_s <= 0 or self._clock() - self._last_flush < self._flush_s:
+            return None
+        if not self._flushing.acquire(blocking=False):
+            return None
+        with self._lock:
+            submitted, self._submitted = self._submitted, Counter()
+            durations, self._durations = self._durations, {}
+            self._last_flush = self._clock()
+        if not submitted and not durations:
+            self._flushing.release()
+            return None
+        self._stage(batch, submitted, durations)
+
+        def done(committed: bool) -> None:
+            try:
+                if not committed:
+                    self._restore(submitted, durations)
+                    with self._lock:
+                        self._arm()
+            finally:
+                self._flushing.release()
+
+        return done
+
     def flush(self, *, at_exit: bool = False) -> bool:
         """Write everything counted so far in one batch; on failure keep it for next time.
 
@@ -149,13 +187,16 @@ class TaskCounters:
     def _write(
         self, submitted: Counter[str], durations: dict[str, _Durations], *, at_exit: bool = False
     ) -> None:
-        from google.cloud.firestore import Increment
-
         from shared.clients import EXIT_CALL, WORKER_CALL
 
-        data: dict[str, Any]
-
         batch = self._db.batch()
+        self._stage(batch, submitted, durations)
+        batch.commit(**(EXIT_CALL if at_exit else WORKER_CALL).kwargs())
+
+    def _stage(self, batch: Any, submitted: Counter[str], durations: dict[str, _Durations]) -> None:
+        from google.cloud.firestore import Increment
+
+        data: dict[str, Any]
         for task_type, n in submitted.items():
             ref = shard_ref(self._db, SUBMITTED, task_type, self._shards)
             batch.set(
@@ -171,7 +212,6 @@ class TaskCounters:
             if entry.outcomes:
                 data["outcomes"] = {k: Increment(v) for k, v in entry.outcomes.items()}
             batch.set(shard_ref(self._db, DURATION, task_type, self._shards), data, merge=True)
-        batch.commit(**(EXIT_CALL if at_exit else WORKER_CALL).kwargs())
 
     def _restore(self, submitted: Counter[str], durations: dict[str, _Durations]) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -130,6 +130,13 @@ class Lease:
     lock: threading.Lock = dataclass_field(default_factory=threading.Lock, repr=False)
     # The versions of the concurrency slots taken with the lease (shared.flow.concurrency).
     slot_version: tuple[Any, ...] = ()
+
+
+@dataclass
+class _Ride:
+    """Whether a batch that carried the counters due landed."""
+
+    landed: bool = False
 
 
 class SlotClaim(Protocol):
@@ -508,12 +515,14 @@ class FirestoreTaskRepository:
             batch = self._rebatch(task, doc, extra, staged)
             # Only a staged write can fail a precondition here: the task id is new.
             failed_precondition, _, already_exists = _google_errors()
-            try:
-                written = batch.commit(**SUBMIT_WRITE.kwargs())
-            except (failed_precondition, already_exists) as exc:
-                if not staged:
-                    raise
-                raise StagedConflict("a staged document changed under this submit") from exc
+            with self._riding(batch) as ride:
+                try:
+                    written = batch.commit(**SUBMIT_WRITE.kwargs())
+                except (failed_precondition, already_exists) as exc:
+                    if not staged:
+                        raise
+                    raise StagedConflict("a staged document changed under this submit") from exc
+                ride.landed = True
             created = Created(
                 task.task_id,
                 replayed=False,
@@ -940,31 +949,43 @@ class FirestoreTaskRepository:
                         update={"status": status, "finished_at": changes["finished_at"]}
                     )
                     self.events.stage(batch, recorded, status)
-                try:
-                    _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
-                except failed_precondition:
-                    again = self._read(lease.task.task_id, WORKER_CALL)
-                    if again is None:
-                        return None
-                    if again.get("finished_by") == lease.lease_id:
-                        # Our write landed; its answer was lost.
-                        stored = TaskStatus(again.status)
-                        self._count_attempt(lease, duration_s, stored)
-                        return stored
-                    if again.get("lease_id") != lease.lease_id:
-                        return None
-                    version = again.version  # touched by another writer; we still hold it
-                    if again.get("has_dependents") and not lease.task.has_dependents:
-                        # A task now waits for this one: what follows must tell it.
-                        lease.task = lease.task.model_copy(update={"has_dependents": True})
-                    if again.get("cancel_requested") and status is not TaskStatus.CANCELLED:
-                        # Cancelled while the attempt ran: its late outcome is discarded.
-                        status, result = TaskStatus.CANCELLED, None
-                        error = TaskError(code="cancelled", message=CANCELLED_MESSAGE)
-                else:
-                    self._count_attempt(lease, duration_s, status)
-                    return status
+                again: Snapshot | None = None
+                with self._riding(batch) as ride:
+                    try:
+                        _until(functools.partial(batch.commit, **WORKER_CALL.kwargs()), until)
+                        ride.landed = True
+                    except failed_precondition:
+                        again = self._read(lease.task.task_id, WORKER_CALL)
+                        # Our write landed and its answer was lost, or another writer's did.
+                        ride.landed = (
+                            again is not None and again.get("finished_by") == lease.lease_id
+                        )
+                if ride.landed:
+                    stored = status if again is None else TaskStatus(again.status)
+                    self._count_attempt(lease, duration_s, stored)
+                    return stored
+                if again is None or again.get("lease_id") != lease.lease_id:
+                    return None
+                version = again.version  # touched by another writer; we still hold it
+                if again.get("has_dependents") and not lease.task.has_dependents:
+                    # A task now waits for this one: what follows must tell it.
+                    lease.task = lease.task.model_copy(update={"has_dependents": True})
+                if again.get("cancel_requested") and status is not TaskStatus.CANCELLED:
+                    # Cancelled while the attempt ran: its late outcome is discarded.
+                    status, result = TaskStatus.CANCELLED, None
+                    error = TaskError(code="cancelled", message=CANCELLED_MESSAGE)
         raise Unavailable("the task document kept changing while its attempt was recorded")
+
+    @contextlib.contextmanager
+    def _riding(self, batch: Any) -> Iterator[_Ride]:
+        """Counters due ride along in `batch`; kept for the next flush unless it landed."""
+        rider = self.counters.ride(batch)
+        ride = _Ride()
+        try:
+            yield ride
+        finally:
+            if rider is not None:
+                rider(ride.landed)
 
     def _count_attempt(self, lease: Lease, duration_s: float, status: TaskStatus) -> None:
         self.counters.attempt(lease.task.type, duration_s, status.value)

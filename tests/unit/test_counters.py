@@ -90,3 +90,29 @@ def test_a_duration_that_is_not_finite_is_refused() -> None:
     counters = TaskCounters(Batches(), shards=1, flush_s=0.0)
     with pytest.raises(ValueError, match="finite"):
         counters.attempt("echo", float("nan"), None)
+
+
+def test_counts_due_ride_in_a_commit_made_anyway_and_stay_if_it_fails() -> None:
+    now = [0.0]
+    db = Batches()
+    counters = TaskCounters(db, shards=2, flush_s=10.0, clock=lambda: now[0])
+    counters.submitted("echo", 4)
+    carrier = Writer()
+    assert counters.ride(carrier) is None  # not due yet: the task's batch carries nothing
+    assert carrier.writes == []
+    now[0] += 10.0
+    done = counters.ride(carrier)
+    assert done is not None
+    assert carrier.writes  # the counts are in the task's own batch: no commit of theirs
+    done(False)  # ... which failed: they are kept
+    assert counters.ride(Writer()) is None  # not due again until the next interval
+    now[0] += 10.0
+    landed = Writer()
+    done = counters.ride(landed)
+    assert done is not None
+    done(True)
+    assert db.committed == []  # never a commit of the counters' own
+    submitted, _, _ = metrics.fold_shards(apply(landed.writes))
+    assert submitted == {"echo": 4}
+    assert counters.flush() is True  # nothing left over
+    assert db.committed == []
