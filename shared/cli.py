@@ -31,6 +31,7 @@ CLIENT_COMMANDS = {
     "status": "show one task",
     "list": "list tasks, newest first",
     "wait": "wait for a task, showing progress",
+    "usage": "your token balance, spending and limits",
     "dlq": "tasks that failed for good: list, replay",
 }
 

@@ -196,9 +196,17 @@ def admission() -> Admission:
 
 @functools.cache
 def usage_service() -> UsageService:
+    from shared.flow.limits_store import parse_limit
     from shared.flow.usage import UsageService
 
-    return UsageService(firestore_client(), flow_config(), budget_bank())
+    settings = get_settings()
+    return UsageService(
+        firestore_client(),
+        flow_config(),
+        budget_bank(),
+        default_limit=parse_limit(settings.rate_limit_default),
+        default_max_running=settings.tenant_max_running or None,
+    )
 
 
 @functools.cache

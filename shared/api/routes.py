@@ -570,7 +570,9 @@ _USAGE_ROUTES = (
         auth=Auth.API_KEY,
         tag="usage",
         answers=(
-            Answer(200, "The budget", (Content(JSON, "shared.flow.usage:UsageView"),)),
+            Answer(
+                200, "The budget and the limits", (Content(JSON, "shared.flow.usage:UsageView"),)
+            ),
             API_KEY_401,
             INTERNAL,
             UNAVAILABLE,

@@ -114,8 +114,8 @@ async function loadCounts() {
   }
 }
 
-// The tenant's token budget (GET /usage): balance, what running tasks hold, this month's
-// spending; nothing when the tenant has no budget or the route is not served here.
+// The tenant's token budget and limits (GET /usage): balance, what running tasks hold,
+// this month's spending, its rate and running limits; hidden when there is none of them.
 async function loadUsage() {
   const line = $("usage");
   let usage;
@@ -128,17 +128,27 @@ async function loadUsage() {
     }
     throw error;
   }
-  if (!usage || !usage.budgeted) {
-    line.hidden = true;
-    return;
+  const parts = [];
+  if (usage && usage.budgeted) {
+    const period = usage.period || {};
+    parts.push(
+      el("span", { dataset: { usage: "balance" } }, `${usage.balance}`), " tokens left · ",
+      el("span", { dataset: { usage: "reserved" } }, `${usage.reserved}`), " held by running tasks · ",
+      el("span", { dataset: { usage: "spent" } }, `${period.spent ?? 0}`), ` spent in ${period.id ?? "this month"}`,
+    );
   }
-  const period = usage.period || {};
-  line.replaceChildren(
-    el("span", { dataset: { usage: "balance" } }, `${usage.balance}`), " tokens left · ",
-    el("span", { dataset: { usage: "reserved" } }, `${usage.reserved}`), " held by running tasks · ",
-    el("span", { dataset: { usage: "spent" } }, `${period.spent ?? 0}`), ` spent in ${period.id ?? "this month"}`,
-  );
-  line.hidden = false;
+  const limits = (usage && usage.limits) || {};
+  for (const [scope, limit] of Object.entries(limits.rate || {})) {
+    const what = scope === "*" ? "submits" : `${scope} submits`;
+    if (parts.length) parts.push(" · ");
+    parts.push(el("span", { dataset: { usage: `rate-${scope === "*" ? "all" : scope}` } }, `${limit.rate}/s`), ` ${what} (burst ${limit.burst})`);
+  }
+  if (limits.max_running) {
+    if (parts.length) parts.push(" · ");
+    parts.push("at most ", el("span", { dataset: { usage: "max-running" } }, `${limits.max_running}`), " running at once");
+  }
+  line.replaceChildren(...parts);
+  line.hidden = parts.length === 0;
 }
 
 async function loadTasks() {

@@ -20,7 +20,7 @@ from shared.errors import ValidationFailed
 from shared.flow import escrow
 from shared.flow.budgets import BudgetBank
 from shared.flow.ledger import DEFAULT_PAGE, MAX_PAGE, Kind, list_entries
-from shared.flow.limits_store import FlowConfigStore
+from shared.flow.limits_store import ALL_TYPES, FlowConfig, FlowConfigStore, LimitSpec
 
 
 class UsagePeriod(BaseModel):
@@ -32,11 +32,28 @@ class UsagePeriod(BaseModel):
     by_day: dict[str, int] = Field(description="Spent per UTC day (`YYYY-MM-DD`)")
 
 
+class RateLimitView(BaseModel):
+    rate: float = Field(description="Sustained submits per second")
+    burst: int = Field(description="Submits at once")
+
+
+class UsageLimits(BaseModel):
+    """The limits the caller's submits and tasks run under (its own, else the defaults)."""
+
+    rate: dict[str, RateLimitView] = Field(
+        description="By scope: `*` for all of the tenant's submits, else a task type"
+    )
+    max_running: int | None = Field(
+        default=None, description="The tenant's tasks running at once; absent: no limit"
+    )
+
+
 class UsageView(BaseModel):
-    """The caller's budget: absent fields mean the tenant has no budget (`budgeted: false`)."""
+    """The caller's budget (absent fields: no budget, `budgeted: false`) and its limits."""
 
     tenant_id: str
     budgeted: bool
+    limits: UsageLimits
     balance: int | None = Field(default=None, description="Tokens available for new tasks")
     reserved: int | None = Field(default=None, description="Held by tasks not yet finished")
     spent_total: int | None = None
@@ -64,10 +81,20 @@ class LedgerPage(BaseModel):
 
 
 class UsageService:
-    def __init__(self, db: Any, config: FlowConfigStore, bank: BudgetBank) -> None:
+    def __init__(
+        self,
+        db: Any,
+        config: FlowConfigStore,
+        bank: BudgetBank,
+        *,
+        default_limit: LimitSpec | None = None,
+        default_max_running: int | None = None,
+    ) -> None:
         self._db = db
         self._config = config
         self._bank = bank
+        self._default_limit = default_limit
+        self._default_max_running = default_max_running
 
     def usage(self, tenant_id: str) -> dict[str, Any]:
         config, _ = self._config.fresh(tenant_id, STATUS_READ)
@@ -75,13 +102,15 @@ class UsageService:
         now = self._bank.now()
         period = escrow.period_of(now)
         start, end = escrow.period_bounds(period)
+        limits = self._limits(config)
         if budget is None:
-            return {"tenant_id": tenant_id, "budgeted": False}
+            return {"tenant_id": tenant_id, "budgeted": False, "limits": limits}
         totals = self._bank.snapshot(tenant_id, STATUS_READ).totals
         spent, by_type, by_day = self._period_usage(tenant_id, period)
         return {
             "tenant_id": tenant_id,
             "budgeted": True,
+            "limits": limits,
             "balance": totals.available,
             "reserved": totals.reserved,
             "spent_total": totals.spent,
@@ -97,6 +126,18 @@ class UsageService:
                 "by_day": by_day,
             },
         }
+
+    def _limits(self, config: FlowConfig) -> dict[str, Any]:
+        rate = dict(config.limits)
+        if ALL_TYPES not in rate and self._default_limit is not None:
+            rate[ALL_TYPES] = self._default_limit
+        limits: dict[str, Any] = {
+            "rate": {scope: {"rate": s.rate, "burst": s.burst} for scope, s in sorted(rate.items())}
+        }
+        max_running = config.max_running or self._default_max_running
+        if max_running is not None:
+            limits["max_running"] = max_running
+        return limits
 
     def _period_usage(
         self, tenant_id: str, period: str

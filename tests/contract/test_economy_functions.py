@@ -83,6 +83,10 @@ def test_over_the_rate_is_a_429_with_retry_after_and_the_draft_headers(
     other = client.post("/tasks", json=ECHO, headers=auth(api_key("other")))
     assert other.status_code == 202
     assert "RateLimit" not in other.headers
+    # GET /usage shows the tenant its limits (max_running too, once operators set one).
+    providers.flow_config().set_max_running("acme", 3)
+    shown = function_client("usage").get("/usage", headers=auth(key)).get_json()
+    assert shown["limits"] == {"rate": {"*": {"rate": 0.5, "burst": 1}}, "max_running": 3}
 
 
 def test_usage_shows_balance_reservations_and_a_paged_ledger(
@@ -119,6 +123,7 @@ def test_usage_shows_balance_reservations_and_a_paged_ledger(
     assert usage.get("/usage", headers=auth(api_key("other"))).get_json() == {
         "tenant_id": "other",
         "budgeted": False,
+        "limits": {"rate": {}},
     }
     other_page = usage.get("/usage/ledger", headers=auth(api_key("other"))).get_json()
     assert other_page == {"entries": []}

@@ -282,6 +282,7 @@ def test_a_budgeted_tenant_sees_its_balance_and_why_a_task_waits(
     expect(line.locator("[data-usage='balance']")).to_have_text(str(usage["balance"]))
     expect(line.locator("[data-usage='reserved']")).to_have_text(str(usage["reserved"]))
     assert usage["reserved"] == 2  # both tasks hold their price
+    expect(line.locator("[data-usage='max-running']")).to_have_text("1")
 
     expect(row(page, "tasks", waiting)).to_be_visible(timeout=WAIT_MS)
     row(page, "tasks", waiting).locator("button[data-open]").click()

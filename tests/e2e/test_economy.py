@@ -163,7 +163,7 @@ def test_the_operator_cli_refuses_bad_budget_input(e2e: E2E) -> None:
     assert too_many.returncode == 2
     assert "0-100" in too_many.stderr
     none = _show(e2e, _tenant("nobody"))
-    assert none == {"tenant_id": none["tenant_id"], "budgeted": False}
+    assert none == {"tenant_id": none["tenant_id"], "budgeted": False, "limits": {"rate": {}}}
 
 
 def test_a_tenants_max_running_set_by_the_operator_makes_the_rest_wait(e2e: E2E) -> None:

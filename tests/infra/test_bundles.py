@@ -468,7 +468,11 @@ def test_usage_bundle_serves(
 ) -> None:
     request = Request(path="/usage", headers=world.auth())
     report = assert_serves(serve("usage", request, world, bundles, runtime_venv))
-    assert json.loads(report["body"]) == {"tenant_id": "bundle-check", "budgeted": False}
+    assert json.loads(report["body"]) == {
+        "tenant_id": "bundle-check",
+        "budgeted": False,
+        "limits": {"rate": {}},
+    }
 
 
 def test_workflows_bundle_serves(

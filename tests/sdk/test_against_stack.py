@@ -272,3 +272,22 @@ def test_cli_dlq_lists_and_replays(stack: Stack) -> None:
         pytest.skip(f"the server has no POST /tasks/{{id}}:replay route yet: {problem}")
     assert replayed.returncode == 0, replayed.stderr
     assert outcome["outcome"] == "replayed"
+
+
+def test_usage_shows_a_budgeted_tenant_its_balance_and_limits(stack: Stack) -> None:
+    tenant = f"sdk-{uuid.uuid4().hex[:8]}"
+    key = stack.running.cli("keys", "create", "--tenant", tenant).stdout.strip()
+    with stack.client(key) as client:
+        assert client.usage().budgeted is False
+    stack.running.cli("budgets", "grant", "--tenant", tenant, "--tokens", "9")
+    stack.running.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "2")
+    with stack.client(key) as client:
+        usage = client.usage()
+    assert (usage.budgeted, usage.balance, usage.reserved, usage.max_running) == (True, 9, 0, 2)
+    shown = stack.aia_client("usage", "--api-key", key)
+    assert shown.returncode == 0, shown.stderr
+    assert "balance 9 tokens" in shown.stdout
+    assert "at most 2 of your tasks run at once" in shown.stdout
+    as_json = stack.aia_client("usage", "--api-key", key, "--json")
+    assert json.loads(as_json.stdout)["limits"]["max_running"] == 2
+    stack.running.cli("tenants", "set-limits", "--tenant", tenant, "--max-running", "0")

@@ -23,6 +23,7 @@ from aia_client import (
     InvalidResponse,
     NotFound,
     PayloadTooLarge,
+    RateLimit,
     RateLimited,
     RetryPolicy,
     ServerError,
@@ -32,6 +33,7 @@ from aia_client import (
     TaskStatus,
     TransportError,
     Unauthorized,
+    Usage,
     ValidationError,
     WaitTimeout,
 )
@@ -608,3 +610,26 @@ def test_async_wait_times_out() -> None:
     with pytest.raises(WaitTimeout):
         asyncio.run(run())
     assert sum(clock.sleeps) == pytest.approx(0.5)
+
+
+def test_usage_reads_the_balance_and_the_limits() -> None:
+    body = {
+        "tenant_id": "acme",
+        "budgeted": True,
+        "balance": 7,
+        "reserved": 3,
+        "monthly": 100,
+        "period": {"id": "2026-12", "spent": 2},
+        "limits": {"rate": {"*": {"rate": 20, "burst": 10}}, "max_running": 4},
+    }
+    script = Script([ok(body)])
+    with client(script) as c:
+        usage = c.usage()
+    assert (script.requests[0].method, script.requests[0].url.path) == ("GET", "/usage")
+    assert (usage.balance, usage.reserved, usage.spent_this_period) == (7, 3, 2)
+    assert (usage.period, usage.monthly, usage.max_running) == ("2026-12", 100, 4)
+    assert usage.rate_limits == {"*": RateLimit(rate=20.0, burst=10)}
+    unbudgeted = Usage.from_json({"tenant_id": "t", "budgeted": False, "limits": {"rate": {}}})
+    assert (unbudgeted.budgeted, unbudgeted.balance, unbudgeted.max_running) == (False, None, None)
+    with pytest.raises(InvalidResponse):
+        Usage.from_json(["not", "usage"])

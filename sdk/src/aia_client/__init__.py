@@ -25,10 +25,12 @@ from aia_client.errors import (
 from aia_client.models import (
     TERMINAL_STATUSES,
     Progress,
+    RateLimit,
     SubmittedTask,
     Task,
     TaskError,
     TaskStatus,
+    Usage,
 )
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "PayloadTooLarge",
     "PollSchedule",
     "Progress",
+    "RateLimit",
     "RateLimited",
     "RetryPolicy",
     "ServerError",
@@ -56,6 +59,7 @@ __all__ = [
     "TaskStatus",
     "TransportError",
     "Unauthorized",
+    "Usage",
     "ValidationError",
     "WaitTimeout",
     "__version__",

@@ -17,7 +17,7 @@ import httpx
 
 from aia_client._version import __version__
 from aia_client.errors import InvalidResponse, error_from_response, parse_retry_after
-from aia_client.models import SubmittedTask, Task
+from aia_client.models import SubmittedTask, Task, Usage
 
 BASE_URL_ENV = "AIA_BASE_URL"
 API_KEY_ENV = "AIA_API_KEY"
@@ -178,6 +178,10 @@ def json_body(response: httpx.Response) -> Any:
 
 def read_task(response: httpx.Response) -> Task:
     return Task.from_json(json_body(response))
+
+
+def read_usage(response: httpx.Response) -> Usage:
+    return Usage.from_json(json_body(response))
 
 
 def read_submitted(

@@ -392,6 +392,29 @@ def cmd_wait(ctx: Context) -> int:
     return _exit_for(task)
 
 
+def cmd_usage(ctx: Context) -> int:
+    from rich.markup import escape
+
+    usage = ctx.client.usage()
+    if ctx.as_json:
+        write_json(dict(usage.raw))
+        return EXIT_OK
+    if usage.budgeted:
+        ctx.out.print(
+            f"balance {usage.balance} tokens, {usage.reserved} held by tasks not yet finished, "
+            f"{usage.spent_this_period} spent in {usage.period}"
+            + (f" (monthly {usage.monthly})" if usage.monthly else "")
+        )
+    else:
+        ctx.out.print("no budget: submits are not metered")
+    for scope, limit in sorted(usage.rate_limits.items()):
+        what = "all submits" if scope == "*" else f"type {scope}"
+        ctx.out.print(f"rate limit on {escape(what)}: {limit.rate:g}/s, burst {limit.burst}")
+    if usage.max_running is not None:
+        ctx.out.print(f"at most {usage.max_running} of your tasks run at once")
+    return EXIT_OK
+
+
 def cmd_dlq_list(ctx: Context) -> int:
     args = ctx.args
     tasks = ctx.client.dead_letters(args.type, page_size=_page_size(args.limit))
@@ -508,6 +531,11 @@ def build_parser(prog: str = "aia") -> argparse.ArgumentParser:
     wait.add_argument("task_id")
     wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
     wait.set_defaults(run=cmd_wait)
+
+    usage = commands.add_parser(
+        "usage", parents=[common], help="your token balance, spending and limits"
+    )
+    usage.set_defaults(run=cmd_usage)
 
     dlq = commands.add_parser("dlq", help="tasks that failed for good").add_subparsers(
         dest="dlq_command", required=True, metavar="COMMAND"

@@ -13,7 +13,7 @@ import httpx
 from aia_client import _core
 from aia_client._core import PollSchedule, RetryPolicy, Safety
 from aia_client.errors import TransportError, WaitTimeout, error_from_response
-from aia_client.models import SubmittedTask, Task
+from aia_client.models import SubmittedTask, Task, Usage
 
 ProgressCallback = Callable[[Task], None]
 
@@ -128,6 +128,10 @@ class Client(_Base):
 
     def get(self, task_id: str) -> Task:
         return _core.read_task(self._send("GET", _core.task_path(task_id)))
+
+    def usage(self) -> Usage:
+        """Your token balance, what running tasks hold, this month's spending, your limits."""
+        return _core.read_usage(self._send("GET", "/usage"))
 
     def list(
         self,
@@ -278,6 +282,10 @@ class AsyncClient(_Base):
 
     async def get(self, task_id: str) -> Task:
         return _core.read_task(await self._send("GET", _core.task_path(task_id)))
+
+    async def usage(self) -> Usage:
+        """See `Client.usage`."""
+        return _core.read_usage(await self._send("GET", "/usage"))
 
     async def list(
         self,

@@ -146,7 +146,63 @@ class SubmittedTask(Task):
     replayed: bool = False
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """A sustained rate of submits per second, with a burst."""
+
+    rate: float
+    burst: int
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Your token budget (`GET /usage`; the figures are None without one) and your limits."""
+
+    tenant_id: str
+    budgeted: bool
+    balance: int | None = None
+    reserved: int | None = None  # held by tasks not yet finished
+    spent_this_period: int | None = None
+    period: str | None = None  # the UTC month, "YYYY-MM"
+    monthly: int | None = None
+    # By scope: "*" for all your submits, else a task type.
+    rate_limits: Mapping[str, RateLimit] = field(default_factory=dict)
+    max_running: int | None = None  # your tasks running at once; None: no limit
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: object) -> Usage:
+        if not isinstance(data, Mapping) or not isinstance(data.get("tenant_id"), str):
+            raise InvalidResponse(f"expected a usage object, got {data!r:.300}")
+        period = _mapping(data.get("period"))
+        limits = _mapping(data.get("limits"))
+        rates = _mapping(limits.get("rate"))
+        rate_limits = {
+            str(scope): RateLimit(
+                rate=_float(spec.get("rate")) or 0.0, burst=_int(spec.get("burst")) or 0
+            )
+            for scope, spec in rates.items()
+            if isinstance(spec, Mapping)
+        }
+        return cls(
+            tenant_id=str(data["tenant_id"]),
+            budgeted=data.get("budgeted") is True,
+            balance=_int(data.get("balance")),
+            reserved=_int(data.get("reserved")),
+            spent_this_period=_int(period.get("spent")),
+            period=_str(period.get("id")),
+            monthly=_int(data.get("monthly")),
+            rate_limits=rate_limits,
+            max_running=_int(limits.get("max_running")),
+            raw=dict(data),
+        )
+
+
 # A newer server may change a field's shape; reading it must degrade to None, not crash.
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _str(value: object) -> str | None:
