@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from shared.config import Settings
+from shared.flow.concurrency import ConcurrencySlots
 from shared.security.crypto import TaskOpener, TaskSealer
 from shared.security.keyring import KeyRing, generate_keyring
 from shared.tasks.dispatch import PubSubTaskPublisher
@@ -60,6 +61,19 @@ class Pipeline:
             self.runner,
             policy=policy,
             joins=repository.events if isinstance(repository.events, Joins) else None,
+        )
+
+    def limited_worker(self, tenant_limit: Callable[[str], int | None] | None = None) -> Worker:
+        """This pipeline's worker with concurrency slots, and tenants' limits if given."""
+        slots = ConcurrencySlots(self.db, lambda: self.publisher, clock=lambda: datetime.now(UTC))
+        return Worker(
+            self.repository,
+            self.registry,
+            self.publisher,
+            self.runner,
+            joins=self.worker._joins,
+            slots=slots,
+            tenant_limit=tenant_limit,
         )
 
 

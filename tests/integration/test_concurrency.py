@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from shared.errors import AIAError, ValidationFailed
-from shared.flow.concurrency import ConcurrencySlots, slot_id
+from shared.flow.concurrency import slot_id
 from shared.tasks.diagnostic import read_probe
 from shared.tasks.models import TaskMessage, TaskStatus
 from shared.tasks.worker import Outcome, Worker
@@ -21,20 +21,6 @@ from .conftest import Pipeline
 pytestmark = pytest.mark.integration
 
 TENANT = "acme"
-
-
-def _worker(pipeline: Pipeline) -> Worker:
-    slots = ConcurrencySlots(
-        pipeline.db, lambda: pipeline.publisher, clock=lambda: datetime.now(UTC)
-    )
-    return Worker(
-        pipeline.repository,
-        pipeline.registry,
-        pipeline.publisher,
-        pipeline.runner,
-        joins=pipeline.worker._joins,
-        slots=slots,
-    )
 
 
 def _status(pipeline: Pipeline, task_id: str) -> str:
@@ -49,7 +35,7 @@ def _deliver(worker: Worker, task_id: str) -> Any:
 
 
 def test_never_more_than_the_limit_run_and_every_task_finishes(pipeline: Pipeline) -> None:
-    worker = _worker(pipeline)
+    worker = pipeline.limited_worker()
     marker = f"conc-{uuid.uuid4().hex[:12]}"
     key = f"user-{uuid.uuid4().hex[:6]}"
     ids = [
@@ -99,7 +85,7 @@ def test_never_more_than_the_limit_run_and_every_task_finishes(pipeline: Pipelin
 def test_a_slot_whose_holder_died_frees_itself_when_its_lease_would_end(
     pipeline: Pipeline,
 ) -> None:
-    worker = _worker(pipeline)
+    worker = pipeline.limited_worker()
     key = f"user-{uuid.uuid4().hex[:6]}"
     now = datetime.now(UTC)
     pipeline.db.collection("concurrency_slots").document(slot_id(TENANT, key, 0)).set(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from shared.errors import AIAError
-from shared.flow.concurrency import TENANT_BLOCKED, TENANT_GROUP, ConcurrencySlots, slot_id
+from shared.flow.concurrency import TENANT_BLOCKED, TENANT_GROUP, slot_id
 from shared.flow.limits_store import FlowConfigStore
 from shared.operations.metrics import collect
 from shared.tasks.diagnostic import read_probe
@@ -26,21 +26,6 @@ from shared.tasks.worker import Outcome, Worker
 from .conftest import Pipeline
 
 pytestmark = pytest.mark.integration
-
-
-def _worker(pipeline: Pipeline, tenant_limit: Callable[[str], int | None]) -> Worker:
-    slots = ConcurrencySlots(
-        pipeline.db, lambda: pipeline.publisher, clock=lambda: datetime.now(UTC)
-    )
-    return Worker(
-        pipeline.repository,
-        pipeline.registry,
-        pipeline.publisher,
-        pipeline.runner,
-        joins=pipeline.worker._joins,
-        slots=slots,
-        tenant_limit=tenant_limit,
-    )
 
 
 def _deliver(worker: Worker, message: dict[str, Any]) -> Any:
@@ -54,6 +39,18 @@ def _deliver(worker: Worker, message: dict[str, Any]) -> Any:
 def _probe(pipeline: Pipeline, tenant: str, marker: str, seconds: float, **extra: Any) -> str:
     body = {"type": "probe", "payload": {"marker": marker, "seconds": seconds}, **extra}
     return pipeline.submit.submit(tenant, body).task_id
+
+
+def _hold_the_only_slot(
+    pipeline: Pipeline, worker: Worker, pool: ThreadPoolExecutor, tenant: str, task_id: str
+) -> Future[Any]:
+    """Deliver `task_id` in the background and return once it runs (and holds its slot)."""
+    running = pool.submit(_deliver, worker, {"data": {"task_id": task_id, "tenant_id": tenant}})
+    deadline = time.monotonic() + 30
+    while pipeline.status.get(tenant, task_id).status is not TaskStatus.RUNNING:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return running
 
 
 def _drain(
@@ -89,7 +86,7 @@ def _drain(
 
 def test_a_tenants_max_running_is_never_exceeded(pipeline: Pipeline) -> None:
     tenant = f"lim-{uuid.uuid4().hex[:8]}"
-    worker = _worker(pipeline, lambda t: 2 if t == tenant else None)
+    worker = pipeline.limited_worker(lambda t: 2 if t == tenant else None)
     marker = f"tenant-{uuid.uuid4().hex[:12]}"
     ids = {_probe(pipeline, tenant, marker, 0.3): tenant for _ in range(10)}
     seen_blocked: set[str] = set()
@@ -112,7 +109,7 @@ def test_a_tenants_max_running_is_never_exceeded(pipeline: Pipeline) -> None:
 
 def test_a_task_under_both_limits_holds_a_slot_of_each(pipeline: Pipeline) -> None:
     tenant = f"both-{uuid.uuid4().hex[:8]}"
-    worker = _worker(pipeline, lambda t: 3 if t == tenant else None)
+    worker = pipeline.limited_worker(lambda t: 3 if t == tenant else None)
     keyed_marker, marker = f"key-{uuid.uuid4().hex[:12]}", f"all-{uuid.uuid4().hex[:12]}"
     keyed = {
         _probe(pipeline, tenant, keyed_marker, 0.3, concurrency_key="k", max_running=1): tenant
@@ -130,16 +127,12 @@ def test_a_task_under_both_limits_holds_a_slot_of_each(pipeline: Pipeline) -> No
 
 def test_higher_priority_waiting_tasks_start_first(pipeline: Pipeline) -> None:
     tenant = f"prio-{uuid.uuid4().hex[:8]}"
-    worker = _worker(pipeline, lambda t: 1 if t == tenant else None)
+    worker = pipeline.limited_worker(lambda t: 1 if t == tenant else None)
     marker = f"prio-{uuid.uuid4().hex[:12]}"
     # One task holds the tenant's only slot while the others arrive and wait.
     holder = _probe(pipeline, tenant, marker, 1.5)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(_deliver, worker, {"data": {"task_id": holder, "tenant_id": tenant}})
-        deadline = time.monotonic() + 30
-        while pipeline.status.get(tenant, holder).status is not TaskStatus.RUNNING:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        running = _hold_the_only_slot(pipeline, worker, pool, tenant, holder)
         low = [_probe(pipeline, tenant, marker, 0.05, priority=0) for _ in range(3)]
         high = [_probe(pipeline, tenant, marker, 0.05, priority=9) for _ in range(3)]
         for message in pipeline.pull(pipeline.tasks_sub, max_messages=200):
@@ -166,7 +159,7 @@ def test_a_tenant_behind_anothers_backlog_starts_without_waiting_for_it(
 ) -> None:
     busy, quiet = f"busy-{uuid.uuid4().hex[:8]}", f"quiet-{uuid.uuid4().hex[:8]}"
     tenants = {busy, quiet}
-    worker = _worker(pipeline, lambda t: 2 if t in tenants else None)
+    worker = pipeline.limited_worker(lambda t: 2 if t in tenants else None)
     marker = f"fair-{uuid.uuid4().hex[:12]}"
     backlog = {_probe(pipeline, busy, marker, 0.2): busy for _ in range(30)}
     late = {_probe(pipeline, quiet, marker, 0.2): quiet for _ in range(3)}
@@ -197,15 +190,11 @@ def test_a_freed_slot_is_kept_for_the_task_that_waited_not_taken_by_an_arrival(
     pipeline: Pipeline,
 ) -> None:
     tenant = f"hand-{uuid.uuid4().hex[:8]}"
-    worker = _worker(pipeline, lambda t: 1 if t == tenant else None)
+    worker = pipeline.limited_worker(lambda t: 1 if t == tenant else None)
     marker = f"hand-{uuid.uuid4().hex[:12]}"
     holder = _probe(pipeline, tenant, marker, 1.0)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        running = pool.submit(_deliver, worker, {"data": {"task_id": holder, "tenant_id": tenant}})
-        deadline = time.monotonic() + 30
-        while pipeline.status.get(tenant, holder).status is not TaskStatus.RUNNING:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        running = _hold_the_only_slot(pipeline, worker, pool, tenant, holder)
         waiter = _probe(pipeline, tenant, marker, 0.05)
         assert _deliver(worker, {"data": {"task_id": waiter, "tenant_id": tenant}}).outcome is (
             Outcome.WAITING
@@ -232,7 +221,7 @@ def test_a_freed_slot_is_kept_for_the_task_that_waited_not_taken_by_an_arrival(
 
 def test_a_hand_off_nobody_takes_lapses_and_the_slot_is_free_again(pipeline: Pipeline) -> None:
     tenant = f"lapse-{uuid.uuid4().hex[:8]}"
-    worker = _worker(pipeline, lambda t: 1 if t == tenant else None)
+    worker = pipeline.limited_worker(lambda t: 1 if t == tenant else None)
     slot = pipeline.db.collection("concurrency_slots").document(slot_id(tenant, TENANT_GROUP, 0))
     # Handed to a task whose wake-up was lost, kept for it 1.5 s more.
     until = datetime.now(UTC) + timedelta(seconds=1.5)
