@@ -558,7 +558,10 @@ def test_rotation_rewraps_data_keys_and_old_data_stays_readable(pipeline: Pipeli
     ref = pipeline.db.collection("tasks").document(ids[5])
     unknown = bytearray(ref.get().to_dict()["data_key"])
     at = unknown.index(thrice.current_key_id.encode())
-    unknown[at + len(thrice.current_key_id) - 1] ^= 0x01  # still a valid id, not in the ring
+    # Its last character changed to another digit: still a valid id, not in the ring (a
+    # bit flip could make a character no id has, which is an integrity failure instead).
+    last = at + len(thrice.current_key_id) - 1
+    unknown[last] = ord("1") if unknown[last] == ord("0") else ord("0")
     ref.update({"data_key": bytes(unknown)})
     fourth = rotate_keyring(thrice)
     documents = TaskDocuments(TaskSealer(fourth), TaskOpener(fourth), retention=timedelta(days=1))
