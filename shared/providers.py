@@ -126,7 +126,12 @@ def task_joins(repository: FirestoreTaskRepository) -> Joins:
     from shared.workflows.joins import Joins
 
     # The publisher is built on first use: task_status never needs one.
-    return Joins(repository, task_registry, lambda: task_publisher(BACKGROUND_PUBLISH_WAIT_S))
+    return Joins(
+        repository,
+        task_registry,
+        lambda: task_publisher(BACKGROUND_PUBLISH_WAIT_S),
+        admission=admission,
+    )
 
 
 @functools.cache

@@ -174,8 +174,17 @@ class Admission:
             elif raced:
                 self._bank.lost(held)
 
+    def budgeted(self, tenant_id: str) -> bool:
+        """Whether the tenant has a budget (its configuration, cached per instance)."""
+        return self._config.get(tenant_id).budget is not None
+
     def reserve_group(
-        self, tenant_id: str, group_id: str, members: Mapping[str, str]
+        self,
+        tenant_id: str,
+        group_id: str,
+        members: Mapping[str, str],
+        *,
+        label: str = "workflow",
     ) -> GroupHold | None:
         """Hold the price of every member (member id -> task type) at once; None without a budget.
 
@@ -197,7 +206,7 @@ class Admission:
                 budget,
                 task_id=group_id,
                 hold_id=group_id,
-                task_type="workflow",
+                task_type=label,
                 price=total,
             )
         except BudgetExhausted:

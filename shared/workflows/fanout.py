@@ -31,6 +31,11 @@ class InvalidFanOut(NonRetryable):
     title = "The handler's fan-out cannot be run"
 
 
+class FanOutOverBudget(InvalidFanOut):
+    code = "fan-out-over-budget"
+    title = "The tenant's token balance cannot cover the fan-out's children"
+
+
 @dataclass(frozen=True)
 class Step:
     """One child, or the continuation: a task type, its payload and optional limits."""

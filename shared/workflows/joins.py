@@ -25,10 +25,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared import queries
-from shared.errors import AIAError
-from shared.tasks.models import Task, TaskMessage, TaskStatus
+from shared.errors import AIAError, BudgetExhausted, Unavailable
+from shared.tasks.models import Task, TaskMessage, TaskStatus, TokenHold
 from shared.workflows.fanout import (
     FanOut,
+    FanOutOverBudget,
     InvalidFanOut,
     bucket_of,
     buckets,
@@ -37,6 +38,7 @@ from shared.workflows.fanout import (
 )
 
 if TYPE_CHECKING:
+    from shared.flow.admission import Admission
     from shared.tasks.dispatch import TaskPublisher
     from shared.tasks.registry import TaskRegistry
     from shared.tasks.repository import FirestoreTaskRepository, Lease, Snapshot
@@ -57,11 +59,13 @@ class Joins:
         repository: FirestoreTaskRepository,
         registry: Callable[[], TaskRegistry],
         publisher: Callable[[], TaskPublisher] | None,
+        admission: Callable[[], Admission] | None = None,
     ) -> None:
         # Both are built on first use: a function that never fans out pays for neither.
         self._repository = repository
         self._registry_of = registry
         self._publisher_of = publisher
+        self._admission_of = admission  # budgeted tenants' fan-outs hold their children
         self._db = repository._db  # the same database: the join records live beside
         self._local = threading.local()  # follow-ups queued while one runs (see `flush`)
 
@@ -87,6 +91,15 @@ class Joins:
             continuation = self._task(
                 plan.then, continuation_id(parent.task_id), parent, now, waiting=True
             )
+        holds = self._hold(lease, [*children, *([continuation] if continuation else [])])
+        if holds is None:
+            return None  # the lease was lost
+        if holds:
+            children = [c.model_copy(update={"hold": holds.get(c.task_id)}) for c in children]
+            if continuation is not None:
+                continuation = continuation.model_copy(
+                    update={"hold": holds.get(continuation.task_id)}
+                )
         # The continuation first: a join met early must find it.
         self._repository.create_tasks([continuation] if continuation else [])
         self._repository.create_tasks(children)
@@ -108,6 +121,52 @@ class Joins:
         self._publish_all(children)
         self.check(parent.tenant_id, parent.task_id)  # children may have finished already
         return TaskStatus.WAITING
+
+    def _hold(self, lease: Lease, tasks: list[Task]) -> dict[str, TokenHold] | None:
+        """For a budgeted tenant, every child's price held before any child exists.
+
+        One commit holds the total from one escrow shard and records it on the
+        parent (conditioned on its lease), so a retried attempt finds it and
+        holds nothing twice. {} without a budget; None if the lease was lost.
+        FanOutOverBudget (the parent fails) when the balance cannot cover it.
+        """
+        admission = self._admission_of() if self._admission_of is not None else None
+        if admission is None or not admission.budgeted(lease.task.tenant_id):
+            return {}  # nothing to hold, and no read for it
+        parent = lease.task
+        members = {t.task_id: t.type for t in tasks}
+        for _ in range(5):
+            snapshot = self._repository.snapshot(parent.task_id)
+            if snapshot is None or snapshot.get("lease_id") != lease.lease_id:
+                return None
+            held = snapshot.get("fanout_hold")
+            if isinstance(held, dict):
+                prices = {m: admission.price(t) for m, t in members.items()}
+                shard = int(held["shard"])
+                return {
+                    m: TokenHold(id=m, tokens=p, shard=shard) for m, p in prices.items() if p > 0
+                }
+            try:
+                group = admission.reserve_group(
+                    parent.tenant_id, f"{parent.task_id}.fanout", members, label="fan-out"
+                )
+            except BudgetExhausted as exc:
+                raise FanOutOverBudget(exc.detail) from None
+            if group is None:
+                return {}
+            from google.api_core.exceptions import AlreadyExists
+
+            record = {"shard": group.writes.hold.shard, "tokens": group.writes.hold.tokens}
+            try:
+                held_now = self._repository.transition(
+                    snapshot, {"fanout_hold": record}, extra=group.writes.stage
+                )
+            except AlreadyExists:
+                held_now = False  # the shard was created meanwhile, or our commit landed
+            admission.group_done(group, committed=held_now)
+            if held_now:
+                return group.holds
+        raise Unavailable("the parent kept changing while its fan-out was held")
 
     def _task(
         self,

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -27,8 +28,10 @@ from shared.errors import BudgetExhausted, RateLimited, TaskFailure, Unavailable
 from shared.flow.ledger import BudgetEvents
 from shared.flow.limits_store import ALL_TYPES, LimitSpec
 from shared.security.crypto import TaskSealer
-from shared.tasks.models import TaskMessage
-from shared.tasks.worker import Outcome
+from shared.tasks.events import AllEvents
+from shared.tasks.models import TaskMessage, TaskStatus
+from shared.tasks.status import StatusService
+from shared.tasks.worker import Outcome, Worker
 from shared.workflows.events import CREATION_GRACE, WorkflowEvents
 from shared.workflows.joins import Joins
 from shared.workflows.service import WorkflowService
@@ -347,3 +350,59 @@ def test_an_abandoned_creation_gives_back_what_its_unstored_nodes_held(
     assert (totals.reserved, totals.available, totals.spent) == (0, 1000, 0)
     # A second look refunds nothing twice.
     assert refunds.refund(tenant, list(holds_of(workflow.get("holds")).values()), reason="x") == 0
+
+
+def _fanning(pipeline: Pipeline, flow: Flow) -> tuple[Worker, Callable[[], int]]:
+    """A worker whose fan-outs hold their children's price, and a drain of what it publishes."""
+    assert isinstance(flow.repository.events, BudgetEvents)
+    joins = Joins(
+        flow.repository, lambda: pipeline.registry, lambda: flow.publisher, lambda: flow.admission
+    )
+    flow.repository.events = AllEvents(joins, flow.repository.events)
+    worker = Worker(
+        flow.repository, pipeline.registry, flow.publisher, pipeline.runner, joins=joins
+    )
+
+    def drain() -> int:
+        delivered = 0
+        while flow.publisher.published:
+            message = flow.publisher.published.pop(0)
+            with contextlib.suppress(TaskFailure):
+                worker.process(TaskMessage(task_id=message.task_id, tenant_id=message.tenant_id))
+            delivered += 1
+        return delivered
+
+    return worker, drain
+
+
+def test_a_fan_out_holds_its_childrens_price_before_any_child_exists(
+    pipeline: Pipeline, flow: Flow
+) -> None:
+    tenant = f"fan-{uuid.uuid4().hex[:8]}"
+    flow.bank.grant(tenant, 10)
+    _, drain = _fanning(pipeline, flow)
+    status = StatusService(flow.repository)
+    parent = flow.submit.submit(tenant, {"type": "test.fan", "payload": {"n": 3}}).task_id
+    assert drain() == 1 + 3 + 1  # the parent, its children, the continuation
+    assert status.get(tenant, parent).status is TaskStatus.SUCCEEDED
+    kinds = Counter(
+        (s.get("kind"), s.get("type"))
+        for s in flow.db.collection("ledger").stream()
+        if s.get("tenant_id") == tenant
+    )
+    assert kinds[("reserve", "fan-out")] == 1  # one hold for the 3 children and the continuation
+    totals = assert_books_balance(flow, tenant)
+    assert (totals.spent, totals.reserved, totals.available) == (5, 0, 5)
+
+    # A fan-out the balance cannot cover fails its parent: no child is created or held.
+    poor = f"fan-{uuid.uuid4().hex[:8]}"
+    flow.bank.grant(poor, 3)
+    refused = flow.submit.submit(poor, {"type": "test.fan", "payload": {"n": 5}}).task_id
+    assert drain() == 1
+    view = status.get(poor, refused)
+    assert view.status is TaskStatus.FAILED
+    assert view.error is not None
+    assert view.error.code == "fan-out-over-budget"
+    assert flow.repository.children_of(poor, refused, open_fields=False) == []
+    totals = assert_books_balance(flow, poor)
+    assert (totals.spent, totals.reserved, totals.available) == (1, 0, 2)
