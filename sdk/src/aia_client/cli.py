@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 # What `aia` (shared/cli.py) hands over to this module.
-COMMANDS = ("submit", "status", "list", "wait", "dlq")
+COMMANDS = ("submit", "status", "list", "wait", "usage", "dlq")
 
 EXIT_OK = 0
 EXIT_TASK_FAILED = 1
