@@ -179,8 +179,13 @@ def test_filters_and_pages(page: Page, stack: RunningStack, tmp_path: Path) -> N
     expect(page.locator("#next")).to_be_enabled()
     page.select_option("#filter-type", "")
     expect(page.locator("#counts [data-status='succeeded'] .n")).to_have_text("22", timeout=WAIT_MS)
+    # No refresh from here on: one that re-renders the row as it is clicked loses the click.
+    page.uncheck("#auto-refresh")
     row(page, "dead", failed).locator("button[data-open]").click()
-    expect(page.locator("#detail-output")).to_contain_text("diagnostic failure on attempt 1")
+    expect(page.locator("#detail")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#detail-output")).to_contain_text(
+        "diagnostic failure on attempt 1", timeout=WAIT_MS
+    )
     # docs/dashboard.png is this view: AIA_DASHBOARD_SCREENSHOT=docs/dashboard.png.
     shot = Path(os.environ.get("AIA_DASHBOARD_SCREENSHOT", tmp_path / "dashboard.png"))
     page.screenshot(path=str(shot), full_page=True)
