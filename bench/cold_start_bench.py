@@ -1,7 +1,9 @@
 """Cold start as a user feels it: process start → first successful answer to a real request.
 
 Each function is started as `devtools.stack` starts it (`python -m
-functions_framework ...`) and sent its real first request at once, retried
+functions_framework ...`), but from its deploy bundle (`tools.package`: our
+modules compiled, as the dependencies are by the runtime's install) and with
+nothing of the repository on the path, and sent its real first request at once, retried
 every 2 ms until the port accepts: `GET /health?probe=live` and `GET /health`
 (readiness: Firestore and the tasks topic), a real submit for `submit_task`, a
 real read for `task_status`, one Pub/Sub push delivery of a queued task for
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -44,6 +47,7 @@ from bench.harness import AIA, FLOOR_SUBMIT, FLOOR_WORKER, HELLO, FunctionSpec
 from devtools.emulators import Service, free_port
 from devtools.stack import REPO_ROOT
 from shared.queries import TASKS as AIA_COLLECTION
+from tools import package
 
 COLD_PROJECT = "aia-bench-cold"
 TENANT = "bench"
@@ -74,9 +78,16 @@ class ColdWorld:
     api_key: str
     log_dir: Path
     db: Any
+    bundles: Path  # AIA's deploy bundles (`tools.package`): what a cold start loads
     queued: dict[str, list[str]] = field(default_factory=lambda: {"aia": [], "floor": []})
     known: list[str] = field(default_factory=list)
     pushed: list[str] = field(default_factory=list)  # delivered, not yet checked
+
+    def served(self, spec: FunctionSpec) -> FunctionSpec:
+        """What runs for `spec`: AIA's functions from their deploy bundles, with bytecode."""
+        if spec.folder.parent == harness.FLOOR_DIR:
+            return spec
+        return dataclasses.replace(spec, folder=self.bundles / spec.target, bundled=True)
 
     def env_for(self, spec: FunctionSpec) -> dict[str, str]:
         if spec.folder.parent == harness.FLOOR_DIR:
@@ -88,12 +99,14 @@ class ColdWorld:
                     topic=FLOOR_TOPIC,
                 )
             )
-        return harness.function_env(
-            harness.aia_settings(
-                project=self.project,
-                firestore=self.firestore,
-                pubsub=self.pubsub,
-                keyring=self.keyring,
+        return self.served(spec).env(
+            harness.function_env(
+                harness.aia_settings(
+                    project=self.project,
+                    firestore=self.firestore,
+                    pubsub=self.pubsub,
+                    keyring=self.keyring,
+                )
             )
         )
 
@@ -263,9 +276,8 @@ def cold_run(probe: Probe, world: ColdWorld) -> ColdSample:
     req = probe.request(world)
     port = free_port()
     started = time.perf_counter()
-    svc = harness.launch(
-        probe.spec.target, probe.spec, world.env_for(probe.spec), world.log_dir, port
-    )
+    spec = world.served(probe.spec)
+    svc = harness.launch(spec.target, spec, world.env_for(probe.spec), world.log_dir, port)
     try:
         deadline = started + 90
         listening: float | None = None
@@ -359,21 +371,24 @@ def profile(probe: Probe, world: ColdWorld) -> dict[str, Any]:
     world.pushed.clear()
     first = probe.request(world)
     second = probe.request(world) if probe.spec.signature == "cloudevent" else first
+    served = world.served(probe.spec)
     spec = {
-        "target": probe.spec.target,
-        "source": str(probe.spec.source),
-        "signature": probe.spec.signature,
+        "target": served.target,
+        "source": str(served.source),
+        "signature": served.signature,
         "method": first.method,
         "path": first.path,
         "headers": first.headers,
         "body": first.body.decode() if first.body else None,
         "second_body": second.body.decode() if second.body else None,
     }
-    argv = [sys.executable, "-X", "importtime", "-m", "bench.cold_probe"]
+    # By path, not `-m`: the working directory goes first on the path, and a bundle's
+    # own `shared` must not be shadowed by the repository's.
+    argv = [sys.executable, "-X", "importtime", str(REPO_ROOT / "bench" / "cold_probe.py")]
     result = subprocess.run(
         [*argv, json.dumps(spec)],
         env=world.env_for(probe.spec),
-        cwd=REPO_ROOT,
+        cwd=served.cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -525,9 +540,18 @@ def cold_world(firestore: str, pubsub: str, work_dir: Path) -> Iterator[ColdWorl
     keyring = harness.write_keyring(work_dir / "cold-keyring.json")
     api_key = harness.create_api_key(COLD_PROJECT, firestore, TENANT)
     db = harness.firestore_client(COLD_PROJECT, firestore)
+    bundles = work_dir / "bundles"
+    package.build_all(REPO_ROOT, bundles, [p.spec.target for p in PROBES if p.spec in AIA.values()])
     try:
         yield ColdWorld(
-            COLD_PROJECT, firestore, pubsub, keyring, api_key, work_dir / "cold-logs", db
+            COLD_PROJECT,
+            firestore,
+            pubsub,
+            keyring,
+            api_key,
+            work_dir / "cold-logs",
+            db,
+            bundles,
         )
     finally:
         db.close()

@@ -40,15 +40,30 @@ RETRY_MAX_BACKOFF_S = 4
 
 @dataclass(frozen=True)
 class FunctionSpec:
-    """One function folder: served as `--target=<target> --source=<folder>/main.py`."""
+    """One function folder: served as `--target=<target> --source=<folder>/main.py`.
+
+    A `bundled` folder is a deploy bundle (`tools.package`): served from inside it
+    with nothing of the repository on the path, as Cloud Functions serves it.
+    """
 
     target: str
     folder: Path
     signature: str = "http"
+    bundled: bool = False
 
     @property
     def source(self) -> Path:
         return self.folder / "main.py"
+
+    @property
+    def cwd(self) -> Path:
+        return self.folder if self.bundled else REPO_ROOT
+
+    def env(self, env: Mapping[str, str]) -> dict[str, str]:
+        """A bundle brings its own `shared` (the repository's would shadow it)."""
+        if not self.bundled:
+            return dict(env)
+        return {k: v for k, v in env.items() if k != "PYTHONPATH"}
 
 
 AIA: dict[str, FunctionSpec] = {
@@ -117,8 +132,8 @@ def launch(
         function_argv(spec, port),
         url=f"http://127.0.0.1:{port}",
         log_dir=log_dir,
-        env=dict(env),
-        cwd=REPO_ROOT,
+        env=spec.env(env),
+        cwd=spec.cwd,
     )
 
 

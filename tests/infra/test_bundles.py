@@ -11,10 +11,12 @@ seed's `ModuleNotFoundError` on deploy fails here instead.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,14 +150,19 @@ def test_bundle_has_exactly_main_shared_tasks_requirements(
     name: str, bundles: dict[str, package.Bundle]
 ) -> None:
     bundle = bundles[name]
-    expected = ["main.py", "requirements.txt", "shared", "tasks"]
+    expected = ["__pycache__", "main.py", "requirements.txt", "shared", "tasks"]
     top = sorted(p.name for p in bundle.directory.iterdir())
     assert top == expected
     names = zipfile.ZipFile(bundle.zip_path).namelist()
     assert names == sorted(names)
     assert {n.split("/")[0] for n in names} == set(expected)
     assert "tasks/__init__.py" in names  # the team's task types travel with every function
-    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or "/tests/" in n]
+    assert not [n for n in names if "/tests/" in n or n.endswith(".pyo")]
+    # Bytecode for the runtime, one per bundled module, and none the working tree left.
+    sources = {n for n in names if n.endswith(".py")}
+    compiled = {importlib.util.cache_from_source(n) for n in sources}
+    assert compiled <= set(names)
+    assert not [n for n in names if n.endswith(".pyc") and n not in compiled]
     assert (bundle.directory / "requirements.txt").read_bytes() == (
         REPO_ROOT / "requirements.txt"
     ).read_bytes()
@@ -168,6 +175,48 @@ def test_zips_are_reproducible(tmp_path: Path, bundles: dict[str, package.Bundle
         assert again[name].sha256 == bundle.sha256
     manifest = json.loads((tmp_path / package.MANIFEST).read_text())
     assert set(manifest) == set(FUNCTIONS)
+
+
+def test_bytecode_is_unchecked_hash_for_the_runtime(bundles: dict[str, package.Bundle]) -> None:
+    assert sys.implementation.cache_tag == package.bytecode_tag(package.DEFAULT_RUNTIME)
+    bundle = bundles["submit_task"]
+    pyc = (bundle.directory / importlib.util.cache_from_source("shared/config.py")).read_bytes()
+    assert pyc[:4] == importlib.util.MAGIC_NUMBER
+    # PEP 552 flags: hash-based (bit 0), not checked against the source (bit 1 clear).
+    assert int.from_bytes(pyc[4:8], "little") == 0b01
+
+
+def test_terraform_runtime_default_is_what_the_bytecode_is_for() -> None:
+    variables = (REPO_ROOT / "terraform/modules/cloud_function/variables.tf").read_text()
+    runtime = variables.split('variable "runtime"', 1)[1].split("}", 1)[0]
+    assert f'default     = "{package.DEFAULT_RUNTIME}"' in runtime
+
+
+def test_a_bundle_runs_its_bytecode(tmp_path: Path, runtime_venv: Path) -> None:
+    root = _fake_repo(tmp_path / "repo", "import shared.config")
+    bundle = package.build_all(root, tmp_path / "build")[0]
+    # Were the source compiled at the cold start, this is what would run.
+    source = bundle.directory / "shared" / "config.py"
+    source.write_text("raise SystemExit('compiled at start')\n")
+    assert_serves(probe(runtime_venv, bundle.directory, "probe", "http"))
+
+
+def test_another_runtime_gets_no_bytecode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _fake_repo(tmp_path / "repo", "import shared.config")
+    bundle = package.build_all(root, tmp_path / "build", runtime="python399")[0]
+    assert not [n for n in zipfile.ZipFile(bundle.zip_path).namelist() if n.endswith(".pyc")]
+    assert "cpython-399" in capsys.readouterr().err
+    with pytest.raises(package.PackagingError, match="not a Python runtime"):
+        package.bytecode_tag("nodejs20")
+
+
+def test_a_module_that_does_not_compile_is_a_packaging_error(tmp_path: Path) -> None:
+    root = _fake_repo(tmp_path / "repo", "import shared.config")
+    (root / "shared" / "broken.py").write_text("def broken(:\n")
+    with pytest.raises(package.PackagingError, match=r"shared/broken\.py does not compile"):
+        package.build_all(root, tmp_path / "build")
 
 
 def test_zip_hash_changes_with_content(tmp_path: Path) -> None:
