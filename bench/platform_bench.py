@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,6 +59,8 @@ from shared.queries import TASKS as AIA_COLLECTION
 
 DEFAULT_JSON = REPO_ROOT / "build" / "bench" / "platform.json"
 WORK_DIR = REPO_ROOT / "build" / "bench" / "work"
+# The stack's emulator processes, by the names `devtools.stack` gives them.
+EMULATORS = ("firestore-emulator", "pubsub-emulator")
 COUNT_PROJECT = "aia-bench-count"
 COUNT_TENANT = "bench"
 FLOOR_TOPIC = "floor-tasks"
@@ -455,6 +457,7 @@ def counted_run(
     counter: RpcCounter,
     http_counters: dict[str, HttpCounter],
     services: dict[str, Service],
+    emulators: Mapping[str, int],
 ) -> CountedRun:
     """A steady sequential run; completion is read straight from the emulator (not counted)."""
     route = Route(system, "counted", submit_url, submit_url, api_key)
@@ -472,7 +475,8 @@ def counted_run(
     time.sleep(0.5)
     rpc_before = counter.snapshot()
     http_before = {name: hc.snapshot() for name, hc in http_counters.items()}
-    cpu_before = {name: harness.group_cpu_s(svc.pgid) for name, svc in services.items()}
+    groups = {name: svc.pgid for name, svc in services.items()} | dict(emulators)
+    cpu_before = {name: harness.group_cpu_s(pgid) for name, pgid in groups.items()}
     logs_before = {name: harness.log_bytes(svc) for name, svc in services.items()}
     try:
         for i in range(n):
@@ -485,9 +489,7 @@ def counted_run(
         tasks=n,
         rpc=counter.snapshot().minus(rpc_before),
         http={name: hc.snapshot().minus(http_before[name]) for name, hc in http_counters.items()},
-        cpu_s={
-            name: harness.group_cpu_s(svc.pgid) - cpu_before[name] for name, svc in services.items()
-        },
+        cpu_s={name: harness.group_cpu_s(pgid) - cpu_before[name] for name, pgid in groups.items()},
         log_bytes={
             name: harness.log_bytes(svc) - logs_before[name] for name, svc in services.items()
         },
@@ -503,8 +505,14 @@ def counted_run(
     return counted
 
 
-def measure_counts(firestore: str, pubsub: str, n: int, work: Path) -> dict[str, CountedRun]:
-    """Both systems behind the RPC counter, on their own project of the same emulators."""
+def measure_counts(
+    firestore: str, pubsub: str, n: int, work: Path, emulators: Mapping[str, int]
+) -> dict[str, CountedRun]:
+    """Both systems behind the RPC counter, on their own project of the same emulators.
+
+    `emulators` (name -> process group) are charged their CPU during each run: on
+    this machine they do the work production's Firestore and Pub/Sub would.
+    """
     counter = RpcCounter({FIRESTORE: firestore, PUBLISHER: pubsub, SUBSCRIBER: pubsub}).start()
     keyring = harness.write_keyring(work / "count-keyring.json")
     api_key = harness.create_api_key(COUNT_PROJECT, firestore, COUNT_TENANT)
@@ -561,6 +569,7 @@ def measure_counts(firestore: str, pubsub: str, n: int, work: Path) -> dict[str,
                         role: http_counters[f"{system} {role}"] for role in ("submit", "worker")
                     },
                     services={role: services[f"{system} {role}"] for role in ("submit", "worker")},
+                    emulators=emulators,
                 )
             return runs
     finally:
@@ -820,6 +829,12 @@ class Report:
                 _mean(fl.http[role].seconds) * 1000,
                 _mean(ai.http[role].seconds) * 1000,
             )
+        for name in EMULATORS:
+            row(
+                f"{name}: CPU ms / task",
+                fl.per_task(fl.cpu_s.get(name, 0.0)) * 1000,
+                ai.per_task(ai.cpu_s.get(name, 0.0)) * 1000,
+            )
         peaks = [str(fl.push_peak), str(ai.push_peak)]
         rows.append(["push deliveries in flight, max in a burst", *peaks, "", ""])
         row(
@@ -999,7 +1014,9 @@ def run(quick: bool) -> Report:
                 figures = measure_latency(routes, completions, sizes)
         finally:
             db.close()
-        counts = measure_counts(firestore, pubsub, sizes.counted, WORK_DIR)
+        pgids = stack.pgids
+        emulators = {name: pgids[name] for name in EMULATORS}
+        counts = measure_counts(firestore, pubsub, sizes.counted, WORK_DIR, emulators)
         progress("cold starts")
         with cold_start_bench.cold_world(firestore, pubsub, WORK_DIR) as world:
             cold = cold_start_bench.measure(

@@ -159,15 +159,24 @@ class TaskDocuments:
         return self._private.rewrap(doc["tenant_id"], task_id, bytes(doc["data_key"]))
 
     def decode(
-        self, task_id: str, doc: dict[str, Any], *, open_fields: Collection[str] = ()
+        self,
+        task_id: str,
+        doc: dict[str, Any],
+        *,
+        open_fields: Collection[str] = (),
+        key: TaskKey | None = None,
     ) -> Task:
-        """A Task from its document; data fields not in `open_fields` stay unread."""
+        """A Task from its document; data fields not in `open_fields` stay unread.
+
+        `key` is the document's data key if the caller opened it already (`key_of`):
+        each opening is a post-quantum decapsulation.
+        """
         values: dict[str, Any] = {name: doc.get(name) for name in _PLAIN_FIELDS}
         values["task_id"] = task_id
         values["status"] = TaskStatus(doc["status"])
         wanted = [f for f in open_fields if doc.get(f) is not None]
         if wanted:
-            key = self.key_of(task_id, doc)
+            key = key or self.key_of(task_id, doc)
             for name in wanted:
                 values[name] = key.open(name, bytes(doc[name]))
         if isinstance(values.get("error"), dict):

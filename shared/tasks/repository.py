@@ -54,6 +54,7 @@ from shared.limits import loads_bounded
 from shared.operations.counters import TaskCounters
 from shared.tasks.documents import PLAIN_ERRORS, TaskDocuments
 from shared.tasks.events import NoEvents, TaskEvents
+from shared.tasks.later import LATER, Later
 from shared.tasks.models import (
     TASK_ID_PATTERN,
     CreatedTask,
@@ -158,7 +159,6 @@ class CancelWatch:
     def __init__(self) -> None:
         self._requested = threading.Event()
         self._watch: Any = None
-        self._timer: threading.Timer | None = None
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -171,8 +171,6 @@ class CancelWatch:
     def stop(self) -> None:
         with self._lock:
             self._stopped = True
-            if self._timer is not None:
-                self._timer.cancel()
             watch, self._watch = self._watch, None
         if watch is not None:
             with contextlib.suppress(Exception):  # a listener torn down twice is harmless
@@ -359,8 +357,10 @@ class FirestoreTaskRepository:
         metric_shards: int,
         events: TaskEvents | None = None,
         counters: TaskCounters | None = None,
+        later: Later = LATER,
     ) -> None:
         self._db = db
+        self._later = later
         self._documents = documents
         self._shards = metric_shards
         self._tasks = db.collection(queries.TASKS)
@@ -809,7 +809,7 @@ class FirestoreTaskRepository:
             }
             version = DatetimeWithNanoseconds.from_rfc3339(fresh.version)  # type: ignore[no-untyped-call]
             key = self._docs.key_of(message.task_id, doc)
-            task = self._docs.decode(message.task_id, doc, open_fields=("payload",))
+            task = self._docs.decode(message.task_id, doc, open_fields=("payload",), key=key)
         except Exception:  # noqa: BLE001 - whatever is wrong with it, the document decides
             log.info("task message not usable; reading the document")
             return None
@@ -823,7 +823,7 @@ class FirestoreTaskRepository:
             return Opened(snapshot)
         try:
             key = self._docs.key_of(task_id, snapshot.doc)
-            task = self._docs.decode(task_id, snapshot.doc, open_fields=("payload",))
+            task = self._docs.decode(task_id, snapshot.doc, open_fields=("payload",), key=key)
         except IntegrityError as exc:
             return Opened(snapshot, problem=Problem.INTEGRITY, detail=exc.detail)
         except KeyUnavailable as exc:
@@ -1066,10 +1066,7 @@ class FirestoreTaskRepository:
                 except Exception:  # a watch that cannot start leaves the deadline to stop it
                     log.warning("cancellation listener did not start", exc_info=True)
 
-        timer = threading.Timer(after_s, start)
-        timer.daemon = True
-        watch._timer = timer
-        timer.start()
+        self._later.call(after_s, start)  # most attempts have stopped their watch by then
         return watch
 
     def cancel(self, tenant_id: str, task_id: str, now: datetime) -> Task:
