@@ -272,6 +272,9 @@ def worker() -> Worker:
     from shared.tasks.worker import Worker
 
     registry = task_registry()
+    runner = ProcessRunner(registry.modules)
+    # At a cold start its handler process starts while the Google clients load.
+    runner.warm()
     repository = task_repository()
     publisher = task_publisher(BACKGROUND_PUBLISH_WAIT_S)
     default_limit = get_settings().tenant_max_running or None
@@ -284,7 +287,7 @@ def worker() -> Worker:
         repository,
         registry,
         publisher,
-        ProcessRunner(registry.modules),
+        runner,
         joins=task_joins(repository),
         slots=ConcurrencySlots(firestore_client(), lambda: publisher, clock=_utcnow),
         tenant_limit=tenant_limit,

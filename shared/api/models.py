@@ -11,17 +11,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from shared.deferred import DeferredModel
 from shared.tasks.models import TASK_ID_PATTERN, TaskView
 
 
-class FieldError(BaseModel):
+class FieldError(DeferredModel):
     field: str
     message: str
 
 
-class Problem(BaseModel):
+class Problem(DeferredModel):
     """RFC 7807 problem details, as `shared.errors.AIAError.problem()` writes them."""
 
     model_config = ConfigDict(extra="allow", title="Problem")
@@ -41,7 +42,7 @@ class Problem(BaseModel):
     )
 
 
-class TaskAccepted(BaseModel):
+class TaskAccepted(DeferredModel):
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     status: Literal["queued", "scheduled"] = Field(
         description="`scheduled` when it waits for its `run_at`"
@@ -64,7 +65,7 @@ class TaskReplayed(TaskView):
     dispatch: Literal["deferred"] | None = None
 
 
-class StatusCounts(BaseModel):
+class StatusCounts(DeferredModel):
     scheduled: int = Field(ge=0)
     queued: int = Field(ge=0)
     running: int = Field(ge=0)
@@ -74,29 +75,29 @@ class StatusCounts(BaseModel):
     cancelled: int = Field(ge=0)
 
 
-class TaskCounts(BaseModel):
+class TaskCounts(DeferredModel):
     counts: StatusCounts
 
 
-class HealthCheck(BaseModel):
+class HealthCheck(DeferredModel):
     ok: bool
     latency_ms: float
     error: str | None = None
 
 
-class Health(BaseModel):
+class Health(DeferredModel):
     status: Literal["ok", "degraded", "down"]
     version: str
     checks: dict[str, HealthCheck]
 
 
-class DurationHistogram(BaseModel):
+class DurationHistogram(DeferredModel):
     count: int
     sum: float
     buckets: dict[str, int] = Field(description="Cumulative counts by upper bound (`le`)")
 
 
-class MetricsJson(BaseModel):
+class MetricsJson(DeferredModel):
     aia_tasks: dict[str, dict[str, int]] = Field(description="status -> type -> tasks")
     aia_tasks_submitted_total: dict[str, int] = Field(description="type -> tasks submitted")
     aia_task_duration_seconds: dict[str, DurationHistogram]

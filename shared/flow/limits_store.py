@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
 from shared.clients import AUTH_READ, SUBMIT_WRITE, Deadline
+from shared.deferred import DeferredModel
 from shared.errors import ConfigurationError, ValidationFailed
 from shared.flow.gcra import Limit
 from shared.tasks.models import MAX_RUNNING
@@ -29,7 +30,7 @@ ALL_TYPES = "*"
 MAX_BUDGET_SHARDS = 500  # a rebalance or top-up is one batch; Firestore takes 500 writes
 
 
-class LimitSpec(BaseModel):
+class LimitSpec(DeferredModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     rate: float = Field(gt=0, le=100_000)
@@ -46,7 +47,7 @@ class LimitSpec(BaseModel):
         return Limit(self.rate, self.burst)
 
 
-class BudgetSpec(BaseModel):
+class BudgetSpec(DeferredModel):
     """A tenant's budget: how its balance is refilled, over how many escrow shards."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -57,7 +58,7 @@ class BudgetSpec(BaseModel):
     period: str | None = None
 
 
-class FlowConfig(BaseModel):
+class FlowConfig(DeferredModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     tenant_id: str

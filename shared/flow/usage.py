@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from shared import queries
 from shared.clients import STATUS_READ
+from shared.deferred import DeferredModel
 from shared.errors import ValidationFailed
 from shared.flow import escrow
 from shared.flow.budgets import BudgetBank
@@ -23,7 +24,7 @@ from shared.flow.ledger import DEFAULT_PAGE, MAX_PAGE, Kind, list_entries
 from shared.flow.limits_store import ALL_TYPES, FlowConfig, FlowConfigStore, LimitSpec
 
 
-class UsagePeriod(BaseModel):
+class UsagePeriod(DeferredModel):
     id: str = Field(description="The month, UTC: `YYYY-MM`")
     start: datetime
     end: datetime
@@ -32,12 +33,12 @@ class UsagePeriod(BaseModel):
     by_day: dict[str, int] = Field(description="Spent per UTC day (`YYYY-MM-DD`)")
 
 
-class RateLimitView(BaseModel):
+class RateLimitView(DeferredModel):
     rate: float = Field(description="Sustained submits per second")
     burst: int = Field(description="Submits at once")
 
 
-class UsageLimits(BaseModel):
+class UsageLimits(DeferredModel):
     """The limits the caller's submits and tasks run under (its own, else the defaults)."""
 
     rate: dict[str, RateLimitView] = Field(
@@ -48,7 +49,7 @@ class UsageLimits(BaseModel):
     )
 
 
-class UsageView(BaseModel):
+class UsageView(DeferredModel):
     """The caller's budget (absent fields: no budget, `budgeted: false`) and its limits."""
 
     tenant_id: str
@@ -63,7 +64,7 @@ class UsageView(BaseModel):
     period: UsagePeriod | None = None
 
 
-class LedgerEntry(BaseModel):
+class LedgerEntry(DeferredModel):
     id: str
     kind: Kind
     amount: int
@@ -73,7 +74,7 @@ class LedgerEntry(BaseModel):
     reason: str | None = None
 
 
-class LedgerPage(BaseModel):
+class LedgerPage(DeferredModel):
     entries: list[LedgerEntry]
     next_page_token: str | None = Field(
         default=None, description="Present when there are more: pass it as `page_token`"

@@ -10,8 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from shared.deferred import DeferredModel
 from shared.scheduling.policy import Overlap
 from shared.tasks.models import MAX_TIMEOUT_S, TASK_ID_PATTERN
 
@@ -22,7 +23,7 @@ MAX_CATCHUP_S = 23 * 3600
 MIN_CATCHUP_S = 60
 
 
-class ScheduledTask(BaseModel):
+class ScheduledTask(DeferredModel):
     """The task each slot submits: a submit body without a start time (the slot is one)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,7 +34,7 @@ class ScheduledTask(BaseModel):
     timeout_s: int = Field(default=60, ge=1, le=MAX_TIMEOUT_S)
 
 
-class ScheduleRequest(BaseModel):
+class ScheduleRequest(DeferredModel):
     """What a client posts to /schedules; `task` is checked as a submit body would be."""
 
     model_config = ConfigDict(extra="forbid")
@@ -61,24 +62,24 @@ class ScheduleRequest(BaseModel):
     )
 
 
-class ScheduledTaskView(BaseModel):
+class ScheduledTaskView(DeferredModel):
     type: str
     max_attempts: int
     timeout_s: int
 
 
-class LastRun(BaseModel):
+class LastRun(DeferredModel):
     slot: datetime = Field(description="The slot, in the schedule's time zone")
     task_id: str = Field(pattern=TASK_ID_PATTERN, description="The task it submitted")
 
 
-class SlotError(BaseModel):
+class SlotError(DeferredModel):
     code: str = Field(description="The problem code submit answered")
     slot: datetime
     message: str
 
 
-class ScheduleView(BaseModel):
+class ScheduleView(DeferredModel):
     """A schedule as the caller reads it: never the task's payload, which stays sealed."""
 
     schedule_id: str = Field(pattern=TASK_ID_PATTERN)
@@ -105,7 +106,7 @@ class ScheduleView(BaseModel):
     )
 
 
-class SchedulePage(BaseModel):
+class SchedulePage(DeferredModel):
     schedules: list[ScheduleView]
     next_page_token: str | None = Field(
         default=None, description="Present when there are more: pass it as `page_token`"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from shared.analytics.summary import summarize
+from shared.deferred import DeferredModel
 from shared.tasks.registry import TaskContext, task_type
 
 
-class EchoPayload(BaseModel):
+class EchoPayload(DeferredModel):
     model_config = ConfigDict(extra="allow")
 
 
@@ -20,7 +21,7 @@ def echo(payload: EchoPayload, ctx: TaskContext) -> dict[str, Any]:
     return payload.model_dump()
 
 
-class SleepPayload(BaseModel):
+class SleepPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     seconds: float = Field(ge=0, le=30)
@@ -40,7 +41,7 @@ def sleep(payload: SleepPayload, ctx: TaskContext) -> dict[str, Any]:
 FiniteNumber = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class SummaryPayload(BaseModel):
+class SummaryPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     values: list[FiniteNumber] = Field(min_length=1, max_length=1_000_000)
@@ -59,7 +60,7 @@ def analytics_chunk(payload: SummaryPayload, ctx: TaskContext) -> dict[str, Any]
     return summarize_chunk(payload.values)
 
 
-class MergePayload(BaseModel):
+class MergePayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 

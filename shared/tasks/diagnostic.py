@@ -18,13 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from shared.deferred import DeferredModel
 from shared.errors import NonRetryable, RetryableError
 from shared.tasks.registry import TaskContext, task_type
 
 
-class FailPayload(BaseModel):
+class FailPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     times: int = Field(default=1, ge=0, le=100)
@@ -42,7 +43,7 @@ def fail(payload: FailPayload, ctx: TaskContext) -> dict[str, Any]:
     return {"succeeded_on_attempt": ctx.attempt}
 
 
-class ProbePayload(BaseModel):
+class ProbePayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     marker: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
@@ -161,7 +162,7 @@ def probe(payload: ProbePayload, ctx: TaskContext) -> dict[str, Any]:
     return {"pid": me, "attempt": ctx.attempt, "concurrent": len(beside) + 1}
 
 
-class FanPayload(BaseModel):
+class FanPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     children: int = Field(ge=1, le=10_000)
@@ -183,7 +184,7 @@ def fan(payload: FanPayload, ctx: TaskContext) -> Any:
     return ctx.fan_out(children, then=("fan.total", {}), join=payload.join)
 
 
-class TotalPayload(BaseModel):
+class TotalPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -198,7 +199,7 @@ def fan_total(payload: TotalPayload, ctx: TaskContext) -> dict[str, Any]:
     }
 
 
-class InputsPayload(BaseModel):
+class InputsPayload(DeferredModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(default="", max_length=63)

@@ -9,7 +9,6 @@ from typing import Any
 
 from pydantic import (
     AwareDatetime,
-    BaseModel,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -19,6 +18,7 @@ from pydantic import (
 )
 
 from shared import tracing
+from shared.deferred import DeferredModel
 
 MAX_TIMEOUT_S = 540  # Event-triggered Cloud Functions stop at 540 s.
 MAX_DEPENDENCIES = 1000
@@ -49,7 +49,7 @@ MAX_RUNNING = 100
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 
 
-class TaskRequest(BaseModel):
+class TaskRequest(DeferredModel):
     """What a client submits."""
 
     # At most one start time: both given is a 422 (shared.tasks.submission.start_of).
@@ -135,14 +135,14 @@ class TaskRequest(BaseModel):
         return self
 
 
-class TaskError(BaseModel):
+class TaskError(DeferredModel):
     """Why an attempt failed: a stable code and a human message."""
 
     code: str
     message: str
 
 
-class TokenHold(BaseModel):
+class TokenHold(DeferredModel):
     """Tokens a budgeted tenant's submit reserved for the task (see shared.flow)."""
 
     id: str  # the ledger key: the task id, then "<task_id>.r<n>" for its n-th replay
@@ -150,7 +150,7 @@ class TokenHold(BaseModel):
     shard: int = Field(ge=0)  # the escrow shard it came from; settled back into the same
 
 
-class Task(BaseModel):
+class Task(DeferredModel):
     """A task as the service knows it (plaintext; storage encrypts data fields)."""
 
     task_id: str
@@ -208,7 +208,7 @@ class Task(BaseModel):
         return self.max_attempts - (self.attempts - self.attempt_base)
 
 
-class Progress(BaseModel):
+class Progress(DeferredModel):
     """The latest progress a handler reported (`ctx.progress`)."""
 
     fraction: float = Field(ge=0, le=1)
@@ -217,7 +217,7 @@ class Progress(BaseModel):
     updated_at: datetime
 
 
-class TaskView(BaseModel):
+class TaskView(DeferredModel):
     """What a client reads back."""
 
     task_id: str
@@ -301,7 +301,7 @@ class TaskView(BaseModel):
         return body
 
 
-class CreatedTask(BaseModel):
+class CreatedTask(DeferredModel):
     """A fresh task's document as it was created, carried so its first delivery needs no read.
 
     The data fields travel exactly as stored: sealed (ciphertext bound to tenant,
@@ -325,7 +325,7 @@ class CreatedTask(BaseModel):
     priority: int | None = None  # its place in line, should a tenant limit make it wait
 
 
-class TaskMessage(BaseModel):
+class TaskMessage(DeferredModel):
     """What travels on the tasks topic: ids, and for a fresh task its sealed document."""
 
     model_config = ConfigDict(extra="ignore")
@@ -335,12 +335,12 @@ class TaskMessage(BaseModel):
     created: CreatedTask | None = None
 
 
-class TaskPage(BaseModel):
+class TaskPage(DeferredModel):
     tasks: list[TaskView]
     next_page_token: str | None = None
 
 
-class ApiKeyRecord(BaseModel):
+class ApiKeyRecord(DeferredModel):
     """A stored API key: its hash and tenant, never the key itself."""
 
     key_id: str

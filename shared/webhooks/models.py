@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from shared.deferred import DeferredModel
 from shared.tasks.models import TaskStatus
 from shared.webhooks.signing import Scheme
 
@@ -45,7 +46,7 @@ class DeliveryStatus(StrEnum):
     CANCELLED = "cancelled"  # its endpoint was deleted or disabled before it went out
 
 
-class EndpointRequest(BaseModel):
+class EndpointRequest(DeferredModel):
     """What a tenant registers."""
 
     model_config = ConfigDict(extra="forbid")
@@ -66,7 +67,7 @@ class EndpointRequest(BaseModel):
         return events
 
 
-class SigningKeyRequest(BaseModel):
+class SigningKeyRequest(DeferredModel):
     """The tenant's key for per-task `webhook_url` deliveries."""
 
     model_config = ConfigDict(extra="forbid")
@@ -74,7 +75,7 @@ class SigningKeyRequest(BaseModel):
     signature: Scheme = Scheme.V1
 
 
-class StoredSecret(BaseModel):
+class StoredSecret(DeferredModel):
     """One signing key of an endpoint, sealed under its own data key (never stored plain)."""
 
     secret_id: str
@@ -88,7 +89,7 @@ class StoredSecret(BaseModel):
         return self.expires_at is None or self.expires_at > now
 
 
-class Endpoint(BaseModel):
+class Endpoint(DeferredModel):
     """An endpoint as stored (plain fields; its secrets stay sealed here)."""
 
     endpoint_id: str
@@ -119,14 +120,14 @@ class Endpoint(BaseModel):
         return sorted(live, key=lambda s: s.created_at, reverse=True)
 
 
-class SigningKeyView(BaseModel):
+class SigningKeyView(DeferredModel):
     id: str
     created_at: datetime
     expires_at: datetime | None = None
     public_key: str | None = None
 
 
-class EndpointView(BaseModel):
+class EndpointView(DeferredModel):
     """What a tenant reads back: never a secret."""
 
     id: str
@@ -174,14 +175,14 @@ class EndpointCreated(EndpointView):
     public_key: str | None = Field(default=None, description="The Ed25519 verifying key (v1a)")
 
 
-class EndpointPage(BaseModel):
+class EndpointPage(DeferredModel):
     webhooks: list[EndpointView]
     next_page_token: str | None = Field(
         default=None, description="Present when there are more: pass it as `page_token`"
     )
 
 
-class Attempt(BaseModel):
+class Attempt(DeferredModel):
     """One try at sending a delivery, as the attempt log shows it."""
 
     at: datetime
@@ -191,7 +192,7 @@ class Attempt(BaseModel):
     error: str | None = None
 
 
-class Delivery(BaseModel):
+class Delivery(DeferredModel):
     """One event to one endpoint (or to one task's own URL), with every attempt made."""
 
     delivery_id: str
@@ -219,7 +220,7 @@ class Delivery(BaseModel):
         return self.attempt_count - self.schedule_base
 
 
-class DeliveryView(BaseModel):
+class DeliveryView(DeferredModel):
     id: str
     webhook_id: str
     endpoint_id: str
@@ -260,7 +261,7 @@ class DeliveryView(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-class DeliveryPage(BaseModel):
+class DeliveryPage(DeferredModel):
     deliveries: list[DeliveryView]
     next_page_token: str | None = Field(
         default=None, description="Present when there are more: pass it as `page_token`"
@@ -273,7 +274,7 @@ class DeliveryReplayed(DeliveryView):
     )
 
 
-class WebhookEvent(BaseModel):
+class WebhookEvent(DeferredModel):
     """The outbox record a terminal transition stages: what happened, not yet who hears it."""
 
     event_id: str
@@ -290,7 +291,7 @@ class WebhookEvent(BaseModel):
     workflow_id: str | None = None
 
 
-class WebhookMessage(BaseModel):
+class WebhookMessage(DeferredModel):
     """What travels on the webhook topic: one id, never data."""
 
     model_config = ConfigDict(extra="ignore")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
+from shared.deferred import DeferredModel
 from shared.tasks.models import (
     MAX_PRIORITY,
     MAX_TIMEOUT_S,
@@ -33,7 +34,7 @@ FailurePolicy = Literal["fail_fast", "continue"]
 WorkflowStatus = Literal["running", "succeeded", "failed", "cancelled"]
 
 
-class WorkflowNode(BaseModel):
+class WorkflowNode(DeferredModel):
     """One node: a task's type, payload and limits, and the nodes it waits for."""
 
     model_config = ConfigDict(extra="forbid")
@@ -55,7 +56,7 @@ class WorkflowNode(BaseModel):
     )
 
 
-class WorkflowRequest(BaseModel):
+class WorkflowRequest(DeferredModel):
     """What a client submits: named nodes, each a task request whose `depends_on` names nodes."""
 
     model_config = ConfigDict(extra="forbid")
@@ -76,7 +77,7 @@ class WorkflowRequest(BaseModel):
     )
 
 
-class WorkflowAccepted(BaseModel):
+class WorkflowAccepted(DeferredModel):
     workflow_id: str = Field(pattern=TASK_ID_PATTERN)
     status: Literal["running"]
     status_url: str
@@ -87,7 +88,7 @@ class WorkflowAccepted(BaseModel):
     )
 
 
-class NodeView(BaseModel):
+class NodeView(DeferredModel):
     task_id: str = Field(pattern=TASK_ID_PATTERN)
     type: str | None = Field(default=None, description="Absent for a node never stored")
     status: TaskStatus
@@ -101,7 +102,7 @@ class NodeView(BaseModel):
     )
 
 
-class WorkflowView(BaseModel):
+class WorkflowView(DeferredModel):
     """A workflow's status, derived from its nodes, and each node's."""
 
     workflow_id: str = Field(pattern=TASK_ID_PATTERN)
@@ -117,7 +118,7 @@ class WorkflowView(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-class WorkflowSummary(BaseModel):
+class WorkflowSummary(DeferredModel):
     workflow_id: str = Field(pattern=TASK_ID_PATTERN)
     status: WorkflowStatus
     failure_policy: FailurePolicy
@@ -128,7 +129,7 @@ class WorkflowSummary(BaseModel):
     )
 
 
-class WorkflowPage(BaseModel):
+class WorkflowPage(DeferredModel):
     workflows: list[WorkflowSummary]
     next_page_token: str | None = None
 
