@@ -17,6 +17,7 @@ What dominates is read from one more in-process run per function
 package, split into module load and first request.
 
     python -m bench cold_start [--quick]   # on emulators of its own
+    python -m bench.cold_start_bench [--quick] --against REV   # this tree against REV
 """
 
 from __future__ import annotations
@@ -602,15 +603,73 @@ def median_profile(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def main(*, quick: bool = False) -> None:
+# --- against another revision ---------------------------------------------------------
+
+
+def bundles_of(revision: str, work: Path) -> Path:
+    """The deploy bundles `revision` builds, by its own `tools.package` (as it would deploy)."""
+    source = work / f"source-{revision}"
+    source.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", revision],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    out = work / f"bundles-{revision}"
+    names = [p.spec.target for p in PROBES if p.spec in AIA.values()]
+    subprocess.run(
+        [sys.executable, "-m", "tools.package", "--out", str(out), *dict.fromkeys(names)],
+        cwd=source,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        capture_output=True,
+        check=True,
+    )
+    return out
+
+
+def compare(world: ColdWorld, other: Path, revision: str, runs: int) -> str:
+    """This tree's bundles and `revision`'s, interleaved run by run: the change, not the noise."""
+    probes = [p for p in PROBES if p.spec in AIA.values()]
+    mine = world.bundles
+    taken: dict[tuple[str, str], list[ColdSample]] = defaultdict(list)
+    for round_no in range(runs + 1):
+        for side, bundles in (("this tree", mine), (revision, other)):
+            world.bundles = bundles
+            for probe in probes:
+                sample = cold_run(probe, world)
+                if round_no:  # the first round only warms the page cache
+                    taken[(side, probe.label)].append(sample)
+    world.bundles = mine
+    lines = [
+        f"cold start, this tree against {revision} (interleaved, median of {runs}):",
+        f"  {'function':<20} {'this tree':>16} {revision:>16} {'Δ wall':>8} {'Δ CPU':>8}",
+    ]
+    for probe in probes:
+        a, b = taken[("this tree", probe.label)], taken[(revision, probe.label)]
+        wall = stats.median(s.total_ms for s in a), stats.median(s.total_ms for s in b)
+        cpu = stats.median(s.cpu_ms for s in a), stats.median(s.cpu_ms for s in b)
+        lines.append(
+            f"  {probe.label:<20} {wall[0]:>9.0f} ms wall {wall[1]:>9.0f} ms wall"
+            f" {wall[0] - wall[1]:>+6.0f} ms {cpu[0] - cpu[1]:>+6.0f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main(*, quick: bool = False, against: str | None = None) -> None:
     from devtools.emulators import emulators
 
     runs = 2 if quick else 5
     with tempfile.TemporaryDirectory(prefix="aia-cold-") as tmp:
         work = Path(tmp)
+        other = bundles_of(against, work) if against else None
         with emulators(COLD_PROJECT, log_dir=work) as env:
             host_fs, host_ps = env["FIRESTORE_EMULATOR_HOST"], env["PUBSUB_EMULATOR_HOST"]
             with cold_world(host_fs, host_ps, work) as world:
+                if against and other:
+                    print(compare(world, other, against, runs))
+                    return
                 result = measure(world, runs, 1 if quick else 3)
     print(result.render())
     for t in result.targets():
@@ -618,4 +677,12 @@ def main(*, quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.cold_start_bench")
+    parser.add_argument("--quick", action="store_true", help="2 runs instead of 5")
+    parser.add_argument(
+        "--against", metavar="REV", help="compare with the bundles a git revision builds"
+    )
+    cli = parser.parse_args()
+    main(quick=cli.quick, against=cli.against)
