@@ -24,14 +24,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 from shared import tracing
+from shared.clients import Deadline
 from shared.tasks.dispatch import PubSubTaskPublisher
 from shared.tasks.models import TaskMessage
 
@@ -41,8 +40,10 @@ MESSAGE = TaskMessage(task_id="0123456789abcdef0123456789abcdef", tenant_id="acm
 
 
 class InstantClient:
-    def publish(self, topic: str, data: bytes, timeout: float, **attributes: str) -> Any:
-        return SimpleNamespace(result=lambda timeout: "1")
+    def publish(
+        self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
+    ) -> str:
+        return "1"
 
 
 def _work() -> bytes:

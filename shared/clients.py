@@ -95,6 +95,35 @@ WEBHOOK_LOOKUP = Deadline(attempt_s=1.0, total_s=2.0)
 WEBHOOK_DELIVERY = Deadline(attempt_s=5.0, total_s=10.0)
 
 
+class DirectPublisher:
+    """Publishes one message per call and returns its id: one RPC, in the calling thread.
+
+    The library's `publish` batches: each message starts a batch with a timer
+    thread and a commit thread, and answers through a future. A caller that
+    waits for every message anyway paid about 2 ms and 1 ms of CPU for that on
+    the emulator; this calls the generated client's `Publish` on the same client
+    (its emulator and credential set-up), with AIA's deadline.
+    """
+
+    def __init__(self, client: PublisherClient) -> None:
+        self._client = client
+
+    def publish(
+        self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
+    ) -> str:
+        from google.pubsub_v1 import PubsubMessage
+        from google.pubsub_v1.services.publisher.client import PublisherClient as Generated
+
+        response = Generated.publish(
+            self._client,
+            topic=topic,
+            messages=[PubsubMessage(data=data, attributes=attributes)],
+            **deadline.kwargs(),
+        )
+        message_id: str = response.message_ids[0]
+        return message_id
+
+
 def topic_path(topic: str) -> str:
     return f"projects/{get_settings().project}/topics/{topic}"
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from shared.clients import (
     PUBLISH_WAIT_S,
     WEBHOOK_DELIVERY,
+    DirectPublisher,
     firestore_client,
     keys_firestore_client,
     publisher,
@@ -220,7 +221,7 @@ def task_publisher(wait_s: float = PUBLISH_WAIT_S) -> PubSubTaskPublisher:
 
     settings = get_settings()
     return PubSubTaskPublisher(
-        publisher(),
+        DirectPublisher(publisher()),
         topic_path(settings.tasks_topic),
         topic_path(settings.dead_letter_topic),
         wait_s=wait_s,

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 from shared import tracing
-from shared.clients import PUBLISH_WAIT_S
+from shared.clients import PUBLISH_WAIT_S, Deadline
 from shared.errors import Unavailable
 from shared.tasks.models import TaskMessage
 
 log = logging.getLogger("aia.dispatch")
+
+
+class MessageSender(Protocol):
+    """Sends one message and returns its id once Pub/Sub stored it (`DirectPublisher`)."""
+
+    def publish(
+        self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
+    ) -> str: ...
 
 
 class TaskPublisher(Protocol):
@@ -34,7 +42,7 @@ class PubSubTaskPublisher:
 
     def __init__(
         self,
-        client: Any,
+        client: MessageSender,
         tasks_topic: str,
         dead_letter_topic: str,
         *,
@@ -43,7 +51,7 @@ class PubSubTaskPublisher:
         self._client = client
         self._tasks_topic = tasks_topic
         self._dead_letter_topic = dead_letter_topic
-        self._wait_s = wait_s
+        self._deadline = Deadline(attempt_s=wait_s, total_s=wait_s)
 
     def publish(
         self,
@@ -64,8 +72,7 @@ class PubSubTaskPublisher:
     ) -> str:
         with tracing.publishing(topic, attributes, traceparent=traceparent) as current:
             try:
-                future = self._client.publish(topic, data, timeout=self._wait_s, **attributes)
-                message_id: str = future.result(timeout=self._wait_s)
+                message_id = self._client.publish(topic, data, attributes, deadline=self._deadline)
             except Exception as exc:
                 raise Unavailable(f"publishing to {topic.rsplit('/', 1)[-1]} failed") from exc
             current.set_attribute("messaging.message.id", message_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from shared.clients import DirectPublisher
 from shared.config import Settings
 from shared.flow.concurrency import ConcurrencySlots
 from shared.security.crypto import TaskOpener, TaskSealer
@@ -101,7 +102,7 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
     documents = TaskDocuments(TaskSealer(ring), TaskOpener(ring), retention=timedelta(days=30))
     repository = FirestoreTaskRepository(db, documents, metric_shards=4)
     publisher = PubSubTaskPublisher(
-        publisher_client, topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
+        DirectPublisher(publisher_client), topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
     )
     settings = Settings(project=PROJECT)
     registry = load_registry(MODULES)

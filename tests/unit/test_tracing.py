@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from shared import events, http, logs, tracing
+from shared.clients import Deadline
 from shared.tasks.dispatch import PubSubTaskPublisher
 from shared.tasks.models import Task, TaskMessage, TaskStatus, TaskView
 
@@ -43,9 +44,11 @@ class FakePubSub:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes, dict[str, str]]] = []
 
-    def publish(self, topic: str, data: bytes, timeout: float, **attributes: str) -> Any:
-        self.sent.append((topic, data, attributes))
-        return SimpleNamespace(result=lambda timeout: f"m{len(self.sent)}")
+    def publish(
+        self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
+    ) -> str:
+        self.sent.append((topic, data, dict(attributes)))
+        return f"m{len(self.sent)}"
 
 
 def _one(spans: InMemorySpanExporter, kind: SpanKind) -> ReadableSpan:
