@@ -20,21 +20,22 @@ if TYPE_CHECKING:
 
 @functools.cache
 def firestore_client() -> FirestoreClient:
-    from google.cloud import firestore
+    # Its batches build plain writes without proto-plus (shared/firestore_writes.py).
+    from shared.firestore_writes import FastClient
 
     settings = get_settings()
-    return firestore.Client(project=settings.project, database=settings.firestore_database)
+    return FastClient(project=settings.project, database=settings.firestore_database)
 
 
 @functools.cache
 def keys_firestore_client() -> FirestoreClient:
     """The database holding API keys: separate, so serving functions may only read it."""
-    from google.cloud import firestore
+    from shared.firestore_writes import FastClient
 
     settings = get_settings()
     if settings.keys_database == settings.firestore_database:
         return firestore_client()
-    return firestore.Client(project=settings.project, database=settings.keys_database)
+    return FastClient(project=settings.project, database=settings.keys_database)
 
 
 @functools.cache

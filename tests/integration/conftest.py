@@ -88,9 +88,11 @@ def runner() -> Iterator[ProcessRunner]:
 
 @pytest.fixture
 def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator[Pipeline]:
-    from google.cloud import firestore, pubsub_v1
+    from google.cloud import pubsub_v1
 
-    db = firestore.Client(project=PROJECT)
+    from shared.firestore_writes import FastClient
+
+    db = FastClient(project=PROJECT)  # as shared.clients builds it
     publisher_client = pubsub_v1.PublisherClient(
         batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
     )

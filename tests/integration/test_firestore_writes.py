@@ -1,0 +1,70 @@
+"""`FastClient` writes on the Firestore emulator: what it stores, and its preconditions hold."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
+from google.cloud import firestore
+
+from shared.firestore_writes import FastClient
+from tests.integration.conftest import PROJECT
+
+AT = datetime.datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=datetime.UTC)
+DOC = {
+    "status": "queued",
+    "attempts": 0,
+    "ratio": 0.25,
+    "flag": False,
+    "gone": None,
+    "payload": b"\x00sealed\xff",
+    "created_at": AT,
+    "hold": {"key": "k", "until": AT, "tags": ["a", 2, None], "empty": {}},
+    "order": [],
+}
+
+
+@pytest.fixture
+def clients(emulators_clean: dict[str, str]) -> tuple[FastClient, firestore.Client]:
+    return FastClient(project=PROJECT), firestore.Client(project=PROJECT)
+
+
+def test_what_the_fast_client_writes_reads_back_as_written(
+    clients: tuple[FastClient, firestore.Client],
+) -> None:
+    fast, library = clients
+    fast.collection("tasks").document("t1").create(DOC)
+    library.collection("tasks").document("t2").create(DOC)
+    mine, theirs = (
+        c.collection("tasks").document(t).get() for c, t in ((fast, "t1"), (library, "t2"))
+    )
+    assert mine.to_dict() == theirs.to_dict() == DOC
+    with pytest.raises(AlreadyExists):
+        fast.collection("tasks").document("t1").create({"status": "again"})
+
+
+def test_updates_keep_their_preconditions(clients: tuple[FastClient, firestore.Client]) -> None:
+    fast, _ = clients
+    ref = fast.collection("tasks").document("t1")
+    created = ref.create(DOC)
+    later = ref.update(
+        {"status": "running", "attempts": 1, "hold": {"key": "x"}},
+        option=fast.write_option(last_update_time=created.update_time),
+    )
+    got = ref.get()
+    assert got.get("status") == "running"
+    assert got.get("hold") == {"key": "x"}  # a map value replaces the map, as the library's
+    assert got.get("payload") == DOC["payload"]  # fields not named are left alone
+    with pytest.raises(FailedPrecondition):  # the version it saw is no longer the document's
+        ref.update(
+            {"status": "stale"}, option=fast.write_option(last_update_time=created.update_time)
+        )
+    batch = fast.batch()
+    batch.update(
+        ref, {"status": "done"}, option=fast.write_option(last_update_time=later.update_time)
+    )
+    batch.commit()
+    assert ref.get().get("status") == "done"
+    with pytest.raises(NotFound):  # an update without an option still needs the document
+        fast.collection("tasks").document("missing").update({"status": "x"})

@@ -1,0 +1,146 @@
+"""`FastWriteBatch` builds the very messages the library's `WriteBatch` builds, or defers to it."""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Any
+
+import pytest
+from google.api_core.datetime_helpers import DatetimeWithNanoseconds as ApiCoreDatetime
+from google.auth.credentials import AnonymousCredentials
+from google.cloud.firestore_v1 import DELETE_FIELD, SERVER_TIMESTAMP, Increment
+from google.cloud.firestore_v1.batch import WriteBatch
+from google.cloud.firestore_v1.client import Client
+from google.protobuf import timestamp_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from proto.datetime_helpers import DatetimeWithNanoseconds as ProtoDatetime
+
+from shared.firestore_writes import FastClient, FastWriteBatch
+
+NO_CREDENTIALS = AnonymousCredentials()  # type: ignore[no-untyped-call]
+LIBRARY = Client(project="p", credentials=NO_CREDENTIALS)
+FAST = FastClient(project="p", credentials=NO_CREDENTIALS)
+REF = LIBRARY.document("tasks/t1")
+
+_ZONES = st.sampled_from(
+    [None, datetime.UTC, datetime.timezone(datetime.timedelta(hours=-7, minutes=-30))]
+)
+_NAIVE = st.datetimes(
+    min_value=datetime.datetime(1900, 1, 1), max_value=datetime.datetime(2200, 1, 1)
+)
+DATETIMES = st.one_of(
+    st.builds(lambda d, z: d.replace(tzinfo=z), _NAIVE, _ZONES),
+    st.builds(
+        lambda d, ns: ApiCoreDatetime(  # type: ignore[no-untyped-call]
+            *d.timetuple()[:6], nanosecond=ns, tzinfo=datetime.UTC
+        ),
+        _NAIVE,
+        st.integers(0, 999_999_999),
+    ),
+    st.builds(
+        lambda d, us: ProtoDatetime(*d.timetuple()[:6], us, tzinfo=datetime.UTC),
+        _NAIVE,
+        st.integers(0, 999_999),
+    ),
+)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.binary(max_size=40),
+    DATETIMES,
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+FIELD_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z_0-9]{0,11}", fullmatch=True)
+DOCUMENTS = st.dictionaries(FIELD_NAMES, VALUES, min_size=1, max_size=8)
+VERSIONS = st.one_of(
+    DATETIMES,
+    st.builds(
+        lambda s, n: timestamp_pb2.Timestamp(seconds=s, nanos=n),
+        st.integers(0, 4_000_000_000),
+        st.integers(0, 999_999_999),
+    ),
+)
+
+
+def _built(batch: WriteBatch) -> list[Any]:
+    return [w._pb for w in batch._write_pbs]
+
+
+def _both(call: str, *args: Any, version: Any = None, **kwargs: Any) -> tuple[Any, Any]:
+    """What the library's batch and the fast batch build (or raise) for the same call."""
+    out: list[Any] = []
+    for client, batch in ((LIBRARY, WriteBatch(LIBRARY)), (FAST, FastWriteBatch(FAST))):
+        if version is not None:
+            kwargs["option"] = client.write_option(last_update_time=version)
+        try:
+            getattr(batch, call)(*args, **kwargs)
+        except Exception as exc:  # the two must fail alike
+            out.append((type(exc), str(exc)))
+        else:
+            out.append(_built(batch))
+    return out[0], out[1]
+
+
+@settings(max_examples=200, deadline=None)
+@given(DOCUMENTS)
+def test_creates_build_the_librarys_messages(doc: dict[str, Any]) -> None:
+    library, fast = _both("create", REF, doc)
+    assert fast == library
+
+
+@settings(max_examples=200, deadline=None)
+@given(DOCUMENTS, st.one_of(st.none(), VERSIONS))
+def test_updates_build_the_librarys_messages(doc: dict[str, Any], version: Any) -> None:
+    library, fast = _both("update", REF, doc, version=version)
+    assert fast == library
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"n": Increment(1), "at": SERVER_TIMESTAMP},
+        {"gone": DELETE_FIELD, "kept": 1},
+        {"counts.echo": 3},  # a dotted key is a field path in an update
+        {"colour": Colour.RED},
+        {"ref": LIBRARY.document("tasks/t2")},
+        {"nested": {"inner": Increment(2)}},
+        {"weird": {1: "non-string key"}},
+        {"a": {1, 2}},
+        {},
+    ],
+    ids=lambda d: ",".join(map(str, d)) or "empty",
+)
+@pytest.mark.parametrize("call", ["create", "update"])
+def test_what_is_not_plain_goes_through_the_library(call: str, doc: dict[str, Any]) -> None:
+    library, fast = _both(call, REF, doc)
+    assert fast == library
+
+
+def test_an_exists_option_is_refused_as_the_library_refuses_it() -> None:
+    for client, batch in ((LIBRARY, WriteBatch(LIBRARY)), (FAST, FastWriteBatch(FAST))):
+        with pytest.raises(ValueError, match="explicit write option"):
+            batch.update(REF, {"a": 1}, option=client.write_option(exists=True))
+
+
+def test_the_client_hands_out_fast_batches_for_every_write_path() -> None:
+    assert isinstance(FAST.batch(), FastWriteBatch)
+    # DocumentReference.update and .create build their batch through client.batch().
+    batch, _ = FAST.document("tasks/t1")._prep_update({"a": 1})
+    assert isinstance(batch, FastWriteBatch)
