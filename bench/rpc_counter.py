@@ -414,6 +414,8 @@ class _CountingServer(ThreadingHTTPServer):
         self.upstream = upstream
         self.tally = RequestTally()
         self.lock = threading.Lock()
+        self.answered = threading.Condition(self.lock)
+        self.ok = 0  # answers with a 2xx status
         self.in_flight = 0
         self.peak = 0  # most requests in flight at once since the last reset
         super().__init__(("127.0.0.1", 0), _Relay)
@@ -430,6 +432,9 @@ class _CountingServer(ThreadingHTTPServer):
     def note(self, status: int, seconds: float) -> None:
         with self.lock:
             self.tally.record(status, seconds)
+            if 200 <= status < 300:
+                self.ok += 1
+                self.answered.notify_all()
 
     def note_failure(self) -> None:
         with self.lock:
@@ -458,6 +463,17 @@ class HttpCounter:
     def snapshot(self) -> RequestTally:
         with self._server.lock:
             return self._server.tally.copy()
+
+    def answered_ok(self) -> int:
+        """How many requests were answered with a 2xx status so far."""
+        with self._server.lock:
+            return self._server.ok
+
+    def wait_answered_ok(self, count: int, timeout_s: float) -> None:
+        """Until `count` requests in all were answered with a 2xx status."""
+        with self._server.answered:
+            if not self._server.answered.wait_for(lambda: self._server.ok >= count, timeout_s):
+                raise TimeoutError(f"{self._server.ok} of {count} requests answered 2xx")
 
     def take_peak(self) -> int:
         """Most requests that were in flight at once since the last call."""
