@@ -21,6 +21,7 @@ FUNCTION_REQUEST_USD = 0.40 / 1_000_000
 VCPU_SECOND_USD = 0.000024
 GIB_SECOND_USD = 0.0000025
 LOGGING_USD_PER_GIB = 0.50
+TRACE_SPAN_USD = 0.20 / 1_000_000
 # Request-based billing rounds each request's instance time up to this (docs/deploy.md).
 BILLING_QUANTUM_S = 0.1
 # Pub/Sub bills each publish and each delivery as at least this many bytes.
@@ -80,6 +81,7 @@ class Counted:
     delivery_billed_bytes: int
     invocations: Sequence[Invocations]
     log_bytes: int
+    spans: int = 0  # spans exported (Cloud Trace bills each one ingested)
 
 
 def billed_seconds(seconds: float, quantum: float = BILLING_QUANTUM_S) -> float:
@@ -140,6 +142,7 @@ def lines(c: Counted) -> list[Line]:
             "log bytes",
             c.log_bytes * per / GIB * LOGGING_USD_PER_GIB * million,
         ),
+        Line("Cloud Trace spans", c.spans * per, "spans", c.spans * per * TRACE_SPAN_USD * million),
     ]
 
 
@@ -156,6 +159,10 @@ ASSUMPTIONS: tuple[tuple[str, str], ...] = (
     ("function CPU", "$0.000024 / vCPU-s (docs/deploy.md)"),
     ("function memory", "$0.0000025 / GiB-s (docs/deploy.md)"),
     ("Cloud Logging", "$0.50 / GiB of log bytes written locally (docs/deploy.md)"),
+    (
+        "Cloud Trace",
+        "$0.20 / million spans, as exported locally at the deployed sample ratio (docs/deploy.md)",
+    ),
     (
         "instance time",
         "sustained load at each function's concurrency: wall time / concurrency, at least its CPU",

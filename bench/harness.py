@@ -29,11 +29,12 @@ FLOOR_DIR = BENCH / "floor"
 # The stack's settings for its functions (devtools.stack.Options defaults).
 # Spans are recorded and exported as the stack's are (to files: Cloud Trace needs
 # credentials), so their cost is in every figure.
+TRACE_DIR = Path(tempfile.gettempdir()) / "aia-bench-spans"
 STACK_SETTINGS = {
     "AIA_REDISPATCH_AFTER_S": "10",
     "AIA_RETRY_MAX_BACKOFF_S": "4",
     "AIA_TRACE_EXPORTER": "file",
-    "AIA_TRACE_DIR": str(Path(tempfile.gettempdir()) / "aia-bench-spans"),
+    "AIA_TRACE_DIR": str(TRACE_DIR),
 }
 RETRY_MAX_BACKOFF_S = 4
 
@@ -204,6 +205,27 @@ def group_cpu_s(pgid: int) -> float:
             if group == pgid:
                 ticks += used
     return ticks / CLOCK_TICKS
+
+
+def span_lines(directory: Path) -> int:
+    """Spans the file exporter has written under `directory` (one JSON line each)."""
+    total = 0
+    for path in directory.glob("spans-*.jsonl"):
+        with contextlib.suppress(OSError), path.open("rb") as f:
+            total += sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+    return total
+
+
+def settled_span_lines(directory: Path, quiet_s: float = 6.0, limit_s: float = 20.0) -> int:
+    """`span_lines` once no span was written for `quiet_s` (the batch exporter waits 5 s)."""
+    deadline = time.monotonic() + limit_s
+    last, since = span_lines(directory), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.5)
+        now = span_lines(directory)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def log_bytes(svc: Service) -> int:

@@ -398,6 +398,7 @@ class CountedRun:
     http: dict[str, Any]  # function -> RequestTally
     cpu_s: dict[str, float]
     log_bytes: dict[str, int]
+    spans: int = 0  # exported by its functions during the run
     push_peak: int = 0  # most push deliveries in flight at once during a burst after the count
 
     def per_task(self, value: float) -> float:
@@ -424,6 +425,7 @@ class CountedRun:
                 ),
             ],
             log_bytes=sum(self.log_bytes.values()),
+            spans=self.spans,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -433,12 +435,14 @@ class CountedRun:
             "http": {name: tally.to_json() for name, tally in self.http.items()},
             "cpu_s": self.cpu_s,
             "log_bytes": self.log_bytes,
+            "spans": self.spans,
             "push_deliveries_in_flight_max": self.push_peak,
             "per_task": {
                 "commits": self.per_task(self.rpc.commits()),
                 "reads": self.per_task(self.rpc.reads()),
                 "writes": self.per_task(self.rpc.writes),
                 "published": self.per_task(self.rpc.published),
+                "spans": self.per_task(self.spans),
                 "invocations": self.per_task(sum(t.count for t in self.http.values())),
                 "cpu_ms": {k: self.per_task(v) * 1000 for k, v in self.cpu_s.items()},
                 "wall_ms": {k: self.per_task(sum(t.seconds)) * 1000 for k, t in self.http.items()},
@@ -470,6 +474,7 @@ def counted_run(
     # The first task builds each function's clients: not part of any task's cost.
     completion.wait_for([client.submit(-1)], timeout_s=60)
     time.sleep(0.5)
+    spans_before = harness.settled_span_lines(harness.TRACE_DIR)  # the first task's are out
     rpc_before = counter.snapshot()
     http_before = {name: hc.snapshot() for name, hc in http_counters.items()}
     groups = {name: svc.pgid for name, svc in services.items()} | dict(emulators)
@@ -496,6 +501,7 @@ def counted_run(
         },
     )
     completion.wait_for(ids, timeout_s=60)  # every counted task succeeded
+    counted.spans = harness.settled_span_lines(harness.TRACE_DIR) - spans_before
     # After the counts: how many deliveries the emulator pushes at once. With few in
     # flight, a burst's throughput is that number over the worker's time per delivery.
     worker = http_counters["worker"]

@@ -9,6 +9,7 @@ import http.client
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from google.cloud.firestore_v1.types.aggregation_result import AggregationResult
 from google.protobuf import timestamp_pb2
 from google.pubsub_v1 import types as pubsub
 
-from bench import cost, stats
+from bench import cost, harness, stats
 from bench.cold_probe import FIRST_REQUEST_MARKER
 from bench.cold_start_bench import import_group, median_profile, parse_importtime, top_imports
 from bench.harness import stat_cpu_ticks
@@ -268,8 +269,11 @@ def test_cost_lines_per_million() -> None:
             cost.Invocations("worker", [0.15] * 10, cost.FunctionSize(1.0, 1.0)),
         ],
         log_bytes=0,
+        spans=50,
     )
     lines = {line.item: line for line in cost.lines(counted)}
+    assert lines["Cloud Trace spans"].quantity_per_task == 5
+    assert lines["Cloud Trace spans"].usd_per_million == pytest.approx(1.00)
     assert lines["Firestore reads"].quantity_per_task == 2
     assert lines["Firestore reads"].usd_per_million == pytest.approx(1.20)
     assert lines["Firestore writes"].usd_per_million == pytest.approx(9.00)
@@ -285,6 +289,14 @@ def test_cost_lines_per_million() -> None:
     assert cost.total(counted) == pytest.approx(
         sum(line.usd_per_million for line in lines.values())
     )
+
+
+def test_span_lines_counts_every_exported_span(tmp_path: Path) -> None:
+    (tmp_path / "spans-1.jsonl").write_text('{"a": 1}\n{"b": 2}\n')
+    (tmp_path / "spans-2.jsonl").write_text('{"c": 3}\n')
+    (tmp_path / "other.log").write_text("not a span\n")
+    assert harness.span_lines(tmp_path) == 3
+    assert harness.span_lines(tmp_path / "missing") == 0
 
 
 # --- parsing ----------------------------------------------------------------------
