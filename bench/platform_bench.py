@@ -337,12 +337,14 @@ def measure_latency(
 ) -> dict[str, RouteFigures]:
     figures = {route.label: RouteFigures() for route in routes}
 
-    # Warm both systems (lazy clients, connections, the emulators' JIT) before anything counts.
+    # Warm both systems (lazy clients, connections, the emulators' JIT) before anything
+    # counts, with a full-size burst: with a small one, each system's first measured
+    # round ran slowest, by up to 2x, and a median of three carried it.
     progress("warming up")
     for route in routes:
         client = Client(route)
         _, ids = sequential_submits(client, 20)
-        ids += list(burst(route, 32).submitted_at)
+        ids += list(burst(route, sizes.burst).submitted_at)
         sequential_e2e(client, 3)
         client.close()
         completions[route.system].wait_for(ids)
