@@ -8,6 +8,7 @@ for it. Tests clear the caches with `reset_clients()`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -106,8 +107,11 @@ class DirectPublisher:
     (its emulator and credential set-up), with AIA's deadline.
     """
 
-    def __init__(self, client: PublisherClient) -> None:
-        self._client = client
+    def __init__(self, client: Callable[[], PublisherClient]) -> None:
+        # Made at the first publish: a worker's cold delivery of a task that
+        # publishes nothing never loads Pub/Sub.
+        self._make_client = client
+        self._client: PublisherClient | None = None
 
     def publish(
         self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
@@ -115,6 +119,8 @@ class DirectPublisher:
         from google.pubsub_v1 import PubsubMessage
         from google.pubsub_v1.services.publisher.client import PublisherClient as Generated
 
+        if self._client is None:
+            self._client = self._make_client()
         response = Generated.publish(
             self._client,
             topic=topic,

@@ -94,6 +94,7 @@ def _retention() -> timedelta:
 
 @functools.cache
 def task_repository() -> FirestoreTaskRepository:
+    from shared.tasks.events import LazyEvents
     from shared.tasks.repository import FirestoreTaskRepository
 
     repository = FirestoreTaskRepository(
@@ -102,7 +103,7 @@ def task_repository() -> FirestoreTaskRepository:
         metric_shards=get_settings().metrics_shards,
         counters=counters(),
     )
-    repository.events = task_events(repository)
+    repository.events = LazyEvents(lambda: task_events(repository))
     return repository
 
 
@@ -221,7 +222,7 @@ def task_publisher(wait_s: float = PUBLISH_WAIT_S) -> PubSubTaskPublisher:
 
     settings = get_settings()
     return PubSubTaskPublisher(
-        DirectPublisher(publisher()),
+        DirectPublisher(publisher),
         topic_path(settings.tasks_topic),
         topic_path(settings.dead_letter_topic),
         wait_s=wait_s,
@@ -250,9 +251,14 @@ def submit_service() -> SubmitService:
         TaskSealer(keyring()),
         get_settings(),
         dependencies=task_joins(repository),
-        webhook_check=task_webhook_check(),
+        webhook_check=_check_task_webhook,
         admission=admission(),
     )
+
+
+def _check_task_webhook(tenant_id: str, url: str) -> None:
+    # Built for the first task that names a webhook: the others never load the feature.
+    task_webhook_check()(tenant_id, url)
 
 
 @functools.cache

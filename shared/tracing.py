@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from shared import logs
@@ -121,9 +121,7 @@ def _make_tracer() -> Tracer:
 def _exporter(kind: str) -> Any:
     settings = get_settings()
     if kind == "gcp":
-        from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
-
-        return CloudTraceSpanExporter(project_id=settings.project)  # type: ignore[no-untyped-call]
+        return _BuiltOnFirstExport(_cloud_trace_exporter)
     from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
     if kind == "file":
@@ -134,6 +132,48 @@ def _exporter(kind: str) -> Any:
         out = (directory / f"spans-{os.getpid()}.jsonl").open("a", encoding="utf-8")
         return ConsoleSpanExporter(out=out, formatter=lambda span: span.to_json(indent=None) + "\n")
     return ConsoleSpanExporter()
+
+
+def _cloud_trace_exporter() -> Any:
+    from opentelemetry.exporter.cloud_trace import CloudTraceSpanExporter
+
+    return CloudTraceSpanExporter(project_id=get_settings().project)  # type: ignore[no-untyped-call]
+
+
+class _BuiltOnFirstExport:
+    """An exporter made by the span processor's thread when it first exports.
+
+    The Cloud Trace client (its import, credentials and channel) then never
+    sits on a cold request's path: the first batch leaves seconds after it.
+    """
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        self._build = build
+        self._exporter: Any = None
+        self._failed = False
+
+    def _get(self) -> Any:
+        if self._exporter is None and not self._failed:
+            try:
+                self._exporter = self._build()
+            except Exception:  # tracing must never fail the instance
+                self._failed = True
+                log.exception("trace exporter unavailable; spans are not recorded")
+        return self._exporter
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        exporter = self._get()
+        return SpanExportResult.FAILURE if exporter is None else exporter.export(spans)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        exporter = self._get()
+        return True if exporter is None else bool(exporter.force_flush(timeout_millis))
+
+    def shutdown(self) -> None:
+        if self._exporter is not None:
+            self._exporter.shutdown()
 
 
 def _propagator() -> Any:

@@ -9,6 +9,8 @@ the two. The worker calls `flush` once that commit returned, for the fast path
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from shared.tasks.models import Task, TaskStatus
@@ -34,6 +36,32 @@ class NoEvents:
 
     def flush(self, task: Task, status: TaskStatus) -> None:
         return None
+
+
+class LazyEvents:
+    """The followers `build` makes, made at the first terminal transition.
+
+    Reading a task never makes one: a status read's cold start does not load
+    the webhook, workflow and budget features that only follow an outcome.
+    """
+
+    def __init__(self, build: Callable[[], TaskEvents]) -> None:
+        self._build = build
+        self._events: TaskEvents | None = None
+        self._lock = threading.Lock()
+
+    def _followers(self) -> TaskEvents:
+        if self._events is None:
+            with self._lock:
+                if self._events is None:
+                    self._events = self._build()
+        return self._events
+
+    def stage(self, batch: Any, task: Task, status: TaskStatus) -> None:
+        self._followers().stage(batch, task, status)
+
+    def flush(self, task: Task, status: TaskStatus) -> None:
+        self._followers().flush(task, status)
 
 
 class AllEvents:

@@ -104,7 +104,7 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
     documents = TaskDocuments(TaskSealer(ring), TaskOpener(ring), retention=timedelta(days=30))
     repository = FirestoreTaskRepository(db, documents, metric_shards=4)
     publisher = PubSubTaskPublisher(
-        DirectPublisher(publisher_client), topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
+        DirectPublisher(lambda: publisher_client), topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
     )
     settings = Settings(project=PROJECT)
     registry = load_registry(MODULES)

@@ -205,3 +205,39 @@ def test_without_an_sdk_the_request_trace_still_passes_through() -> None:
             assert attributes["traceparent"] == INCOMING
     finally:
         tracing.install(None)
+
+
+def test_the_cloud_trace_exporter_is_made_by_the_first_export_not_the_first_span(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    made: list[InMemorySpanExporter] = []
+
+    def build() -> InMemorySpanExporter:
+        made.append(InMemorySpanExporter())
+        return made[-1]
+
+    exporter = tracing._BuiltOnFirstExport(build)
+    assert made == []
+    span: Any = SimpleNamespace(name="x")
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert len(made) == 1
+    assert made[0].get_finished_spans() == (span, span)
+
+    def unavailable() -> InMemorySpanExporter:
+        made.append(InMemorySpanExporter())
+        raise RuntimeError("no credentials")
+
+    broken = tracing._BuiltOnFirstExport(unavailable)
+    with caplog.at_level(logging.ERROR, logger="aia.tracing"):
+        assert broken.export([span]) is SpanExportResult.FAILURE
+        assert broken.export([span]) is SpanExportResult.FAILURE
+        assert broken.force_flush() is True
+    # Tried once, said once: a dead exporter costs neither the instance nor its logs.
+    assert len(made) == 2
+    assert [r.message for r in caplog.records].count(
+        "trace exporter unavailable; spans are not recorded"
+    ) == 1
+    broken.shutdown()
