@@ -8,7 +8,13 @@ plain values (None, bool, int, float, str, bytes, datetimes, and dicts and
 lists of those) directly into the messages the library would have built.
 Anything else (transforms such as `Increment`, sentinels, references,
 dotted field paths in an update) takes the library's own path, unchanged.
-`tests/unit/test_firestore_writes.py` checks that both build equal messages.
+
+A commit given its deadline (`retry=` and `timeout=`, as every AIA call is)
+sends the raw `CommitRequest` through the same api_core wrapping as the
+generated client (error mapping, retry, deadline, metadata): ~0.5 ms of CPU
+per commit less, the proto-plus request and answer and the transport's
+debug-log interceptor. `tests/unit/test_firestore_writes.py` checks that both
+paths build equal messages and send equal calls.
 
 Importing this module imports the Firestore library: only
 `shared.clients.firestore_client` does, when the client is first needed.
@@ -17,16 +23,18 @@ Importing this module imports the Firestore library: only
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
 
+from google.api_core import gapic_v1
 from google.api_core.datetime_helpers import DatetimeWithNanoseconds
 from google.cloud.firestore_v1._helpers import LastUpdateOption
 from google.cloud.firestore_v1.base_document import BaseDocumentReference
 from google.cloud.firestore_v1.batch import WriteBatch
 from google.cloud.firestore_v1.client import Client
-from google.cloud.firestore_v1.types import common, document, write
+from google.cloud.firestore_v1.types import common, document, firestore, write
 from google.protobuf import struct_pb2, timestamp_pb2
 from proto.datetime_helpers import DatetimeWithNanoseconds as ProtoDatetime
 
@@ -38,6 +46,9 @@ _ArrayValue = document.ArrayValue.pb()
 _DocumentMask = common.DocumentMask.pb()
 _Precondition = common.Precondition.pb()
 _Timestamp = timestamp_pb2.Timestamp
+_CommitRequest = firestore.CommitRequest.pb()
+_CommitResponse = firestore.CommitResponse.pb()
+_COMMIT = "/google.firestore.v1.Firestore/Commit"
 
 # A field name an update may use as it is: anything else is a path the library parses.
 _SIMPLE_FIELD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*\Z")
@@ -113,7 +124,28 @@ def _fields(values: dict[Any, Any]) -> dict[str, Any]:
 
 
 class FastWriteBatch(WriteBatch):
-    """A `WriteBatch` whose creates and updates of plain data skip proto-plus."""
+    """A `WriteBatch` whose creates, updates and commit skip proto-plus."""
+
+    def commit(
+        self, retry: Any = gapic_v1.method.DEFAULT, timeout: float | None = None
+    ) -> list[Any]:
+        client = self._client
+        if (
+            retry is gapic_v1.method.DEFAULT
+            or timeout is None
+            or not isinstance(client, FastClient)
+        ):
+            # The library's defaults (a minute of retries) are the library's call to make.
+            return super().commit(retry=retry, timeout=timeout)
+        request = _CommitRequest(
+            database=client._database_string, writes=[w._pb for w in self._write_pbs]
+        )
+        answer = client.plain_commit(request, retry=retry, timeout=timeout)
+        response = firestore.CommitResponse.wrap(answer)
+        self._write_pbs = []
+        self.write_results = results = list(response.write_results)
+        self.commit_time = response.commit_time
+        return results
 
     def create(self, reference: BaseDocumentReference, document_data: dict[str, Any]) -> None:
         try:
@@ -179,6 +211,36 @@ class FastClient(Client):
 
     def batch(self) -> FastWriteBatch:
         return FastWriteBatch(self)
+
+    @functools.cached_property
+    def _plain_commit_rpc(self) -> Any:
+        api = self._firestore_api
+        api._validate_universe_domain()  # as the generated client checks before its calls
+        stub = self._transport.grpc_channel.unary_unary(
+            _COMMIT,
+            request_serializer=_CommitRequest.SerializeToString,
+            response_deserializer=_CommitResponse.FromString,
+        )
+        # The generated client's own wrapping: error mapping, retry, per-call deadline, user agent.
+        return gapic_v1.method.wrap_method(  # type: ignore[no-untyped-call]
+            stub, default_retry=None, default_timeout=None, client_info=self._client_info
+        )
+
+    def plain_commit(self, request: Any, *, retry: Any, timeout: float) -> Any:
+        """`Commit` of a raw `CommitRequest`, sent as the generated client sends it; the raw answer.
+
+        The same channel (credentials), metadata (the database's resource prefix and
+        routing header) and api_core wrapping as `FirestoreClient.commit`, without
+        proto-plus building the request and the answer, nor the transport's debug-log
+        interceptor.
+        """
+        metadata = (
+            *self._rpc_metadata,
+            gapic_v1.routing_header.to_grpc_metadata(  # type: ignore[no-untyped-call]
+                (("database", request.database),)
+            ),
+        )
+        return self._plain_commit_rpc(request, retry=retry, timeout=timeout, metadata=metadata)
 
     @staticmethod
     def write_option(**kwargs: Any) -> Any:

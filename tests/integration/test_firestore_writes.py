@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from typing import Any
 
 import pytest
 from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
@@ -68,3 +69,41 @@ def test_updates_keep_their_preconditions(clients: tuple[FastClient, firestore.C
     assert ref.get().get("status") == "done"
     with pytest.raises(NotFound):  # an update without an option still needs the document
         fast.collection("tasks").document("missing").update({"status": "x"})
+
+
+def test_commits_with_a_deadline_map_the_emulators_refusals_as_the_library_does(
+    clients: tuple[FastClient, firestore.Client],
+) -> None:
+    from shared.clients import WORKER_CALL
+
+    fast, _ = clients
+    sent = []
+    plain_commit = fast.plain_commit
+
+    def spy(request: object, **kwargs: Any) -> object:
+        sent.append(request)
+        return plain_commit(request, **kwargs)
+
+    fast.plain_commit = spy  # type: ignore[method-assign]
+    deadline = WORKER_CALL.kwargs()
+    ref = fast.collection("tasks").document("t1")
+    created = ref.create(DOC, **deadline)
+    assert isinstance(created.update_time, datetime.datetime)
+    with pytest.raises(AlreadyExists):
+        ref.create(DOC, **deadline)
+    later = ref.update(
+        {"status": "running"},
+        option=fast.write_option(last_update_time=created.update_time),
+        **deadline,
+    )
+    assert later.update_time > created.update_time
+    with pytest.raises(FailedPrecondition):
+        ref.update(
+            {"status": "stale"},
+            option=fast.write_option(last_update_time=created.update_time),
+            **deadline,
+        )
+    with pytest.raises(NotFound):
+        fast.collection("tasks").document("missing").update({"status": "x"}, **deadline)
+    assert len(sent) == 5  # every one of them went the plain way
+    assert ref.get().get("status") == "running"

@@ -144,3 +144,62 @@ def test_the_client_hands_out_fast_batches_for_every_write_path() -> None:
     # DocumentReference.update and .create build their batch through client.batch().
     batch, _ = FAST.document("tasks/t1")._prep_update({"a": 1})
     assert isinstance(batch, FastWriteBatch)
+
+
+class Recorder:
+    """Stands in for the RPC: what it was called with, and a fixed answer."""
+
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+        self.calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        self.calls.append((request, kwargs))
+        return self.answer
+
+
+def test_a_commit_with_its_deadline_sends_the_librarys_call_without_proto_plus() -> None:
+    from google.api_core import retry as retries
+    from google.cloud.firestore_v1.types import firestore as firestore_types
+
+    answer = firestore_types.CommitResponse(
+        write_results=[{"update_time": {"seconds": 1_800_000_000, "nanos": 123_000}}],
+        commit_time={"seconds": 1_800_000_000, "nanos": 123_000},
+    )
+    client = FastClient(project="p", database="tasks-db", credentials=NO_CREDENTIALS)
+    transport = client._firestore_api._transport
+    library = Recorder(answer)
+    transport._wrapped_methods[transport.commit] = library
+    plain = Recorder(firestore_types.CommitResponse.pb(answer))
+    client.__dict__["_plain_commit_rpc"] = plain  # the cached RPC, replaced
+    retry = retries.Retry(timeout=2.0)
+    doc = {"status": "running", "attempts": 1, "at": datetime.datetime(2026, 12, 2)}
+    version = ApiCoreDatetime(2026, 12, 2, tzinfo=datetime.UTC)  # type: ignore[no-untyped-call]
+
+    results = []
+    for batch in (WriteBatch(client), FastWriteBatch(client)):
+        batch.update(
+            client.document("tasks/t1"), doc, option=client.write_option(last_update_time=version)
+        )
+        results.append((batch.commit(retry=retry, timeout=1.5), batch.commit_time))
+    (library_request, library_kwargs), (plain_request, plain_kwargs) = library.calls + plain.calls
+    assert firestore_types.CommitRequest.pb(library_request) == plain_request
+    assert (
+        library_kwargs
+        == plain_kwargs
+        == {
+            "retry": retry,
+            "timeout": 1.5,
+            "metadata": library_kwargs["metadata"],
+        }
+    )
+    assert ("x-goog-request-params", "database=projects/p/databases/tasks-db") in (
+        plain_kwargs["metadata"]
+    )
+    assert results[0] == results[1]
+    assert isinstance(results[1][0][0].update_time, datetime.datetime)
+
+    # Without a deadline the library's own defaults apply, through the library.
+    FastWriteBatch(client).commit()
+    assert len(library.calls) == 2
+    assert len(plain.calls) == 1
