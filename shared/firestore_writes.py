@@ -69,7 +69,7 @@ def _timestamp(value: datetime.datetime) -> Any:
     return _Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
-def timestamp_of(value: Any) -> Any:
+def _timestamp_of(value: Any) -> Any:
     """A write precondition's time as proto-plus converts it (`_NotPlain` for a string)."""
     if type(value) is ProtoDatetime:
         return value.timestamp_pb()
@@ -246,7 +246,7 @@ class FastClient(Client):
     def write_option(**kwargs: Any) -> Any:
         if set(kwargs) == {"last_update_time"}:
             try:
-                timestamp = timestamp_of(kwargs["last_update_time"])
+                timestamp = _timestamp_of(kwargs["last_update_time"])
             except _NotPlain:
                 pass
             else:
