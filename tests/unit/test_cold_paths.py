@@ -77,7 +77,7 @@ def test_a_status_read_loads_no_pubsub_and_no_feature_that_follows_an_outcome(
     assert under(modules, "shared.webhooks", "shared.workflows", "shared.flow.ledger") == []
 
 
-def test_a_submit_loads_pubsub_at_its_first_publish_and_webhooks_for_a_webhook(
+def test_a_submit_service_loads_neither_pubsub_nor_webhooks_before_it_needs_them(
     env: dict[str, str],
 ) -> None:
     modules = loaded(env, "submit_service")
@@ -86,7 +86,7 @@ def test_a_submit_loads_pubsub_at_its_first_publish_and_webhooks_for_a_webhook(
     assert under(modules, "shared.webhooks") == []
 
 
-def test_the_publisher_is_made_at_the_first_publish(env: dict[str, str]) -> None:
+def test_the_publisher_client_is_not_made_before_a_publish(env: dict[str, str]) -> None:
     # The worker holds one: a delivery that publishes nothing never loads Pub/Sub.
     modules = loaded(env, "task_publisher", "redispatcher")
     assert "shared.tasks.dispatch" in modules
