@@ -39,6 +39,7 @@ SUBSCRIBER = "/google.pubsub.v1.Subscriber/"
 FIRESTORE_METHODS = (
     "Commit",
     "BatchGetDocuments",
+    "GetDocument",
     "RunQuery",
     "RunAggregationQuery",
     "BeginTransaction",
@@ -83,8 +84,8 @@ class Tally:
     creates: int = 0  # ... of which must not exist before (`create`)
     conditional: int = 0  # ... of which carry an update-time precondition
     transforms: int = 0  # field transforms (Increment etc.) across those writes
-    documents_read: int = 0  # documents found by BatchGetDocuments, or returned by RunQuery
-    missing_read: int = 0  # BatchGetDocuments answers for documents that do not exist
+    documents_read: int = 0  # documents found by BatchGetDocuments or GetDocument, or queried
+    missing_read: int = 0  # gets of documents that do not exist (GetDocument: NOT_FOUND)
     aggregations: int = 0  # aggregation results returned
     published: int = 0  # Pub/Sub messages published
     published_bytes: int = 0  # data + attribute bytes of those messages
@@ -124,6 +125,8 @@ class Tally:
                 self.documents_read += 1
             elif response.missing:
                 self.missing_read += 1
+        elif name == "GetDocument":
+            self.documents_read += 1  # its only answer is the document
         elif name == "RunQuery":
             if _messages()[name].FromString(raw).HasField("document"):
                 self.documents_read += 1
@@ -139,6 +142,8 @@ class Tally:
 
     def record_error(self, method: str, code: str) -> None:
         self.errors[f"{short_name(method)} {code}"] += 1
+        if method == FIRESTORE + "GetDocument" and code == "NOT_FOUND":
+            self.missing_read += 1  # billed as a read, as a BatchGetDocuments miss is
 
     def copy(self) -> Tally:
         return Tally(

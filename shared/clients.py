@@ -21,8 +21,8 @@ if TYPE_CHECKING:
 
 @functools.cache
 def firestore_client() -> FirestoreClient:
-    # Its batches build plain writes without proto-plus (shared/firestore_writes.py).
-    from shared.firestore_writes import FastClient
+    # Its batches build plain writes without proto-plus (shared/firestore_fast.py).
+    from shared.firestore_fast import FastClient
 
     settings = get_settings()
     return FastClient(project=settings.project, database=settings.firestore_database)
@@ -31,7 +31,7 @@ def firestore_client() -> FirestoreClient:
 @functools.cache
 def keys_firestore_client() -> FirestoreClient:
     """The database holding API keys: separate, so serving functions may only read it."""
-    from shared.firestore_writes import FastClient
+    from shared.firestore_fast import FastClient
 
     settings = get_settings()
     if settings.keys_database == settings.firestore_database:

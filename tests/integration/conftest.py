@@ -90,7 +90,7 @@ def runner() -> Iterator[ProcessRunner]:
 def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator[Pipeline]:
     from google.cloud import pubsub_v1
 
-    from shared.firestore_writes import FastClient
+    from shared.firestore_fast import FastClient
 
     db = FastClient(project=PROJECT)  # as shared.clients builds it
     publisher_client = pubsub_v1.PublisherClient(

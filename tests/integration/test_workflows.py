@@ -92,6 +92,13 @@ def metered(db: Any) -> Meter:
 
         return counted
 
+    def plain_get(original: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(path: str, **kwargs: Any) -> Any:
+            meter.reads += 1  # found or missing, one document
+            return original(path, **kwargs)
+
+        return counted
+
     def run_query(original: Callable[..., Any]) -> Callable[..., Any]:
         def counted(*args: Any, request: Any = None, **kwargs: Any) -> Iterator[Any]:
             meter.queries += 1
@@ -113,8 +120,9 @@ def metered(db: Any) -> Meter:
         return counted
 
     api.commit = commit(api.commit)
-    if hasattr(db, "plain_commit"):  # shared.firestore_writes.FastClient: commits with a deadline
+    if hasattr(db, "plain_commit"):  # shared.firestore_fast.FastClient: commits with a deadline
         db.plain_commit = plain_commit(db.plain_commit)
+        db.plain_get = plain_get(db.plain_get)  # and reads a whole document with a deadline
     api.batch_get_documents = batch_get(api.batch_get_documents)
     api.run_query = run_query(api.run_query)
     api.run_aggregation_query = aggregation(api.run_aggregation_query)

@@ -35,6 +35,7 @@ from bench.rpc_counter import (
 
 COMMIT = FIRESTORE + "Commit"
 BATCH_GET = FIRESTORE + "BatchGetDocuments"
+GET_DOCUMENT = FIRESTORE + "GetDocument"
 RUN_QUERY = FIRESTORE + "RunQuery"
 AGGREGATE = FIRESTORE + "RunAggregationQuery"
 PUBLISH = PUBLISHER + "Publish"
@@ -155,8 +156,12 @@ def test_tally_counts_documents_read() -> None:
     tally.record_response(RUN_QUERY, _raw(firestore.RunQueryResponse(skipped_results=0)))
     aggregated = firestore.RunAggregationQueryResponse(result=AggregationResult())
     tally.record_response(AGGREGATE, _raw(aggregated))
-    assert (tally.documents_read, tally.missing_read, tally.aggregations) == (2, 1, 1)
-    assert tally.reads() == 4
+    # A unary get answers with the document, or refuses with NOT_FOUND.
+    tally.record_response(GET_DOCUMENT, _raw(document.Document(name=DOC)))
+    tally.record_error(GET_DOCUMENT, "NOT_FOUND")
+    tally.record_error(GET_DOCUMENT, "UNAVAILABLE")
+    assert (tally.documents_read, tally.missing_read, tally.aggregations) == (3, 2, 1)
+    assert tally.reads() == 6
 
 
 def test_tally_counts_published_bytes_with_the_billing_minimum() -> None:

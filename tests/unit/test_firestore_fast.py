@@ -1,4 +1,4 @@
-"""`FastWriteBatch` builds the very messages the library's `WriteBatch` builds, or defers to it."""
+"""`FastClient` builds the very messages and calls the library builds, or defers to it."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto.datetime_helpers import DatetimeWithNanoseconds as ProtoDatetime
 
-from shared.firestore_writes import FastClient, FastWriteBatch
+from shared.firestore_fast import FastClient, FastWriteBatch, encode_value
 
 NO_CREDENTIALS = AnonymousCredentials()  # type: ignore[no-untyped-call]
 LIBRARY = Client(project="p", credentials=NO_CREDENTIALS)
@@ -203,3 +203,123 @@ def test_a_commit_with_its_deadline_sends_the_librarys_call_without_proto_plus()
     FastWriteBatch(client).commit()
     assert len(library.calls) == 2
     assert len(plain.calls) == 1
+
+
+class Raising:
+    """Stands in for the RPC: refuses every call with `error`."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise self.error
+
+
+def _stored_document() -> Any:
+    from google.cloud.firestore_v1.types import document
+
+    pb = document.Document.pb()(name="projects/p/databases/tasks-db/documents/tasks/t1")
+    pb.create_time.seconds, pb.create_time.nanos = 1_799_999_995, 7_000
+    pb.update_time.seconds, pb.update_time.nanos = 1_800_000_000, 123_456_000
+    value = {
+        "status": "running",
+        "attempts": 2,
+        "payload": b"\x00sealed",
+        "at": datetime.datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=datetime.UTC),
+        "hold": {"tags": ["a", None, 1.5], "empty": {}},
+        "gone": None,
+    }
+    for name, v in value.items():
+        pb.fields[name].CopyFrom(encode_value(v))
+    return pb
+
+
+def test_a_read_with_its_deadline_is_the_librarys_get_document_call_and_snapshot() -> None:
+    from google.api_core import retry as retries
+    from google.cloud.firestore_v1.base_client import _parse_batch_get
+    from google.cloud.firestore_v1.types import document
+    from google.cloud.firestore_v1.types import firestore as firestore_types
+
+    client = FastClient(project="p", database="tasks-db", credentials=NO_CREDENTIALS)
+    stored = _stored_document()
+    transport = client._firestore_api._transport
+    library = Recorder(document.Document.wrap(stored))
+    transport._wrapped_methods[transport.get_document] = library
+    plain = Recorder(stored)
+    client.__dict__["_plain_get_rpc"] = plain  # the cached RPC, replaced
+    retry = retries.Retry(timeout=2.0)
+    ref = client.collection("tasks").document("t1")
+
+    mine = ref.get(retry=retry, timeout=1.5)
+    client._firestore_api.get_document(
+        request={"name": ref._document_path},
+        retry=retry,
+        timeout=1.5,
+        metadata=client._rpc_metadata,
+    )
+    (library_request, library_kwargs), (plain_request, plain_kwargs) = library.calls + plain.calls
+    assert firestore_types.GetDocumentRequest.pb(library_request) == plain_request
+    assert library_kwargs == plain_kwargs  # retry, timeout and the same metadata
+    assert (
+        "x-goog-request-params",
+        "name=projects/p/databases/tasks-db/documents/tasks/t1",
+    ) in plain_kwargs["metadata"]
+
+    # The snapshot the library makes of the same document in a BatchGetDocuments answer.
+    theirs = _parse_batch_get(
+        get_doc_response=firestore_types.BatchGetDocumentsResponse(found=stored),
+        reference_map={ref._document_path: ref},
+        client=client,
+    )
+    assert mine.exists
+    assert theirs.exists
+    assert mine.to_dict() == theirs.to_dict()
+    assert mine.reference is ref
+    for stamp in ("update_time", "create_time"):
+        assert getattr(mine, stamp) == getattr(theirs, stamp)
+        assert type(getattr(mine, stamp)) is type(getattr(theirs, stamp))
+    assert mine.read_time is None  # the unary call does not return one
+
+
+def test_a_missing_document_reads_as_missing() -> None:
+    from google.api_core import exceptions
+    from google.api_core import retry as retries
+
+    client = FastClient(project="p", credentials=NO_CREDENTIALS)
+    refusing = Raising(exceptions.NotFound("no document"))  # type: ignore[no-untyped-call]
+    client.__dict__["_plain_get_rpc"] = refusing
+    snap = client.document("tasks/none").get(retry=retries.Retry(timeout=1.0), timeout=0.5)
+    assert refusing.calls == 1
+    assert not snap.exists
+    assert snap.to_dict() is None
+    assert snap.update_time is None
+
+
+def test_reads_the_unary_call_cannot_make_go_through_the_library() -> None:
+    from google.api_core import retry as retries
+    from google.cloud.firestore_v1.types import firestore as firestore_types
+
+    client = FastClient(project="p", credentials=NO_CREDENTIALS)
+    plain = Recorder(_stored_document())
+    client.__dict__["_plain_get_rpc"] = plain
+    transport = client._firestore_api._transport
+    missing = firestore_types.BatchGetDocumentsResponse(
+        missing="projects/p/databases/(default)/documents/tasks/t1"
+    )
+    streamed = []
+
+    def batch_get(request: Any, **kwargs: Any) -> Any:
+        streamed.append(request)
+        return iter([missing])
+
+    transport._wrapped_methods[transport.batch_get_documents] = batch_get
+    ref = client.document("tasks/t1")
+    retry = retries.Retry(timeout=1.0)
+    ref.get()  # the library's default retries
+    ref.get(retry=retry)  # no timeout
+    ref.get(["status"], retry=retry, timeout=0.5)  # a projection
+    ref.get(retry=retry, timeout=0.5, read_time=datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC))
+    assert len(streamed) == 4
+    assert plain.calls == []

@@ -9,7 +9,7 @@ import pytest
 from google.api_core.exceptions import AlreadyExists, FailedPrecondition, NotFound
 from google.cloud import firestore
 
-from shared.firestore_writes import FastClient
+from shared.firestore_fast import FastClient
 from tests.integration.conftest import PROJECT
 
 AT = datetime.datetime(2026, 12, 2, 1, 2, 3, 456789, tzinfo=datetime.UTC)
@@ -107,3 +107,38 @@ def test_commits_with_a_deadline_map_the_emulators_refusals_as_the_library_does(
         fast.collection("tasks").document("missing").update({"status": "x"}, **deadline)
     assert len(sent) == 5  # every one of them went the plain way
     assert ref.get().get("status") == "running"
+
+
+def test_reads_with_a_deadline_answer_as_the_librarys_reads(
+    clients: tuple[FastClient, firestore.Client],
+) -> None:
+    from shared.clients import WORKER_CALL
+
+    fast, library = clients
+    asked = []
+    plain_get = fast.plain_get
+
+    def spy(path: str, **kwargs: Any) -> object:
+        asked.append(path)
+        return plain_get(path, **kwargs)
+
+    fast.plain_get = spy  # type: ignore[method-assign]
+    deadline = WORKER_CALL.kwargs()
+    fast.collection("tasks").document("t1").create(DOC)
+    mine = fast.collection("tasks").document("t1").get(**deadline)
+    theirs = library.collection("tasks").document("t1").get(**deadline)
+    assert mine.exists
+    assert mine.to_dict() == theirs.to_dict() == DOC
+    assert mine.update_time == theirs.update_time
+    assert mine.create_time == theirs.create_time
+    # Its version is one a conditional write can name.
+    fast.collection("tasks").document("t1").update(
+        {"status": "running"}, option=fast.write_option(last_update_time=mine.update_time)
+    )
+    missing = fast.collection("tasks").document("missing").get(**deadline)
+    assert not missing.exists
+    assert missing.to_dict() is None
+    assert asked == [
+        f"projects/{PROJECT}/databases/(default)/documents/tasks/t1",
+        f"projects/{PROJECT}/databases/(default)/documents/tasks/missing",
+    ]
