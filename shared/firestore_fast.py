@@ -220,6 +220,22 @@ class _LastUpdate(LastUpdateOption):
         write._pb.current_document.update_time.CopyFrom(self._timestamp)
 
 
+class _DecodedSnapshot(DocumentSnapshot[Any]):
+    """The library's snapshot of data decoded for it alone: kept without a defensive copy.
+
+    The library deep-copies the data it is given (and again in `to_dict` and
+    `get`, which this keeps); nothing else holds freshly decoded data.
+    """
+
+    def __init__(self, reference: Any, data: Any, *, create_time: Any, update_time: Any) -> None:
+        self._reference = reference
+        self._data = data
+        self._exists = True
+        self.read_time = None  # the unary call does not return one
+        self.create_time = create_time
+        self.update_time = update_time
+
+
 class FastDocumentReference(DocumentReference):
     """A `DocumentReference` whose whole-document reads with a deadline are one unary call."""
 
@@ -247,11 +263,9 @@ class FastDocumentReference(DocumentReference):
             return DocumentSnapshot(
                 self, None, exists=False, read_time=None, create_time=None, update_time=None
             )
-        return DocumentSnapshot(
+        return _DecodedSnapshot(
             self,
             _helpers.decode_dict(found.fields, client),
-            exists=True,
-            read_time=None,
             # As proto-plus hands them to the library's snapshots.
             create_time=ProtoDatetime.from_timestamp_pb(found.create_time),
             update_time=ProtoDatetime.from_timestamp_pb(found.update_time),
