@@ -278,7 +278,9 @@ def test_a_read_with_its_deadline_is_the_librarys_get_document_call_and_snapshot
     assert mine == theirs
     assert mine.to_dict() == theirs.to_dict()
     assert mine.get("hold") == theirs.get("hold")
-    mine.to_dict()["hold"]["tags"].append("changed")  # a copy, as the library hands out
+    handed = mine.to_dict()
+    assert handed is not None
+    handed["hold"]["tags"].append("changed")  # a copy, as the library hands out
     mine.get("hold")["empty"]["x"] = 1
     assert mine.to_dict() == theirs.to_dict()
     assert mine.reference is ref
