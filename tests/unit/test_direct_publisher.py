@@ -7,20 +7,9 @@ from typing import Any
 from google.auth.credentials import AnonymousCredentials
 
 from shared.clients import SUBMIT_WRITE, DirectPublisher
+from tests.support.rpc import Recorder
 
 TOPIC = "projects/p/topics/tasks"
-
-
-class Recorder:
-    """Stands in for the RPC: what it was called with, and a fixed answer."""
-
-    def __init__(self, answer: Any) -> None:
-        self.answer = answer
-        self.calls: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        self.calls.append((request, kwargs))
-        return self.answer
 
 
 def _client() -> Any:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from proto.datetime_helpers import DatetimeWithNanoseconds as ProtoDatetime
 
 from shared.firestore_fast import FastClient, FastWriteBatch, encode_value
+from tests.support.rpc import Recorder
 
 NO_CREDENTIALS = AnonymousCredentials()  # type: ignore[no-untyped-call]
 LIBRARY = Client(project="p", credentials=NO_CREDENTIALS)
@@ -144,18 +145,6 @@ def test_the_client_hands_out_fast_batches_for_every_write_path() -> None:
     # DocumentReference.update and .create build their batch through client.batch().
     batch, _ = FAST.document("tasks/t1")._prep_update({"a": 1})
     assert isinstance(batch, FastWriteBatch)
-
-
-class Recorder:
-    """Stands in for the RPC: what it was called with, and a fixed answer."""
-
-    def __init__(self, answer: Any) -> None:
-        self.answer = answer
-        self.calls: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, request: Any, **kwargs: Any) -> Any:
-        self.calls.append((request, kwargs))
-        return self.answer
 
 
 def test_a_commit_with_its_deadline_sends_the_librarys_call_without_proto_plus() -> None:
