@@ -8,8 +8,6 @@ for it. Tests clear the caches with `reset_clients()`.
 from __future__ import annotations
 
 import functools
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +16,8 @@ from shared.config import get_settings
 if TYPE_CHECKING:
     from google.cloud.firestore import Client as FirestoreClient
     from google.cloud.pubsub_v1 import PublisherClient
+
+    from shared.pubsub_fast import FastPublisher
 
 
 @functools.cache
@@ -41,7 +41,16 @@ def keys_firestore_client() -> FirestoreClient:
 
 
 @functools.cache
+def fast_publisher() -> FastPublisher:
+    """What the functions publish and check topics with (shared/pubsub_fast.py)."""
+    from shared.pubsub_fast import FastPublisher
+
+    return FastPublisher()
+
+
+@functools.cache
 def publisher() -> PublisherClient:
+    """The client library's publisher: for administration (topics) and tests."""
     from google.cloud import pubsub_v1
 
     # One message per batch: the submit path waits for its publish, and the
@@ -97,68 +106,6 @@ WEBHOOK_API = Deadline(attempt_s=2.0, total_s=3.0)
 WEBHOOK_LOOKUP = Deadline(attempt_s=1.0, total_s=2.0)
 WEBHOOK_DELIVERY = Deadline(attempt_s=5.0, total_s=10.0)
 
-_PUBLISH = "/google.pubsub.v1.Publisher/Publish"
-
-
-class DirectPublisher:
-    """Publishes one message per call and returns its id: one RPC, in the calling thread.
-
-    The library's `publish` batches: each message starts a batch with a timer
-    thread and a commit thread, and answers through a future. A caller that
-    waits for every message anyway paid about 2 ms and 1 ms of CPU for that on
-    the emulator. This sends `Publish` on the client's own channel (its emulator
-    and credential set-up) with AIA's deadline, as the generated client sends it
-    (api_core's error mapping, retry, deadline, user agent and routing header),
-    but with a raw protobuf request and answer: proto-plus building them, and
-    the transport's debug-log interceptor, cost ~0.3 ms of CPU per publish.
-    """
-
-    def __init__(self, client: Callable[[], PublisherClient]) -> None:
-        # Made at the first publish: a worker's cold delivery of a task that
-        # publishes nothing never loads Pub/Sub.
-        self._make_client = client
-        self._rpc: Any = None
-        self._lock = threading.Lock()
-
-    def _publish_rpc(self) -> Any:
-        with self._lock:
-            if self._rpc is None:
-                from google.api_core import gapic_v1
-                from google.pubsub_v1.services.publisher.transports.base import (
-                    DEFAULT_CLIENT_INFO,
-                )
-                from google.pubsub_v1.types import PublishRequest, PublishResponse
-
-                client = self._make_client()
-                client._validate_universe_domain()  # as the generated client checks first
-                stub = client._transport.grpc_channel.unary_unary(
-                    _PUBLISH,
-                    request_serializer=PublishRequest.pb().SerializeToString,
-                    response_deserializer=PublishResponse.pb().FromString,
-                )
-                self._rpc = gapic_v1.method.wrap_method(  # type: ignore[no-untyped-call]
-                    stub,
-                    default_retry=None,
-                    default_timeout=None,
-                    client_info=DEFAULT_CLIENT_INFO,
-                )
-            return self._rpc
-
-    def publish(
-        self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline
-    ) -> str:
-        from google.api_core import gapic_v1
-        from google.pubsub_v1.types import PublishRequest, PubsubMessage
-
-        rpc = self._rpc or self._publish_rpc()
-        request = PublishRequest.pb()(
-            topic=topic, messages=[PubsubMessage.pb()(data=data, attributes=attributes)]
-        )
-        routing = gapic_v1.routing_header.to_grpc_metadata((("topic", topic),))  # type: ignore[no-untyped-call]
-        response = rpc(request, metadata=(routing,), **deadline.kwargs())
-        message_id: str = response.message_ids[0]
-        return message_id
-
 
 def topic_path(topic: str) -> str:
     return f"projects/{get_settings().project}/topics/{topic}"
@@ -169,4 +116,5 @@ def reset_clients() -> None:
     firestore_client.cache_clear()
     keys_firestore_client.cache_clear()
     publisher.cache_clear()
+    fast_publisher.cache_clear()
     get_settings.cache_clear()

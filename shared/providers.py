@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 from shared.clients import (
     PUBLISH_WAIT_S,
     WEBHOOK_DELIVERY,
-    DirectPublisher,
+    fast_publisher,
     firestore_client,
     keys_firestore_client,
-    publisher,
     reset_clients,
     topic_path,
 )
@@ -222,7 +221,7 @@ def task_publisher(wait_s: float = PUBLISH_WAIT_S) -> PubSubTaskPublisher:
 
     settings = get_settings()
     return PubSubTaskPublisher(
-        DirectPublisher(publisher),
+        fast_publisher(),
         topic_path(settings.tasks_topic),
         topic_path(settings.dead_letter_topic),
         wait_s=wait_s,
@@ -381,7 +380,7 @@ def webhook_store() -> FirestoreWebhookStore:
 def webhook_notifier(wait_s: float = PUBLISH_WAIT_S) -> Notifier:
     from shared.webhooks.outbox import Notifier
 
-    return Notifier(publisher, topic_path(get_settings().webhook_events_topic), wait_s=wait_s)
+    return Notifier(fast_publisher, topic_path(get_settings().webhook_events_topic), wait_s=wait_s)
 
 
 @functools.cache

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
-from shared.clients import firestore_client, publisher, topic_path
+from shared.clients import fast_publisher, firestore_client, topic_path
 from shared.config import get_settings
 from shared.errors import BadRequest
 
@@ -53,9 +53,9 @@ def pubsub_check(timeout_s: float, *, client: Any | None = None, topic: str | No
     """Fetch the tasks topic: proves Pub/Sub answers and the topic submits publish to exists."""
     if client is None:
         with _CLIENT_LOCK:
-            client = publisher()
+            client = fast_publisher()
     name = topic or topic_path(get_settings().tasks_topic)
-    client.get_topic(topic=name, timeout=timeout_s, retry=None)
+    client.get_topic(name, timeout=timeout_s)
 
 
 def warm_clients() -> None:
@@ -66,7 +66,7 @@ def warm_clients() -> None:
     A client that cannot be built is left for its check to report.
     """
     with _CLIENT_LOCK:
-        for build in (firestore_client, publisher):
+        for build in (firestore_client, lambda: fast_publisher().prepare()):
             try:
                 build()
             except Exception:  # the check names the failure in its answer

@@ -14,7 +14,7 @@ log = logging.getLogger("aia.dispatch")
 
 
 class MessageSender(Protocol):
-    """Sends one message and returns its id once Pub/Sub stored it (`DirectPublisher`)."""
+    """Sends one message, returning its id once Pub/Sub stored it (`pubsub_fast.FastPublisher`)."""
 
     def publish(
         self, topic: str, data: bytes, attributes: dict[str, str], *, deadline: Deadline

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import tracing
-from shared.clients import WEBHOOK_LOOKUP
+from shared.clients import WEBHOOK_LOOKUP, Deadline
 from shared.config import WEBHOOK_CACHE_MAX_S
 from shared.tasks.models import Task, TaskStatus
 from shared.webhooks.models import (
@@ -105,7 +105,7 @@ class Notifier:
         # A factory: functions that never publish (task_status) never build a publisher.
         self._client = client
         self._topic = topic
-        self._wait_s = wait_s
+        self._deadline = Deadline(attempt_s=wait_s, total_s=wait_s)
 
     def event(self, tenant_id: str, event_id: str) -> bool:
         return self._send(WebhookMessage(tenant_id=tenant_id, event_id=event_id))
@@ -116,10 +116,9 @@ class Notifier:
     def _send(self, message: WebhookMessage) -> bool:
         data = json.dumps(message.model_dump(exclude_none=True), separators=(",", ":")).encode()
         try:
-            future = self._client().publish(
-                self._topic, data, timeout=self._wait_s, tenant_id=message.tenant_id
+            self._client().publish(
+                self._topic, data, {"tenant_id": message.tenant_id}, deadline=self._deadline
             )
-            future.result(timeout=self._wait_s)
         except Exception:  # noqa: BLE001 - the outbox or the due record stays; the sweep sends it
             log.warning(
                 "webhook publish failed; left for the sweep",

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from shared.clients import DirectPublisher
 from shared.config import Settings
 from shared.flow.concurrency import ConcurrencySlots
+from shared.pubsub_fast import FastPublisher
 from shared.security.crypto import TaskOpener, TaskSealer
 from shared.security.keyring import KeyRing, generate_keyring
 from shared.tasks.dispatch import PubSubTaskPublisher
@@ -93,9 +93,6 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
     from shared.firestore_fast import FastClient
 
     db = FastClient(project=PROJECT)  # as shared.clients builds it
-    publisher_client = pubsub_v1.PublisherClient(
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=1)
-    )
     subscriber = pubsub_v1.SubscriberClient()
     made = observed_topics(PROJECT, (TASKS_TOPIC, DEAD_LETTER_TOPIC))
     topics = {name: topic for name, (topic, _) in made.items()}
@@ -103,9 +100,7 @@ def pipeline(emulators_clean: dict[str, str], runner: ProcessRunner) -> Iterator
     ring = generate_keyring()
     documents = TaskDocuments(TaskSealer(ring), TaskOpener(ring), retention=timedelta(days=30))
     repository = FirestoreTaskRepository(db, documents, metric_shards=4)
-    publisher = PubSubTaskPublisher(
-        DirectPublisher(lambda: publisher_client), topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC]
-    )
+    publisher = PubSubTaskPublisher(FastPublisher(), topics[TASKS_TOPIC], topics[DEAD_LETTER_TOPIC])
     settings = Settings(project=PROJECT)
     registry = load_registry(MODULES)
     joins = Joins(repository, lambda: registry, lambda: publisher)

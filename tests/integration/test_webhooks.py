@@ -16,6 +16,7 @@ from standardwebhooks.webhooks import Webhook
 
 from devtools.receiver import ReceiverServer, receiver
 from shared.errors import Conflict, DeliveryNotReplayable, NotFound, ValidationFailed
+from shared.pubsub_fast import FastPublisher
 from shared.security.crypto import TaskOpener, TaskSealer, key_id_of
 from shared.security.keyring import KeyRing, rotate_keyring
 from shared.tasks.documents import TaskDocuments
@@ -141,10 +142,8 @@ class Hooks:
 
 @pytest.fixture
 def h(pipeline: Pipeline) -> Iterator[Hooks]:
-    from google.cloud import pubsub_v1
-
     ((topic, sub),) = observed_topics(PROJECT, (WEBHOOK_TOPIC,)).values()
-    client = pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(max_messages=1))
+    client = FastPublisher()
     notifier = Notifier(lambda: client, topic, wait_s=5)
     store = FirestoreWebhookStore(pipeline.db)
     cache_clock = Monotonic()
