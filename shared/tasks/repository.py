@@ -1324,14 +1324,24 @@ class FirestoreTaskRepository:
 
 
 def _until(call: Callable[[], T], until: float) -> T:
-    """Retry `call` on transient failures until the epoch time `until`."""
+    """Retry `call` on transient failures until the epoch time `until`.
+
+    `call` is a write guarded by a precondition (the finish), so a retry of one
+    that landed fails the precondition and is recognised: CANCELLED, which the
+    emulator answers a commit under load, is retried like an unavailable server.
+    """
     from google.api_core import exceptions
 
     delay = 0.2
     while True:
         try:
             return call()
-        except (exceptions.ServiceUnavailable, exceptions.DeadlineExceeded, exceptions.RetryError):
+        except (
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.Cancelled,
+            exceptions.RetryError,
+        ):
             if time.time() + delay >= until:
                 raise
             time.sleep(delay)
