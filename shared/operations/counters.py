@@ -6,7 +6,7 @@ tasks a second, hot shard documents. Instead each instance adds up what it
 saw in memory and, at most once per `flush_s`, writes the sums as `Increment`
 transforms to randomly chosen shards in one batch. The shard documents and
 `metrics.fold_shards` are unchanged. What an instance that dies without
-flushing had counted (at most `flush_s` of its traffic) is lost, as a
+flushing had counted (at most one and a half `flush_s` of its traffic) is lost, as a
 Prometheus counter resets when its process restarts; the figures are
 observability, not the ledger of record (the task documents are).
 """
@@ -36,6 +36,12 @@ from shared.operations.metrics import (
 
 log = logging.getLogger("aia.counters")
 
+# Counts are due after `flush_s`, and the next commit the instance makes carries them.
+# A commit of their own waits this much longer (a share of `flush_s`), for an instance
+# that went quiet: flushing the moment they fall due would race the commit about to
+# carry them, and spend a commit a busy instance never needs.
+_QUIET_SHARE = 0.5
+
 
 @dataclass
 class _Durations:
@@ -59,6 +65,7 @@ class TaskCounters:
         self._db = db
         self._shards = shards
         self._flush_s = flush_s
+        self._quiet_s = flush_s * (1 + _QUIET_SHARE)
         self._clock = clock
         self._lock = threading.Lock()
         self._flushing = threading.Lock()
@@ -71,14 +78,14 @@ class TaskCounters:
     def _arm(self) -> None:
         """Make sure counts recorded now get flushed even if no request follows (caller locks)."""
         if self._timer is None and self._flush_s > 0:
-            self._timer = threading.Timer(self._flush_s, self._flush_from_timer)
+            self._timer = threading.Timer(self._quiet_s, self._flush_from_timer)
             self._timer.daemon = True
             self._timer.start()
 
     def _flush_from_timer(self) -> None:
         with self._lock:
             self._timer = None
-            left = self._flush_s - (self._clock() - self._last_flush)
+            left = self._quiet_s - (self._clock() - self._last_flush)
             if left > 0:
                 # A commit carried the counts since the timer was set: wait for the rest.
                 self._timer = threading.Timer(left, self._flush_from_timer)
@@ -118,8 +125,8 @@ class TaskCounters:
             self._arm()
 
     def maybe_flush(self) -> None:
-        """Flush if `flush_s` has passed since the last flush (called after each request)."""
-        if self._clock() - self._last_flush >= self._flush_s:
+        """Flush if no commit carried the counts since they fell due (called after each request)."""
+        if self._clock() - self._last_flush >= self._quiet_s:
             self.flush()
 
     def ride(self, batch: Any) -> Callable[[bool], None] | None:

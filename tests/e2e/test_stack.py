@@ -373,14 +373,16 @@ def test_metrics_match_what_was_submitted(e2e: E2E) -> None:
             for status in FINISHED_STATUSES
         )
 
-    # Each instance flushes its counts within its flush interval, so the last task of
-    # each type to end may show up a few seconds after its status did.
+    # An instance's counts ride its next commit after its flush interval (10 s), or
+    # get a commit of their own 5 s later once it goes quiet: the last task of each
+    # type to end may show up up to 15 s after its status did.
     samples = eventually(
         e2e.metrics,
         lambda s: (
             sample(s, "aia_task_duration_seconds_count", type="echo") == submitted["echo"]
             and all(accounted(s, task_type) == n for task_type, n in submitted.items())
         ),
+        timeout_s=45.0,
     )
     for task_type, n in submitted.items():
         assert sample(samples, "aia_tasks_submitted_total", type=task_type) == n, task_type

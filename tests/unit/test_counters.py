@@ -54,7 +54,10 @@ def test_counts_are_summed_and_written_once_per_interval() -> None:
     assert db.committed == []  # 500 tasks within the interval: no counter write yet
     now[0] += 10.0
     counters.maybe_flush()
-    assert len(db.committed) == 1
+    assert db.committed == []  # due, but the next commit made anyway may carry them
+    now[0] += 5.0
+    counters.maybe_flush()
+    assert len(db.committed) == 1  # none did: the instance went quiet, so one of their own
     submitted, durations, finished = metrics.fold_shards(db.shards())
     assert submitted == {"echo": 500}
     assert durations["echo"].count == 500
@@ -116,3 +119,26 @@ def test_counts_due_ride_in_a_commit_made_anyway_and_stay_if_it_fails() -> None:
     assert submitted == {"echo": 4}
     assert counters.flush() is True  # nothing left over
     assert db.committed == []
+
+
+def test_a_busy_instance_never_spends_a_commit_on_counters() -> None:
+    """Requests every 50 ms, each making a commit that offers a ride, then `maybe_flush`."""
+    now = [0.0]
+    db = Batches()
+    counters = TaskCounters(db, shards=2, flush_s=10.0, clock=lambda: now[0])
+    carried: list[Writer] = []
+    for _ in range(2000):  # 100 s: ten intervals
+        counters.submitted("echo")
+        carrier = Writer()
+        done = counters.ride(carrier)
+        if done is not None:
+            done(True)
+            carried.append(carrier)
+        now[0] += 0.05
+        counters.maybe_flush()  # due during the request: still left for the next ride
+    assert db.committed == []
+    assert len(carried) == 9  # one ride each 10 s, from 10 s to 90 s
+    assert counters.flush() is True  # what the last 10 s counted
+    writes = [w for batch in [*carried, *db.committed] for w in batch.writes]
+    submitted, _, _ = metrics.fold_shards(apply(writes))
+    assert submitted == {"echo": 2000}
