@@ -100,10 +100,14 @@ def handle_push(
                     current.set_attribute(key, value)
             processed = process(decoded)
             outcome = processed.outcome
-            log.info(
-                "delivery handled",
-                extra={"outcome": getattr(outcome, "value", outcome), "detail": processed.detail},
-            )
+            # One line per delivery: what it was for, how it ended, how long the work ran.
+            fields = {"outcome": getattr(outcome, "value", outcome), "detail": processed.detail}
+            for name in ("task_id", "tenant_id"):
+                if isinstance(value := getattr(decoded, name, None), str):
+                    fields[name] = value
+            if (duration := getattr(processed, "duration_s", None)) is not None:
+                fields["duration_s"] = duration
+            log.info("delivery handled", extra=fields)
             current.set_attribute("aia.outcome", str(getattr(outcome, "value", outcome)))
         except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
             error = exc

@@ -67,6 +67,7 @@ class Outcome(StrEnum):
 class Processed:
     outcome: Outcome
     detail: str = ""
+    duration_s: float | None = None  # the attempt's run time, when one ran to an outcome
 
 
 @dataclass(frozen=True)
@@ -407,8 +408,8 @@ class Worker:
         if stored.terminal:
             self._repository.events.flush(task, stored)
         if stored is TaskStatus.SUCCEEDED:
-            log.info("task succeeded", extra={"task_id": task.task_id, "duration_s": duration})
-            return Processed(Outcome.SUCCEEDED)
+            # No line of its own: the delivery's one line says so, with the duration.
+            return Processed(Outcome.SUCCEEDED, duration_s=duration)
         if stored is TaskStatus.CANCELLED:
             log.info("task cancelled", extra={"task_id": task.task_id})
             return Processed(Outcome.CANCELLED)

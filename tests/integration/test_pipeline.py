@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shared import tracing
+from shared import events, logs, tracing
 from shared.errors import (
     Conflict,
     IdempotencyMismatch,
@@ -127,6 +127,23 @@ def test_submit_stores_sealed_task_and_publishes_only_ids(pipeline: Pipeline) ->
     assert view.status is TaskStatus.QUEUED
     assert view.attempts == 0
     assert view.max_attempts == 3
+
+
+def test_a_successful_delivery_logs_one_line_naming_its_task(
+    pipeline: Pipeline, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "_configured", True)  # keep caplog's handler on the root
+    task_id = submit(pipeline, {"type": "echo", "payload": {"n": 1}})
+    data = message(task_id).model_dump_json().encode()
+    envelope = {"message": {"data": base64.b64encode(data).decode(), "messageId": "m1"}}
+    with caplog.at_level(logging.INFO, logger="aia"):
+        events.handle(envelope, pipeline.worker.process)
+    lines = [r for r in caplog.records if r.name.startswith("aia")]
+    assert [r.getMessage() for r in lines] == ["delivery handled"]
+    fields = vars(lines[0])
+    assert fields["outcome"] == "succeeded"
+    assert (fields["task_id"], fields["tenant_id"]) == (task_id, "acme")
+    assert fields["duration_s"] > 0
 
 
 def test_echo_runs_once_even_when_delivered_twice(pipeline: Pipeline) -> None:
