@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -311,6 +311,8 @@ class RouteFigures:
     e2e: list[stats.Spread] = field(default_factory=list)
     backlog: list[stats.Spread] = field(default_factory=list)
     backlog_probe: list[float] = field(default_factory=list)
+    # Per burst: CPU ms per task of each process group the burst kept busy.
+    burst_cpu_ms: list[dict[str, float]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         def spreads(runs: list[stats.Spread]) -> dict[str, Any]:
@@ -329,12 +331,25 @@ class RouteFigures:
             "submit_to_succeeded": spreads(self.e2e),
             "backlog": spreads(self.backlog),
             "backlog_probe_ms": self.backlog_probe,
+            "burst_cpu_ms_per_task": self.burst_cpu_ms,
         }
+
+    def burst_cpu(self, name: str | None = None) -> float:
+        """Median over the bursts of one group's CPU ms per task (None: of all groups)."""
+        if not self.burst_cpu_ms:
+            return 0.0
+        if name is None:
+            return stats.median([sum(run.values()) for run in self.burst_cpu_ms])
+        return stats.median([run.get(name, 0.0) for run in self.burst_cpu_ms])
 
 
 def measure_latency(
-    routes: list[Route], completions: dict[str, Completion], sizes: Sizes
+    routes: list[Route],
+    completions: dict[str, Completion],
+    sizes: Sizes,
+    cpu_groups: Mapping[str, Callable[[], Mapping[str, int]]] | None = None,
 ) -> dict[str, RouteFigures]:
+    """`cpu_groups`: per system, its process groups by role (looked up at each burst)."""
     figures = {route.label: RouteFigures() for route in routes}
 
     # Warm both systems (lazy clients, connections, the emulators' JIT) before anything
@@ -366,9 +381,17 @@ def measure_latency(
         progress(f"round {round_no + 1}/{sizes.rounds}: {THREADS}-thread bursts")
         for route in order:
             completion = completions[route.system]
+            groups = dict(cpu_groups[route.system]()) if cpu_groups else {}
+            cpu_before = {name: harness.group_cpu_s(pgid) for name, pgid in groups.items()}
             b = burst(route, sizes.burst)
             completion.wait_for(b.submitted_at)
             last = max(completion.finished_at(list(b.submitted_at)).values())
+            figures[route.label].burst_cpu_ms.append(
+                {
+                    name: (harness.group_cpu_s(pgid) - cpu_before[name]) / sizes.burst * 1000
+                    for name, pgid in groups.items()
+                }
+            )
             figures[route.label].burst.append(stats.Spread.of(b.submit_ms))
             figures[route.label].throughput.append(sizes.burst / (last - b.started_at))
         progress(f"round {round_no + 1}/{sizes.rounds}: submit → succeeded")
@@ -639,8 +662,8 @@ def floor_gateway(upstream: str, log_dir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def floor_beside(stack: RunningStack, work: Path) -> Iterator[tuple[str, str]]:
-    """The floor on the stack's emulators and project; yields (direct URL, gateway URL)."""
+def floor_beside(stack: RunningStack, work: Path) -> Iterator[tuple[str, str, dict[str, int]]]:
+    """The floor on the stack's emulators and project: its direct URL, gateway URL, pgids."""
     env = stack.env
     project = env["GOOGLE_CLOUD_PROJECT"]
     floor_env = harness.function_env(
@@ -659,7 +682,11 @@ def floor_beside(stack: RunningStack, work: Path) -> Iterator[tuple[str, str]]:
         setup_floor_pubsub(project, services["floor_worker"].url, env["PUBSUB_EMULATOR_HOST"])
         direct = services["floor_submit"].url
         with floor_gateway(direct.removeprefix("http://"), work / "floor-logs") as gateway:
-            yield direct, gateway
+            pgids = {
+                "submit": services["floor_submit"].pgid,
+                "worker": services["floor_worker"].pgid,
+            }
+            yield direct, gateway, pgids
 
 
 # --- the report ---------------------------------------------------------------------
@@ -772,6 +799,11 @@ class Report:
             fs, as_ = self.spread(f, "e2e"), self.spread(a, "e2e")
             row(f"submit → succeeded p50 ms, {via}", fs.p50, as_.p50, target=limit)
             row(f"submit → succeeded p99 ms, {via}", fs.p99, as_.p99, target=limit)
+        # What bounds a burst on a small machine: the CPU every task costs, summed.
+        ff, af = self.figures["floor direct"], self.figures["aia direct"]
+        for name in ("submit", "worker", *EMULATORS):
+            row(f"burst, direct: {name} CPU ms / task", ff.burst_cpu(name), af.burst_cpu(name))
+        row("burst, direct: CPU ms / task, all of them", ff.burst_cpu(), af.burst_cpu())
         for what in ("sequential", "burst"):
             fg = self.spread("floor gateway", what).p50 - self.spread("floor direct", what).p50
             ag = self.spread("aia gateway", what).p50 - self.spread("aia direct", what).p50
@@ -1006,7 +1038,7 @@ def run(quick: bool) -> Report:
                 "aia": Completion(db, AIA_COLLECTION),
             }
             progress("starting the floor beside it")
-            with floor_beside(stack, WORK_DIR) as (floor_direct, floor_gw):
+            with floor_beside(stack, WORK_DIR) as (floor_direct, floor_gw, floor_pgids):
                 routes = [
                     Route("floor", "direct", floor_direct, floor_direct),
                     Route(
@@ -1019,7 +1051,23 @@ def run(quick: bool) -> Report:
                     Route("floor", "gateway", floor_gw, floor_gw),
                     Route("aia", "gateway", stack.base_url, stack.base_url, stack.api_key),
                 ]
-                figures = measure_latency(routes, completions, sizes)
+
+                def emulator_pgids() -> dict[str, int]:
+                    return {name: stack.pgids[name] for name in EMULATORS}
+
+                def aia_pgids() -> dict[str, int]:
+                    pgids = stack.pgids
+                    return {
+                        "submit": pgids["submit_task"],
+                        "worker": pgids["process_task"],
+                        **emulator_pgids(),
+                    }
+
+                cpu_groups = {
+                    "floor": lambda: {**floor_pgids, **emulator_pgids()},
+                    "aia": aia_pgids,
+                }
+                figures = measure_latency(routes, completions, sizes, cpu_groups)
         finally:
             db.close()
         pgids = stack.pgids
