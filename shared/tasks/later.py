@@ -32,12 +32,15 @@ class Later:
 
     def call(self, delay_s: float, callback: Callable[[], None]) -> None:
         with self._changed:
-            heapq.heappush(self._due, (self._clock() + delay_s, next(self._order), callback))
+            entry = (self._clock() + delay_s, next(self._order), callback)
+            heapq.heappush(self._due, entry)
             # Not alive after a fork too: the thread stayed with the parent.
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="aia-later", daemon=True)
                 self._thread.start()
-            else:
+            elif self._due[0] is entry:
+                # Due before what the thread sleeps towards. One due later (every
+                # delivery's, all with the same delay) waits its turn without a wake-up.
                 self._changed.notify()
 
     def pending(self) -> int:

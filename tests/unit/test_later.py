@@ -60,3 +60,23 @@ def test_many_callbacks_share_one_thread() -> None:
         assert left.acquire(timeout=10)
     assert len(threads) == 1
     assert threading.get_ident() not in threads
+
+
+def test_only_a_callback_due_first_wakes_the_thread() -> None:
+    later = Later()
+    woken = [0]
+    notify = later._changed.notify
+
+    def counted(n: int = 1) -> None:
+        woken[0] += 1
+        notify(n)
+
+    later._changed.notify = counted  # type: ignore[method-assign]
+    done = threading.Event()
+    later.call(0.2, done.set)  # starts the thread
+    for _ in range(20):
+        later.call(0.3, lambda: None)  # due after it: the sleeping thread need not know
+    assert woken[0] == 0
+    later.call(0.01, lambda: None)  # due before it: the thread must sleep less
+    assert woken[0] == 1
+    _wait_all(done)
