@@ -95,20 +95,19 @@ def handle_push(
     with _consumer_span(event_data, message, attributes, destination) as current:
         try:
             decoded = decode_message(event_data, model)
+            ids: dict[str, Any] = {}
             for name, key in (("task_id", "aia.task.id"), ("tenant_id", "aia.tenant.id")):
                 if isinstance(value := getattr(decoded, name, None), str):
                     current.set_attribute(key, value)
+                    ids[name] = value
             processed = process(decoded)
-            outcome = processed.outcome
+            outcome = getattr(processed.outcome, "value", processed.outcome)
             # One line per delivery: what it was for, how it ended, how long the work ran.
-            fields = {"outcome": getattr(outcome, "value", outcome), "detail": processed.detail}
-            for name in ("task_id", "tenant_id"):
-                if isinstance(value := getattr(decoded, name, None), str):
-                    fields[name] = value
+            fields = {"outcome": outcome, "detail": processed.detail, **ids}
             if (duration := getattr(processed, "duration_s", None)) is not None:
                 fields["duration_s"] = duration
             log.info("delivery handled", extra=fields)
-            current.set_attribute("aia.outcome", str(getattr(outcome, "value", outcome)))
+            current.set_attribute("aia.outcome", str(outcome))
         except Exception as exc:  # noqa: BLE001 - every failure must become ack or nack
             error = exc
             current.set_attribute("aia.outcome", "redeliver" if not should_ack(exc) else "ack")
