@@ -22,7 +22,7 @@ from bench import cost, harness, stats
 from bench.cold_probe import FIRST_REQUEST_MARKER
 from bench.cold_start_bench import import_group, median_profile, parse_importtime, top_imports
 from bench.harness import stat_cpu_ticks
-from bench.platform_bench import _blocks
+from bench.platform_bench import RouteFigures, _blocks
 from bench.rpc_counter import (
     FIRESTORE,
     PUBLISHER,
@@ -408,3 +408,17 @@ def test_http_counter_forwards_and_counts() -> None:
         counter.stop()
         upstream.shutdown()
         upstream.server_close()
+
+
+def test_burst_cpu_is_the_median_over_bursts_per_group_and_of_their_sums() -> None:
+    figures = RouteFigures(
+        burst_cpu_ms=[
+            {"worker": 9.0, "submit": 5.0},
+            {"worker": 7.0, "submit": 6.0},
+            {"worker": 8.0},  # a group missing from a burst counts as 0 there
+        ]
+    )
+    assert figures.burst_cpu("worker") == 8.0
+    assert figures.burst_cpu("submit") == 5.0
+    assert figures.burst_cpu() == 13.0  # sums 14, 13, 8
+    assert RouteFigures().burst_cpu() == 0.0
