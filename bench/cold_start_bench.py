@@ -535,10 +535,12 @@ class ColdResult:
 
 
 @contextlib.contextmanager
-def cold_world(firestore: str, pubsub: str, work_dir: Path) -> Iterator[ColdWorld]:
+def cold_world(
+    firestore: str, pubsub: str, work_dir: Path, keyring_scheme: str | None = None
+) -> Iterator[ColdWorld]:
     """The cold project: topics without subscriptions (only probes deliver), key ring, API key."""
     harness.create_topics(pubsub, COLD_PROJECT, [TASKS_TOPIC, "aia-tasks-dead-letter", FLOOR_TOPIC])
-    keyring = harness.write_keyring(work_dir / "cold-keyring.json")
+    keyring = harness.write_keyring(work_dir / "cold-keyring.json", keyring_scheme)
     api_key = harness.create_api_key(COLD_PROJECT, firestore, TENANT)
     db = harness.firestore_client(COLD_PROJECT, firestore)
     bundles = work_dir / "bundles"

@@ -263,12 +263,12 @@ def firestore_client(project: str, host: str) -> Any:
         return firestore.Client(project=project)
 
 
-def write_keyring(path: Path) -> Path:
-    """A fresh private key ring, as `aia keyring generate` writes it."""
-    from shared.security.keyring import generate_keyring
+def write_keyring(path: Path, scheme: str | None = None) -> Path:
+    """A fresh private key ring, as `aia keyring generate [--scheme]` writes it."""
+    from shared.security.keyring import HYBRID, generate_keyring
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(generate_keyring().to_json(), encoding="utf-8")
+    path.write_text(generate_keyring(scheme or HYBRID).to_json(), encoding="utf-8")
     path.chmod(0o600)
     return path
 

@@ -53,9 +53,10 @@ from bench.floor import COLLECTION as FLOOR_COLLECTION
 from bench.rpc_counter import FIRESTORE, PUBLISHER, SUBSCRIBER, HttpCounter, RpcCounter, Tally
 from devtools.emulators import Service
 from devtools.pubsub_setup import setup_pubsub
-from devtools.stack import REPO_ROOT
+from devtools.stack import KEYRING_FILE, REPO_ROOT
 from devtools.stack_process import RunningStack, start_stack
 from shared.queries import TASKS as AIA_COLLECTION
+from shared.security.keyring import FERNET, HYBRID
 
 DEFAULT_JSON = REPO_ROOT / "build" / "bench" / "platform.json"
 WORK_DIR = REPO_ROOT / "build" / "bench" / "work"
@@ -69,6 +70,7 @@ SUBMIT_BLOCK = 20  # sequential submits per turn of a route
 E2E_BLOCK = 10  # submit → succeeded waits per turn
 PEAK_BURST = 60  # tasks of the burst that shows how many deliveries are pushed at once
 THREADS = 16
+SCHEMES = (HYBRID, FERNET)  # --keyring-scheme
 # Limits from the issue.
 RATIO_LIMIT = 1.3
 THROUGHPUT_FLOOR = 0.8
@@ -539,7 +541,13 @@ def counted_run(
 
 
 def measure_counts(
-    firestore: str, pubsub: str, n: int, work: Path, emulators: Mapping[str, int]
+    firestore: str,
+    pubsub: str,
+    n: int,
+    work: Path,
+    emulators: Mapping[str, int],
+    *,
+    keyring_scheme: str = HYBRID,
 ) -> dict[str, CountedRun]:
     """Both systems behind the RPC counter, on their own project of the same emulators.
 
@@ -547,7 +555,7 @@ def measure_counts(
     this machine they do the work production's Firestore and Pub/Sub would.
     """
     counter = RpcCounter({FIRESTORE: firestore, PUBLISHER: pubsub, SUBSCRIBER: pubsub}).start()
-    keyring = harness.write_keyring(work / "count-keyring.json")
+    keyring = harness.write_keyring(work / "count-keyring.json", keyring_scheme)
     api_key = harness.create_api_key(COUNT_PROJECT, firestore, COUNT_TENANT)
     aia_env = harness.function_env(
         harness.aia_settings(
@@ -703,6 +711,7 @@ class Report:
     load: dict[str, tuple[float, float, float]]
     elapsed_s: float
     commit: str
+    keyring_scheme: str = HYBRID
 
     def spread(self, label: str, what: str) -> stats.Spread:
         return stats.median_spread(getattr(self.figures[label], what))
@@ -925,7 +934,8 @@ class Report:
         head = (
             f"AIA vs the bare platform floor — same emulators, same machine ({cpus} CPUs, "
             f"load average {start[0]} at start, {end[0]} at end), commit {self.commit}, "
-            f"{self.sizes.rounds} interleaved rounds (medians), {self.elapsed_s / 60:.1f} min"
+            f"{self.sizes.rounds} interleaved rounds (medians), {self.elapsed_s / 60:.1f} min, "
+            f"AIA's key ring {self.keyring_scheme}"
         )
         table = stats.render_table(["figure", "floor", "AIA", "ratio", "target"], self.main_rows())
         notes = (
@@ -977,6 +987,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         return {
             "commit": self.commit,
+            "keyring_scheme": self.keyring_scheme,
             "sizes": self.sizes.__dict__,
             "cpus": os.cpu_count(),
             "load_average": self.load,
@@ -1020,13 +1031,15 @@ def _commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def run(quick: bool) -> Report:
+def run(quick: bool, keyring_scheme: str = HYBRID) -> Report:
     sizes = Sizes.of(quick)
     started = time.monotonic()
     load_start = load_average()
     shutil.rmtree(WORK_DIR, ignore_errors=True)
     WORK_DIR.mkdir(parents=True)
     progress("starting the local stack (fresh emulators)")
+    # The stack keeps a key ring it finds in its state directory.
+    harness.write_keyring(WORK_DIR / "stack" / KEYRING_FILE, keyring_scheme)
     # No sweep during the run: it is a per-minute cost, not a per-task one.
     stack = start_stack(WORK_DIR / "stack", extra_args=["--redispatch-every", "3600"])
     try:
@@ -1074,9 +1087,11 @@ def run(quick: bool) -> Report:
             db.close()
         pgids = stack.pgids
         emulators = {name: pgids[name] for name in EMULATORS}
-        counts = measure_counts(firestore, pubsub, sizes.counted, WORK_DIR, emulators)
+        counts = measure_counts(
+            firestore, pubsub, sizes.counted, WORK_DIR, emulators, keyring_scheme=keyring_scheme
+        )
         progress("cold starts")
-        with cold_start_bench.cold_world(firestore, pubsub, WORK_DIR) as world:
+        with cold_start_bench.cold_world(firestore, pubsub, WORK_DIR, keyring_scheme) as world:
             cold = cold_start_bench.measure(
                 world, sizes.cold_runs, sizes.profiles, progress=progress
             )
@@ -1092,11 +1107,14 @@ def run(quick: bool) -> Report:
         load={"start": load_start, "end": load_average()},
         elapsed_s=time.monotonic() - started,
         commit=_commit(),
+        keyring_scheme=keyring_scheme,
     )
 
 
-def main(*, quick: bool = False, json_path: Path = DEFAULT_JSON) -> None:
-    report = run(quick)
+def main(
+    *, quick: bool = False, json_path: Path = DEFAULT_JSON, keyring_scheme: str = HYBRID
+) -> None:
+    report = run(quick, keyring_scheme)
     print(report.render())
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(
@@ -1109,8 +1127,14 @@ def _cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.platform_bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller counts (a smoke run)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where the JSON goes")
+    parser.add_argument(
+        "--keyring-scheme",
+        choices=SCHEMES,
+        default=HYBRID,
+        help="AIA's key ring: what the post-quantum wrap costs is the difference to fernet",
+    )
     args = parser.parse_args(argv)
-    main(quick=args.quick, json_path=args.json)
+    main(quick=args.quick, json_path=args.json, keyring_scheme=args.keyring_scheme)
     return 0
 
 

@@ -51,6 +51,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "AIA_READY "
 DEFAULT_PORT = 8080
 PGIDS_FILE = "pgids.json"
+# Made once per state directory; a ring already there is kept (and used).
+KEYRING_FILE = "keyring.json"
 # How often the run loop looks for dead children and due restarts.
 TICK_S = 0.1
 
@@ -162,7 +164,7 @@ class Stack:
 
     @property
     def keyring_path(self) -> Path:
-        return self.opts.state_dir / "keyring.json"
+        return self.opts.state_dir / KEYRING_FILE
 
     @property
     def dev_env_path(self) -> Path:

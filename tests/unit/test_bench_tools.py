@@ -422,3 +422,61 @@ def test_burst_cpu_is_the_median_over_bursts_per_group_and_of_their_sums() -> No
     assert figures.burst_cpu("submit") == 5.0
     assert figures.burst_cpu() == 13.0  # sums 14, 13, 8
     assert RouteFigures().burst_cpu() == 0.0
+
+
+# --- the key ring the benchmark gives AIA -------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["hybrid-mlkem768-x25519", "fernet"])
+def test_the_benchmark_writes_a_private_key_ring_of_the_scheme_asked_for(
+    tmp_path: Path, scheme: str
+) -> None:
+    from shared.security.keyring import KeyRing
+
+    path = harness.write_keyring(tmp_path / "ring" / "keyring.json", scheme)
+    ring = KeyRing.from_json(path.read_text(encoding="utf-8"))
+    assert ring.current.scheme == scheme
+    assert not ring.encrypt_only
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_benchmark_key_ring_is_post_quantum_unless_told_otherwise(tmp_path: Path) -> None:
+    from shared.security.keyring import HYBRID, KeyRing
+
+    path = harness.write_keyring(tmp_path / "keyring.json")
+    assert KeyRing.from_json(path.read_text(encoding="utf-8")).current.scheme == HYBRID
+
+
+def test_the_stack_keeps_the_key_ring_it_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The platform benchmark picks AIA's scheme by writing the ring before the stack starts."""
+    import subprocess
+
+    from devtools.stack import KEYRING_FILE, Options, Stack
+
+    ring = harness.write_keyring(tmp_path / KEYRING_FILE, "fernet")
+    before = ring.read_bytes()
+
+    def no_generation(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a key ring was generated over the one there: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_generation)
+    stack = Stack(Options(state_dir=tmp_path))
+    assert stack.keyring_path == ring
+    stack._ensure_keyring()
+    assert ring.read_bytes() == before
+
+
+def test_the_platform_benchmark_takes_the_key_ring_scheme_from_its_command_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import platform_bench
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(platform_bench, "main", lambda **kwargs: seen.append(kwargs))
+    assert platform_bench._cli(["--quick", "--keyring-scheme", "fernet"]) == 0
+    assert platform_bench._cli([]) == 0
+    assert [s["keyring_scheme"] for s in seen] == ["fernet", "hybrid-mlkem768-x25519"]
+    with pytest.raises(SystemExit):
+        platform_bench._cli(["--keyring-scheme", "rot13"])
